@@ -1,0 +1,198 @@
+"""rms_norm: validate the arguments once, choose a backend, run it.
+
+This is the one place that checks user input and picks a backend; kernels and bindings below it
+assume what is checked here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import math
+import numbers
+import os
+import warnings
+from types import ModuleType
+
+import torch
+
+from .autograd import RMSNormFunction
+from .reference import default_eps, rms_norm_reference
+
+logger = logging.getLogger("rmsnorm")
+
+BACKENDS = ("auto", "triton", "cuda", "torch")
+BACKEND_ENV_VAR = "RMSNORM_BACKEND"
+# dtypes rms_norm accepts; the kernel backends run all but float64, which "auto" sends to the reference.
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+_warned_cuda_fallback = False
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _triton_kernels() -> ModuleType:
+    """The Triton kernels, imported on first use: Triton decides at import whether it interprets."""
+    return importlib.import_module("rmsnorm.triton_kernels")
+
+
+def _cuda_ext() -> ModuleType:
+    return importlib.import_module("rmsnorm.cuda_ext")
+
+
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def available_backends() -> list[str]:
+    """Names of the backends that can run here, without compiling anything.
+
+    "torch" always; "triton" with a CUDA GPU, or on CPU tensors under TRITON_INTERPRET=1; "cuda"
+    with a CUDA GPU, a CUDA build of torch, and nvcc or a prebuilt extension.
+    """
+    names = []
+    if _triton_installed() and (torch.cuda.is_available() or _interpreting()):
+        names.append("triton")
+    if _cuda_ext().available():
+        names.append("cuda")
+    names.append("torch")
+    return names
+
+
+def _check_dtype(t: torch.Tensor, name: str) -> None:
+    if t.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {t.dtype}")
+
+
+def _normalized_shape(x: torch.Tensor, normalized_shape, weight: torch.Tensor | None) -> tuple[int, ...]:
+    if normalized_shape is None:
+        shape = tuple(weight.shape) if weight is not None else tuple(x.shape[-1:])
+    elif isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
+        shape = (int(normalized_shape),)
+    elif isinstance(normalized_shape, (tuple, list, torch.Size)) and all(
+        isinstance(d, numbers.Integral) and not isinstance(d, bool) for d in normalized_shape
+    ):
+        shape = tuple(int(d) for d in normalized_shape)
+    else:
+        raise TypeError(f"normalized_shape must be an int or a sequence of ints, got {normalized_shape!r}")
+    if len(shape) == 0:
+        raise ValueError("normalized_shape must name at least one dim, got ()")
+    if len(shape) > x.dim() or tuple(x.shape[x.dim() - len(shape) :]) != shape:
+        raise ValueError(f"normalized_shape {shape} must match the trailing dims of x, got x of shape {tuple(x.shape)}")
+    return shape
+
+
+def _check_args(x, normalized_shape, weight, eps, backend) -> tuple[int, ...]:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    _check_dtype(x, "x")
+    if weight is not None:
+        if not isinstance(weight, torch.Tensor):
+            raise TypeError(f"weight must be a torch.Tensor or None, got {type(weight).__name__}")
+        _check_dtype(weight, "weight")
+        if weight.device != x.device:
+            raise ValueError(f"weight must be on x's device {x.device}, got {weight.device}")
+    shape = _normalized_shape(x, normalized_shape, weight)
+    if weight is not None and tuple(weight.shape) != shape:
+        raise ValueError(f"weight must have shape {shape} to match normalized_shape, got {tuple(weight.shape)}")
+    if eps is not None:
+        if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+            raise TypeError(f"eps must be a real number or None, got {eps!r}")
+        if not math.isfinite(eps) or eps < 0:
+            raise ValueError(f"eps must be finite and >= 0, got {eps}")
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+    return shape
+
+
+def _kernel_dtypes_ok(x: torch.Tensor, weight: torch.Tensor | None) -> bool:
+    return x.dtype in KERNEL_DTYPES and (weight is None or weight.dtype in KERNEL_DTYPES)
+
+
+def _require_kernel_dtypes(backend: str, x: torch.Tensor, weight: torch.Tensor | None) -> None:
+    if not _kernel_dtypes_ok(x, weight):
+        got = f"x {x.dtype}" + (f", weight {weight.dtype}" if weight is not None else "")
+        raise TypeError(f"the {backend} backend supports float32, float16 and bfloat16; got {got}")
+
+
+def _auto_backend(x: torch.Tensor, weight: torch.Tensor | None) -> str:
+    global _warned_cuda_fallback
+    if x.device.type != "cuda" or not _kernel_dtypes_ok(x, weight):
+        return "torch"
+    try:
+        _cuda_ext().load()
+        return "cuda"
+    except RuntimeError as error:
+        if not _warned_cuda_fallback:
+            _warned_cuda_fallback = True
+            warnings.warn(f"rmsnorm: the cuda backend is unavailable, using triton instead: {error}", stacklevel=4)
+        return "triton"
+
+
+def _resolve_backend(backend: str, x: torch.Tensor, weight: torch.Tensor | None) -> str:
+    """The backend that will run this call; raises if an explicitly named one cannot."""
+    if backend == "auto" and os.environ.get(BACKEND_ENV_VAR):
+        backend = os.environ[BACKEND_ENV_VAR]
+        if backend not in BACKENDS:
+            raise ValueError(f"${BACKEND_ENV_VAR} must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+    if backend == "auto":
+        return _auto_backend(x, weight)
+    if backend == "triton":
+        _require_kernel_dtypes(backend, x, weight)
+        if x.device.type == "cpu":
+            if not _interpreting():
+                raise RuntimeError(
+                    "the triton backend needs a CUDA tensor; to run it on CPU tensors, set TRITON_INTERPRET=1 "
+                    "in the environment before the first use of rmsnorm (Triton's interpreter, slow, for testing)"
+                )
+        elif x.device.type != "cuda":
+            raise RuntimeError(f"the triton backend runs on CUDA tensors, got one on {x.device}")
+    elif backend == "cuda":
+        _require_kernel_dtypes(backend, x, weight)
+        if x.device.type != "cuda":
+            where = "no CUDA GPU is available" if not torch.cuda.is_available() else "move x to the GPU"
+            raise RuntimeError(f"the cuda backend needs a CUDA tensor, got one on {x.device} ({where})")
+        _cuda_ext().load()
+    return backend
+
+
+def rms_norm(
+    x: torch.Tensor,
+    normalized_shape: int | tuple[int, ...] | list[int] | torch.Size | None = None,
+    weight: torch.Tensor | None = None,
+    eps: float | None = None,
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """RMSNorm over the trailing dims of x, as torch.nn.functional.rms_norm.
+
+    x: [..., *normalized_shape], float32, float16, bfloat16 (or float64 on the torch backend), any
+        strides (a view of [rows, N] with contiguous last dim runs without a copy).
+    normalized_shape: the trailing dims to normalize over; default weight.shape, else x.shape[-1:].
+    weight: tensor of shape normalized_shape, on x's device, of any supported floating dtype, or None.
+    eps: added to the mean square; None means the fp32 machine epsilon (float64's for float64 x),
+        which is what torch.nn.functional.rms_norm does.
+    backend: "triton", "cuda", "torch" (the reference) or "auto" (the environment variable
+        RMSNORM_BACKEND overrides it; otherwise cuda, falling back to triton, on CUDA tensors and the
+        reference elsewhere).
+
+    Returns y, contiguous, with x's shape and dtype; math in fp32 with one rounding at the end.
+    Differentiable in x and weight.
+    """
+    shape = _check_args(x, normalized_shape, weight, eps, backend)
+    if eps is None:
+        eps = default_eps(x.dtype)
+    name = _resolve_backend(backend, x, weight)
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("rms_norm: backend=%s shape=%s dtype=%s", name, tuple(x.shape), x.dtype)
+    if name == "torch" or x.numel() == 0:
+        return rms_norm_reference(x, shape, weight, eps).contiguous()
+    n = math.prod(shape)
+    if weight is not None and (weight.dim() != 1 or not weight.is_contiguous()):
+        weight = weight.contiguous().view(n)
+    kernels = _triton_kernels() if name == "triton" else _cuda_ext()
+    return RMSNormFunction.apply(x, weight, n, float(eps), kernels)

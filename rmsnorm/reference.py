@@ -1,0 +1,42 @@
+"""The one PyTorch reference of RMSNorm: the "torch" backend, and the yardstick of every test and benchmark."""
+
+from __future__ import annotations
+
+import torch
+
+
+def default_eps(dtype: torch.dtype) -> float:
+    """eps used when the caller passes None.
+
+    As torch.nn.functional.rms_norm does in practice: the machine epsilon of the dtype the math runs in
+    (float32 for float32, float16 and bfloat16 inputs; float64 for float64), not that of the input dtype.
+    """
+    return torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).eps
+
+
+def rms_norm_reference(
+    x: torch.Tensor,
+    normalized_shape: tuple[int, ...],
+    weight: torch.Tensor | None = None,
+    eps: float | None = None,
+    compute_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """RMSNorm over the trailing ``normalized_shape`` dims of ``x``, written out in PyTorch.
+
+    Math runs in ``compute_dtype`` (default: float32, or float64 for float64 inputs); the result is
+    rounded once, to ``x.dtype``, unless ``compute_dtype`` is given, in which case it is returned in
+    ``compute_dtype`` unrounded (tests compare kernels against the float64 result). Differentiable
+    through ordinary PyTorch autograd.
+    """
+    out_dtype = x.dtype if compute_dtype is None else compute_dtype
+    if compute_dtype is None:
+        compute_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if eps is None:
+        eps = default_eps(x.dtype)
+    dims = tuple(range(x.dim() - len(normalized_shape), x.dim()))
+    xc = x.to(compute_dtype)
+    rstd = torch.rsqrt(xc.pow(2).mean(dim=dims, keepdim=True) + eps)
+    y = xc * rstd
+    if weight is not None:
+        y = y * weight.to(compute_dtype)
+    return y.to(out_dtype)

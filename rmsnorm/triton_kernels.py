@@ -1,0 +1,307 @@
+"""Triton RMSNorm kernels, their launch configuration, and the functions that launch them.
+
+Rows are [M, N] views with a contiguous last dim and any row stride. Each kernel's launch
+configuration is a function of N and nothing else, so a row's bits never depend on how many rows
+surround it (batch invariance) and every call on the same input gives the same bits.
+
+Rows up to FWD_MAX_TILE_N (forward) / BWD_MAX_TILE_N (backward) elements are handled in one tile
+held in registers: x is read once. Wider rows are split: a first kernel walks each row in chunks
+to compute its statistic (rstd forward, the dot product of xhat and dy*w backward), then a 2-D
+grid of column blocks applies it. That reads x once more, but nothing spills.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+logger = logging.getLogger("rmsnorm")
+
+
+@triton.jit
+def rms_norm_fwd_kernel(
+    x_ptr,  # [M, N] input; row i starts at x_ptr + i * x_row_stride
+    w_ptr,  # [N] weight; not read unless HAS_WEIGHT
+    y_ptr,  # [M, N] output, contiguous
+    rstd_ptr,  # [M] fp32 reciprocal RMS: written here, or read when RSTD_GIVEN
+    x_row_stride,  # elements between consecutive rows of x
+    M,
+    N,
+    eps,  # fp32
+    HAS_WEIGHT: tl.constexpr,
+    RSTD_GIVEN: tl.constexpr,  # rows wider than one tile: rms_norm_rstd_kernel already computed rstd
+    BLOCK_M: tl.constexpr,  # rows per program
+    BLOCK_N: tl.constexpr,  # columns per program: a power of two >= N unless RSTD_GIVEN
+):
+    # int64 row indices: row * stride overflows int32 past 2^31 elements.
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_mask = rows < M
+    col_mask = cols < N
+    mask = row_mask[:, None] & col_mask[None, :]
+    x = tl.load(x_ptr + rows[:, None] * x_row_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    if RSTD_GIVEN:
+        rstd = tl.load(rstd_ptr + rows, mask=row_mask, other=0.0)
+    else:
+        # IEEE division and square root (not rsqrt.approx): the CUDA backend and the reference
+        # round the same way, so backends agree to the last bit more often.
+        # N * 1.0: N in fp32, whether it arrived as an int or was specialised to the constant 1.
+        mean_square = tl.div_rn(tl.sum(x * x, axis=1), N * 1.0)
+        rstd = tl.div_rn(1.0, tl.sqrt_rn(mean_square + eps))
+        tl.store(rstd_ptr + rows, rstd, mask=row_mask)
+    y = x * rstd[:, None]
+    if HAS_WEIGHT:
+        w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+        y = y * w[None, :]
+    tl.store(y_ptr + rows[:, None] * N + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def rms_norm_rstd_kernel(
+    x_ptr,  # [M, N] input; row i starts at x_ptr + i * x_row_stride
+    rstd_ptr,  # [M] fp32 output: reciprocal RMS of each row
+    x_row_stride,
+    N,
+    eps,  # fp32
+    BLOCK_N: tl.constexpr,  # chunk width walked along the row
+):
+    row = tl.program_id(0).to(tl.int64)
+    sum_squares = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for start in range(0, N, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        x = tl.load(x_ptr + row * x_row_stride + cols, mask=cols < N, other=0.0).to(tl.float32)
+        sum_squares += x * x
+    mean_square = tl.div_rn(tl.sum(sum_squares, axis=0), N * 1.0)
+    tl.store(rstd_ptr + row, tl.div_rn(1.0, tl.sqrt_rn(mean_square + eps)))
+
+
+@triton.jit
+def rms_norm_bwd_kernel(
+    dy_ptr,  # [M, N] incoming gradient; row i starts at dy_ptr + i * dy_row_stride
+    x_ptr,  # [M, N] forward input; row i starts at x_ptr + i * x_row_stride
+    w_ptr,  # [N] weight; not read unless HAS_WEIGHT
+    rstd_ptr,  # [M] fp32 reciprocal RMS from the forward
+    dot_ptr,  # [M] fp32 sum over the row of xhat * dy * w; read only when DOT_GIVEN
+    dx_ptr,  # [M, N] output, contiguous
+    dw_partial_ptr,  # [num_programs(0), N] fp32 per-program dweight partial sums; written when COMPUTE_DW
+    dy_row_stride,
+    x_row_stride,
+    M,
+    N,
+    HAS_WEIGHT: tl.constexpr,
+    COMPUTE_DW: tl.constexpr,
+    DOT_GIVEN: tl.constexpr,  # rows wider than one tile: rms_norm_bwd_dot_kernel already computed dot
+    BLOCK_M: tl.constexpr,  # rows per tile
+    BLOCK_N: tl.constexpr,  # columns per program: a power of two >= N unless DOT_GIVEN
+):
+    # Persistent over row tiles: each program keeps its dweight partial in registers across all the
+    # tiles it visits, so dweight costs one [programs, N] fp32 write instead of atomics.
+    pid = tl.program_id(0).to(tl.int64)  # int64 loop variable: tile * BLOCK_M may pass 2^31
+    num_programs = tl.num_programs(0)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_mask = cols < N
+    if HAS_WEIGHT:
+        w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+    dw_acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for tile in range(pid, tl.cdiv(M, BLOCK_M), num_programs):
+        rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_mask = rows < M
+        mask = row_mask[:, None] & col_mask[None, :]
+        x = tl.load(x_ptr + rows[:, None] * x_row_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + rows[:, None] * dy_row_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        rstd = tl.load(rstd_ptr + rows, mask=row_mask, other=0.0)
+        x_hat = x * rstd[:, None]
+        g = dy
+        if HAS_WEIGHT:
+            g = dy * w[None, :]
+        if DOT_GIVEN:
+            dot = tl.load(dot_ptr + rows, mask=row_mask, other=0.0)
+        else:
+            dot = tl.sum(x_hat * g, axis=1)
+        mean_dot = tl.div_rn(dot, N * 1.0)
+        dx = (g - x_hat * mean_dot[:, None]) * rstd[:, None]
+        tl.store(dx_ptr + rows[:, None] * N + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        if COMPUTE_DW:
+            dw_acc += dy * x_hat
+    if COMPUTE_DW:
+        tl.store(dw_partial_ptr + pid * N + cols, tl.sum(dw_acc, axis=0), mask=col_mask)
+
+
+@triton.jit
+def rms_norm_bwd_dot_kernel(
+    dy_ptr,  # [M, N]; row i starts at dy_ptr + i * dy_row_stride
+    x_ptr,  # [M, N]; row i starts at x_ptr + i * x_row_stride
+    w_ptr,  # [N]; not read unless HAS_WEIGHT
+    rstd_ptr,  # [M] fp32
+    dot_ptr,  # [M] fp32 output: sum over the row of xhat * dy * w
+    dy_row_stride,
+    x_row_stride,
+    N,
+    HAS_WEIGHT: tl.constexpr,
+    BLOCK_N: tl.constexpr,  # chunk width walked along the row
+):
+    row = tl.program_id(0).to(tl.int64)
+    rstd = tl.load(rstd_ptr + row)
+    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for start in range(0, N, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        mask = cols < N
+        x = tl.load(x_ptr + row * x_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(dy_ptr + row * dy_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
+        if HAS_WEIGHT:
+            g = g * tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        acc += x * rstd * g
+    tl.store(dot_ptr + row, tl.sum(acc, axis=0))
+
+
+@triton.jit
+def rms_norm_dw_reduce_kernel(
+    dw_partial_ptr,  # [P, N] fp32 per-program partial sums
+    dw_ptr,  # [N] output, weight's dtype
+    P,
+    N,
+    BLOCK_P: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    # A fixed summation order over the partials: dweight is bitwise identical run to run.
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_mask = cols < N
+    acc = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
+    for start in range(0, P, BLOCK_P):
+        parts = start + tl.arange(0, BLOCK_P)
+        mask = (parts < P)[:, None] & col_mask[None, :]
+        acc += tl.load(dw_partial_ptr + parts[:, None].to(tl.int64) * N + cols[None, :], mask=mask, other=0.0)
+    tl.store(dw_ptr + cols, tl.sum(acc, axis=0).to(dw_ptr.dtype.element_ty), mask=col_mask)
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """How one kernel covers an [M, N] problem: tiles of block_m rows by block_n columns."""
+
+    block_m: int
+    block_n: int
+    num_warps: int
+    split_rows: bool  # the row is wider than one tile: a statistics pass, then a 2-D grid of column blocks
+
+
+# Widest row kept whole in registers. Above it the fp32 copy of the tile needs more than ~32
+# registers per thread at 32 warps (the forward keeps x; the backward keeps x, dy and the dweight
+# accumulator), and ptxas starts spilling. First guesses, to be tuned by the benchmark.
+FWD_MAX_TILE_N = 32768
+BWD_MAX_TILE_N = 8192
+# Elements one program covers when rows are short: enough independent loads in flight per SM.
+SHORT_ROW_TILE_ELEMENTS = 4096
+# fp32 elements per thread a tile aims for: 16 bytes of bf16 and fp16, or four 16-byte fp32 loads.
+ELEMENTS_PER_THREAD = 16
+# Chunk width of the split-row kernels.
+SPLIT_BLOCK_N = 4096
+MAX_NUM_WARPS = 32
+# Persistent backward: programs per SM; two keep the memory pipe busy while one reduces.
+BWD_PROGRAMS_PER_SM = 2
+DW_REDUCE_BLOCK_P = 32
+DW_REDUCE_BLOCK_N = 128
+# The split-row kernels put column blocks on grid axis 1, whose CUDA limit is 65535.
+MAX_N = 65535 * SPLIT_BLOCK_N
+
+
+def _tile_warps(elements: int) -> int:
+    return max(1, min(MAX_NUM_WARPS, elements // (32 * ELEMENTS_PER_THREAD)))
+
+
+@functools.lru_cache(maxsize=None)
+def tile_config(n: int, max_tile_n: int) -> TileConfig:
+    """The launch configuration for rows of n elements; a function of n alone (batch invariance)."""
+    if n > max_tile_n:
+        return TileConfig(1, SPLIT_BLOCK_N, _tile_warps(SPLIT_BLOCK_N), split_rows=True)
+    block_n = triton.next_power_of_2(n)
+    block_m = max(1, SHORT_ROW_TILE_ELEMENTS // block_n)
+    return TileConfig(block_m, block_n, _tile_warps(block_m * block_n), split_rows=False)
+
+
+@functools.lru_cache(maxsize=None)
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4  # the interpreter on CPU: any fixed number keeps results reproducible
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _check_n(n: int) -> None:
+    if n > MAX_N:
+        raise ValueError(f"the triton backend supports rows of at most {MAX_N} elements, got {n}")
+
+
+def rms_norm_fwd(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward of RMSNorm over the rows of x.
+
+    x: [M, N] with a contiguous last dim and any row stride; weight: [N] or None.
+    Returns y ([M, N], contiguous, x's dtype) and rstd ([M], fp32).
+    """
+    m, n = x.shape
+    _check_n(n)
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    rstd = torch.empty((m,), dtype=torch.float32, device=x.device)
+    cfg = tile_config(n, FWD_MAX_TILE_N)
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("triton rms_norm_fwd: M=%d N=%d dtype=%s %s", m, n, x.dtype, cfg)
+    w = weight if weight is not None else x  # never read without HAS_WEIGHT
+    if cfg.split_rows:
+        rms_norm_rstd_kernel[(m,)](x, rstd, x.stride(0), n, eps, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps)
+    grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n))
+    rms_norm_fwd_kernel[grid](
+        x, w, y, rstd, x.stride(0), m, n, eps,
+        HAS_WEIGHT=weight is not None, RSTD_GIVEN=cfg.split_rows,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
+    )  # fmt: skip
+    return y, rstd
+
+
+def rms_norm_bwd(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    rstd: torch.Tensor,
+    needs_dweight: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Backward of RMSNorm over the rows of x.
+
+    dy, x: [M, N] with contiguous last dims and any row strides; weight: [N] or None; rstd: [M] fp32.
+    Returns dx ([M, N], contiguous, x's dtype) and dweight ([N], weight's dtype) or None.
+    """
+    m, n = x.shape
+    _check_n(n)
+    compute_dw = needs_dweight and weight is not None
+    dx = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    dw = torch.empty((n,), dtype=weight.dtype, device=x.device) if compute_dw else None
+    if m == 0:
+        return dx, dw.zero_() if compute_dw else None
+    cfg = tile_config(n, BWD_MAX_TILE_N)
+    col_blocks = triton.cdiv(n, cfg.block_n)
+    # Enough programs to fill the GPU, fewer when there are few tiles; a function of (M, N, GPU)
+    # only, so the dweight summation order is the same on every run.
+    programs = min(triton.cdiv(m, cfg.block_m), max(1, _num_sms(x.device) * BWD_PROGRAMS_PER_SM // col_blocks))
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("triton rms_norm_bwd: M=%d N=%d dtype=%s %s programs=%d", m, n, x.dtype, cfg, programs)
+    w = weight if weight is not None else x  # never read without HAS_WEIGHT
+    dot = rstd  # never read without DOT_GIVEN
+    if cfg.split_rows:
+        dot = torch.empty((m,), dtype=torch.float32, device=x.device)
+        rms_norm_bwd_dot_kernel[(m,)](
+            dy, x, w, rstd, dot, dy.stride(0), x.stride(0), n,
+            HAS_WEIGHT=weight is not None, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
+        )  # fmt: skip
+    dw_partial = torch.empty((programs, n), dtype=torch.float32, device=x.device) if compute_dw else rstd
+    rms_norm_bwd_kernel[(programs, col_blocks)](
+        dy, x, w, rstd, dot, dx, dw_partial, dy.stride(0), x.stride(0), m, n,
+        HAS_WEIGHT=weight is not None, COMPUTE_DW=compute_dw, DOT_GIVEN=cfg.split_rows,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
+    )  # fmt: skip
+    if compute_dw:
+        rms_norm_dw_reduce_kernel[(triton.cdiv(n, DW_REDUCE_BLOCK_N),)](
+            dw_partial, dw, programs, n, BLOCK_P=DW_REDUCE_BLOCK_P, BLOCK_N=DW_REDUCE_BLOCK_N
+        )
+    return dx, dw

@@ -1,0 +1,144 @@
+"""What every test compares against: the float64 reference, with tolerances derived from the dtypes.
+
+Each backend computes in fp32 and rounds once to the output dtype, so an output may differ from the
+exact (float64) result by
+  - the final rounding: half an ulp of the output dtype (a whole ulp under Triton's CPU interpreter,
+    which truncates fp32 to bf16 where the GPU rounds to nearest), plus
+  - the fp32 arithmetic before it, dominated by the reductions. A sum of n terms done as per-thread
+    sequential sums followed by a tree errs by at most (terms per thread + tree depth) fp32 units of
+    the sum of |terms|; no backend puts more than sqrt(n) terms in one thread's sequential sum, so
+    we allow sqrt(n) + log2(n) units plus a few for the elementwise roundings.
+For bf16 and fp16 outputs the second part is far below one ulp; for fp32 outputs it dominates.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+import rmsnorm
+from rmsnorm.reference import rms_norm_reference
+
+FP32_UNIT = 2.0**-24  # unit roundoff of fp32
+# Roundings outside the reductions: rstd's sqrt and division, the products x*rstd*w and dy*w.
+FP32_ELEMENTWISE_UNITS = 4
+
+
+def reduction_units(n: int) -> float:
+    """Bound on the relative fp32 error of a backend's sum of n terms, in units of FP32_UNIT."""
+    return math.sqrt(n) + math.log2(max(n, 1)) + FP32_ELEMENTWISE_UNITS
+
+
+def rounding_ulps(dtype: torch.dtype, backend: str, device: torch.device) -> float:
+    """Ulps of the final rounding to `dtype`: half an ulp when it rounds to nearest."""
+    if backend == "triton" and device.type == "cpu" and dtype == torch.bfloat16:
+        return 1.0  # Triton's interpreter truncates fp32 to bf16
+    return 0.5
+
+
+def ulp(value: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Spacing of `dtype` numbers at |value| (float64), never below the spacing at the smallest normal."""
+    info = torch.finfo(dtype)
+    magnitude = value.abs().clamp_min(info.tiny)
+    return torch.exp2(torch.floor(torch.log2(magnitude))) * info.eps
+
+
+def assert_close(
+    actual: torch.Tensor, expected: torch.Tensor, tolerance: torch.Tensor, dtype: torch.dtype, what: str
+) -> None:
+    """Elementwise |actual - expected| <= tolerance, where expected is the exact (float64) result.
+
+    NaN exactly where expected is NaN; infinity where expected is infinite, or so large that
+    rounding it to `dtype` overflows (fp16 gradients of tiny inputs do).
+    """
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    actual = actual.detach().to(torch.float64)
+    nan_expected = torch.isnan(expected)
+    if not torch.equal(torch.isnan(actual), nan_expected):
+        where = (torch.isnan(actual) != nan_expected).nonzero()[:5].tolist()
+        raise AssertionError(f"{what}: NaN where the reference has none, or the reverse, at {where}")
+    rounded = expected.to(dtype).to(torch.float64)
+    infinite = torch.isinf(rounded)
+    assert torch.equal(actual[infinite], rounded[infinite]), f"{what}: infinities differ from the reference"
+    checked = torch.isfinite(rounded)
+    excess = torch.where(checked, (actual - expected).abs() - tolerance, torch.zeros_like(expected))
+    if (excess > 0).any():
+        idx = tuple(int(i) for i in torch.unravel_index(excess.argmax().cpu(), expected.shape))
+        raise AssertionError(
+            f"{what}: {int((excess > 0).sum())} of {expected.numel()} elements out of tolerance; worst at {idx}: "
+            f"got {actual[idx].item()!r}, expected {expected[idx].item()!r}, tolerance {tolerance[idx].item():.3g}"
+        )
+
+
+def poison_next_allocation(like: torch.Tensor) -> None:
+    """Make the next allocation of like's size on its GPU come back full of NaN.
+
+    The CUDA caching allocator hands a freed block to the next request of the same size, so the
+    kernel's output starts as NaN: an element the kernel forgets to write fails the comparison.
+    (CPU allocations come from the OS, zeroed or recycled unpredictably; nothing to do there.)
+    """
+    if like.device.type == "cuda":
+        torch.full_like(like, float("nan"), memory_format=torch.contiguous_format)
+
+
+def check_rms_norm(
+    backend: str,
+    x: torch.Tensor,
+    normalized_shape: tuple[int, ...],
+    weight: torch.Tensor | None,
+    eps: float | None,
+    *,
+    backward: bool = True,
+    dy: torch.Tensor | None = None,
+) -> None:
+    """Run rms_norm on `backend` (forward, and backward when asked) and compare with float64.
+
+    dy: the gradient arriving at y, in any layout; random and contiguous by default.
+    """
+    x = x.detach().requires_grad_(backward)
+    if weight is not None:
+        weight = weight.detach().requires_grad_(backward)
+    n = math.prod(normalized_shape)
+    dims = tuple(range(x.dim() - len(normalized_shape), x.dim()))
+    lead = tuple(range(x.dim() - len(normalized_shape)))
+    eps_value = rmsnorm.reference.default_eps(x.dtype) if eps is None else eps
+
+    poison_next_allocation(x)
+    y = rmsnorm.rms_norm(x, normalized_shape, weight, eps, backend=backend)
+    assert y.dtype == x.dtype and y.shape == x.shape and y.is_contiguous()
+
+    x64 = x.detach().to(torch.float64).requires_grad_(backward)
+    w64 = None if weight is None else weight.detach().to(torch.float64).requires_grad_(backward)
+    y64 = rms_norm_reference(x64, normalized_shape, w64, eps_value, compute_dtype=torch.float64)
+    rounding = rounding_ulps(x.dtype, backend, x.device)
+    y_tolerance = rounding * ulp(y64.detach(), x.dtype) + reduction_units(n) * FP32_UNIT * y64.detach().abs()
+    assert_close(y, y64.detach(), y_tolerance, x.dtype, f"{backend} y")
+    if not backward:
+        return
+
+    if dy is None:
+        dy = torch.randn_like(y)
+    poison_next_allocation(x)
+    grads = torch.autograd.grad(y, [x] + ([weight] if weight is not None else []), dy)
+    grads64 = torch.autograd.grad(y64, [x64] + ([w64] if w64 is not None else []), dy.to(torch.float64))
+
+    # dx = rstd * (g - xhat * mean(xhat * g)), g = dy * w: each term's fp32 error is bounded by the
+    # reduction bound times its magnitude.
+    rstd = torch.rsqrt(x64.detach().pow(2).mean(dim=dims, keepdim=True) + eps_value)
+    x_hat = x64.detach() * rstd
+    g = dy.to(torch.float64) * (w64.detach() if w64 is not None else 1.0)
+    dx_scale = rstd * (g.abs() + x_hat.abs() * (x_hat * g).abs().mean(dim=dims, keepdim=True))
+    dx_tolerance = rounding * ulp(grads64[0], x.dtype) + reduction_units(n) * FP32_UNIT * dx_scale
+    assert_close(grads[0], grads64[0], dx_tolerance, x.dtype, f"{backend} dx")
+    if weight is None:
+        return
+    assert grads[1].dtype == weight.dtype and grads[1].shape == weight.shape
+    # dweight = sum over rows of dy * xhat: a reduction over the rows of terms that carry xhat's error.
+    rows = x.numel() // max(n, 1)
+    terms = (dy.to(torch.float64) * x_hat).abs()
+    magnitude = terms.sum(dim=lead) if lead else terms
+    units = reduction_units(rows) + reduction_units(n) / 2
+    w_rounding = rounding_ulps(weight.dtype, backend, x.device)
+    dw_tolerance = w_rounding * ulp(grads64[1], weight.dtype) + units * FP32_UNIT * magnitude
+    assert_close(grads[1], grads64[1], dw_tolerance, weight.dtype, f"{backend} dweight")

@@ -1,0 +1,66 @@
+"""Which backend runs: "auto", the RMSNORM_BACKEND override, available_backends(), and logging."""
+
+import logging
+
+import pytest
+import torch
+
+import rmsnorm
+from rmsnorm import functional
+from tests.conftest import DEVICE, ON_GPU
+
+
+def test_available_backends():
+    names = rmsnorm.available_backends()
+    assert names[-1] == "torch"
+    assert "triton" in names  # the GPU, or the interpreter the test suite switches on without one
+    assert ("cuda" in names) == (ON_GPU and functional._cuda_ext().available())
+
+
+def test_auto_on_cpu_is_the_reference(caplog):
+    x = torch.randn(3, 8)
+    with caplog.at_level(logging.DEBUG, logger="rmsnorm"):
+        rmsnorm.rms_norm(x)
+    assert "backend=torch" in caplog.text
+
+
+@pytest.mark.skipif(not ON_GPU, reason="auto picks a GPU backend only for CUDA tensors")
+def test_auto_on_gpu_is_a_kernel_backend(caplog):
+    x = torch.randn(3, 8, device="cuda")
+    with caplog.at_level(logging.DEBUG, logger="rmsnorm"):
+        rmsnorm.rms_norm(x)
+    assert "backend=cuda" in caplog.text or "backend=triton" in caplog.text
+
+
+def test_auto_sends_float64_to_the_reference(caplog):
+    x = torch.randn(3, 8, device=DEVICE, dtype=torch.float64)
+    with caplog.at_level(logging.DEBUG, logger="rmsnorm"):
+        rmsnorm.rms_norm(x)
+    assert "backend=torch" in caplog.text
+
+
+def test_environment_overrides_auto(monkeypatch, caplog):
+    monkeypatch.setenv("RMSNORM_BACKEND", "triton")
+    x = torch.randn(3, 8, device=DEVICE)
+    with caplog.at_level(logging.DEBUG, logger="rmsnorm"):
+        rmsnorm.rms_norm(x)
+    assert "backend=triton" in caplog.text
+    # ...but not an explicit choice
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="rmsnorm"):
+        rmsnorm.rms_norm(x, backend="torch")
+    assert "backend=torch" in caplog.text
+
+
+def test_environment_must_name_a_backend(monkeypatch):
+    monkeypatch.setenv("RMSNORM_BACKEND", "fastest")
+    with pytest.raises(ValueError, match=r"\$RMSNORM_BACKEND must be one of"):
+        rmsnorm.rms_norm(torch.randn(3, 8, device=DEVICE))
+
+
+def test_triton_logs_its_configuration(caplog):
+    x = torch.randn(3, 100, device=DEVICE)
+    with caplog.at_level(logging.DEBUG, logger="rmsnorm"):
+        rmsnorm.rms_norm(x, backend="triton")
+    assert "triton rms_norm_fwd: M=3 N=100" in caplog.text
+    assert "TileConfig(block_m=" in caplog.text
