@@ -8,6 +8,9 @@ Rows up to FWD_MAX_TILE_N (forward) / BWD_MAX_TILE_N (backward) elements are han
 held in registers: x is read once. Wider rows are split: a first kernel walks each row in chunks
 to compute its statistic (rstd forward, the dot product of xhat and dy*w backward), then a 2-D
 grid of column blocks applies it. That reads x once more, but nothing spills.
+
+Row counts are not specialised on (do_not_specialize): nothing in the kernels gains from knowing
+M, and every distinct M % 16 would otherwise compile its own copy.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import triton.language as tl
 logger = logging.getLogger("rmsnorm")
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])
 def rms_norm_fwd_kernel(
     x_ptr,  # [M, N] input; row i starts at x_ptr + i * x_row_stride
     w_ptr,  # [N] weight; not read unless HAS_WEIGHT
@@ -80,7 +83,7 @@ def rms_norm_rstd_kernel(
     tl.store(rstd_ptr + row, tl.div_rn(1.0, tl.sqrt_rn(mean_square + eps)))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])
 def rms_norm_bwd_kernel(
     dy_ptr,  # [M, N] incoming gradient; row i starts at dy_ptr + i * dy_row_stride
     x_ptr,  # [M, N] forward input; row i starts at x_ptr + i * x_row_stride
@@ -159,7 +162,7 @@ def rms_norm_bwd_dot_kernel(
     tl.store(dot_ptr + row, tl.sum(acc, axis=0))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["P"])
 def rms_norm_dw_reduce_kernel(
     dw_partial_ptr,  # [P, N] fp32 per-program partial sums
     dw_ptr,  # [N] output, weight's dtype
