@@ -1,0 +1,234 @@
+// Device helpers shared by the RMSNorm kernels: the one vector type with its loads and stores,
+// fp32 conversions, the one block reduction, and the row tiling that both launch configurations
+// are built from. Torch-free.
+//
+// Numerics: every kernel computes in fp32. Elementwise products use __fmul_rn / __fsub_rn and
+// sums of products use __fmaf_rn, so that the compiler can neither contract nor approximate
+// them whatever the nvcc flags (-fmad, --use_fast_math): the bits are those of the formula as
+// written, and the same in every build.
+//
+// Every kernel's __launch_bounds__ spells out its minimum blocks per SM: left out, ptxas capped
+// some instantiations at 32 registers (for occupancy) and spilled.
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+namespace rmsnorm {
+
+constexpr int kWarpSize = 32;
+constexpr int kMaxBlockThreads = 1024;  // CUDA's limit on threads per block
+constexpr int kMaxWarpsPerBlock = kMaxBlockThreads / kWarpSize;
+constexpr int kVectorBytes = 16;  // the widest global load/store of one thread (LDG.128 / STG.128)
+// gridDim.x and gridDim.y limits; launchers cap their grids at these and the kernels loop over
+// what is left.
+constexpr int64_t kMaxGridX = 2147483647;
+constexpr int64_t kMaxGridY = 65535;
+// The looped kernels (rows too long for registers) give each row a whole 1024-thread block: the
+// shortest rows they get (over 8K elements in the backward, over 16K in the forward) still give
+// every thread one Vec or more, and longer rows loop.
+constexpr int kLoopedBlockThreads = kMaxBlockThreads;
+// Loads each thread of a looped kernel keeps in flight: the unroll of its column loops.
+constexpr int kLoopedUnroll = 4;
+
+// Elements of T in one 16-byte vector: 4 floats, 8 halves or bfloat16s. Every kernel handles
+// its rows in chunks of this many consecutive elements, in the aligned and in the unaligned
+// path alike, so which path runs never changes the order of any sum (see load_vec).
+template <typename T>
+constexpr int kVecElems = kVectorBytes / static_cast<int>(sizeof(T));
+
+__host__ __device__ constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+__host__ __device__ constexpr int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+// N consecutive elements of T held in registers. Its alignment is that of one global access of
+// N elements, capped at 16 bytes: a Vec<float, 8> (the weights of a bf16 row chunk) is read as
+// two 16-byte loads.
+template <typename T, int N>
+struct alignas(N * sizeof(T) < kVectorBytes ? N * sizeof(T) : kVectorBytes) Vec {
+  T v[N];
+};
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+// Round-to-nearest-even on the way back to the storage type.
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// Zero in T, as a bit pattern (the conversion intrinsics would not be folded away).
+template <typename T>
+__device__ __forceinline__ T zero_value();
+template <>
+__device__ __forceinline__ float zero_value<float>() { return 0.0f; }
+template <>
+__device__ __forceinline__ __half zero_value<__half>() { return __ushort_as_half(0); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 zero_value<__nv_bfloat16>() { return __ushort_as_bfloat16(0); }
+
+// The unsigned word of one aligned global access to a Vec of BYTES bytes: 16 bytes at most.
+// Loads and stores go through these words with __ldg / __stwb, which emit exactly one vector
+// instruction per word: copied as a struct, the Vec was split into 4-byte stores in some
+// unrolled loop copies.
+template <int BYTES>
+using AccessWord = std::conditional_t<(BYTES >= 16), uint4, std::conditional_t<BYTES == 8, uint2, uint32_t>>;
+
+// Elements p[col, col + N) of global memory that no thread writes during the kernel, as a Vec,
+// with zeros for those at or past `end` (zeros add nothing to any sum the kernels take).
+// ALIGNED means the launcher checked that p + col is aligned for the Vec and that N divides
+// `end` whenever col < end: vector loads then read the chunk. Otherwise each element is read on
+// its own, so any alignment and any length work. Index is int where the launcher bounds n (the
+// register kernels), int64_t elsewhere.
+template <bool ALIGNED, int N, typename T, typename Index>
+__device__ __forceinline__ Vec<T, N> load_vec(const T* p, Index col, Index end) {
+  Vec<T, N> out;
+  if constexpr (ALIGNED) {
+    using Word = AccessWord<sizeof(out)>;
+    static_assert(sizeof(out) % sizeof(Word) == 0, "a Vec is a whole number of access words");
+    if (col < end) {
+#pragma unroll
+      for (int w = 0; w < static_cast<int>(sizeof(out) / sizeof(Word)); ++w) {
+        reinterpret_cast<Word*>(&out)[w] = __ldg(reinterpret_cast<const Word*>(p + col) + w);
+      }
+    } else {
+#pragma unroll
+      for (int k = 0; k < N; ++k) out.v[k] = zero_value<T>();
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < N; ++k) out.v[k] = col + k < end ? p[col + k] : zero_value<T>();
+  }
+  return out;
+}
+
+// Stores the elements of `in` that fall in [col, end) to global memory p[col, ...); same
+// ALIGNED contract.
+template <bool ALIGNED, int N, typename T, typename Index>
+__device__ __forceinline__ void store_vec(T* p, Index col, Index end, const Vec<T, N>& in) {
+  if constexpr (ALIGNED) {
+    using Word = AccessWord<sizeof(in)>;
+    if (col < end) {
+#pragma unroll
+      for (int w = 0; w < static_cast<int>(sizeof(in) / sizeof(Word)); ++w) {
+        __stwb(reinterpret_cast<Word*>(p + col) + w, reinterpret_cast<const Word*>(&in)[w]);
+      }
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < N; ++k) {
+      if (col + k < end) p[col + k] = in.v[k];
+    }
+  }
+}
+
+// Sum over each aligned group of `width` lanes (a power of two <= 32) by a butterfly of xor
+// shuffles. Every lane of the group ends with the same bits: each step adds the same two
+// partial sums, only in swapped operand order, and fp32 addition is commutative. All 32 lanes
+// of the warp must call it.
+__device__ __forceinline__ float warp_reduce_sum(float v, int width) {
+  for (int offset = width / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// Sum of v over each group of `group_threads` consecutive threads, returned to every thread of
+// the group. group_threads is either a power of two <= 32 (several groups per block: shuffles
+// only) or a multiple of 32 equal to blockDim.x (one group: warp sums, then shared memory).
+// The order of the additions is fixed by group_threads alone. All threads of the block must
+// call it, the same number of times.
+__device__ __forceinline__ float block_reduce_sum(float v, int group_threads) {
+  __shared__ float warp_sums[kMaxWarpsPerBlock];
+  v = warp_reduce_sum(v, group_threads < kWarpSize ? group_threads : kWarpSize);
+  if (group_threads <= kWarpSize) return v;
+  const int warp = threadIdx.x / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+  if (lane == 0) warp_sums[warp] = v;
+  __syncthreads();
+  // Every warp sums the warp sums the same way, so every thread gets the same bits without a
+  // second trip through shared memory.
+  v = lane < group_threads / kWarpSize ? warp_sums[lane] : 0.0f;
+  v = warp_reduce_sum(v, kWarpSize);
+  __syncthreads();  // warp_sums is written again by the next call
+  return v;
+}
+
+// How the threads of a block hold whole rows in registers: each thread of a row keeps `items`
+// Vecs of the row, thread t of the row owning chunks t, t + threads_per_row, ... (chunk c is
+// elements [c * vec, c * vec + vec)).
+struct RowTiling {
+  int threads_per_row;  // a power of two <= 32 (several rows per block), or a multiple of 32 (one row per block)
+  int items;            // Vecs per thread: 1, 2 or 4 (<= max_items); 0 when the row does not fit
+};
+
+__host__ __device__ constexpr int64_t next_pow2(int64_t v) {
+  int64_t p = 1;
+  while (p < v) p *= 2;
+  return p;
+}
+
+// The tiling of a row of `chunks` Vecs, given the largest items per thread that stays in
+// registers without spilling (`max_items`: 1, 2 or 4) and the most threads a row may have
+// (`max_threads_per_row`, a multiple of 32):
+//   chunks <= 32:              threads_per_row = next_pow2(chunks), one Vec each: sub-warp
+//                              groups reduce with shuffles alone, several rows per block;
+//   chunks <= 32 * max_items:  one warp per row, items = next_pow2(ceil(chunks / 32)): still
+//                              shuffles alone;
+//   otherwise one row per block: the fewest items (1, 2, 4, ...) that keep the row within
+//                              `preferred_threads_per_row` threads, else max_items and up to
+//                              max_threads_per_row threads, rounded up to whole warps;
+//   beyond that the row does not fit (items == 0): the looped kernels take it.
+// Rounding threads up to a warp, not to a power of two, keeps the idle tail of a row below
+// one warp's worth of chunks.
+inline RowTiling tile_row(int64_t chunks, int max_items, int preferred_threads_per_row,
+                          int max_threads_per_row) {
+  if (chunks <= kWarpSize) return {static_cast<int>(next_pow2(chunks)), 1};
+  if (chunks <= int64_t{kWarpSize} * max_items) {
+    return {kWarpSize, static_cast<int>(next_pow2(ceil_div(chunks, kWarpSize)))};
+  }
+  for (int items = 1; items <= max_items; items *= 2) {
+    if (ceil_div(chunks, items) <= preferred_threads_per_row) {
+      return {static_cast<int>(round_up(ceil_div(chunks, items), kWarpSize)), items};
+    }
+  }
+  const int64_t threads = round_up(ceil_div(chunks, max_items), kWarpSize);
+  if (threads <= max_threads_per_row) return {static_cast<int>(threads), max_items};
+  return {0, 0};
+}
+
+// Calls launch(std::integral_constant<int, ITEMS>{}) for items in {1, 2, 4}, instantiating only
+// ITEMS <= MAX_ITEMS: the one place where the runtime items count becomes a template constant.
+template <int MAX_ITEMS, typename F>
+cudaError_t dispatch_items(int items, F&& launch) {
+  switch (items) {
+    case 1: return launch(std::integral_constant<int, 1>{});
+    case 2:
+      if constexpr (MAX_ITEMS >= 2) return launch(std::integral_constant<int, 2>{});
+      break;
+    case 4:
+      if constexpr (MAX_ITEMS >= 4) return launch(std::integral_constant<int, 4>{});
+      break;
+  }
+  return cudaErrorInvalidConfiguration;  // tile_row never returns another items count
+}
+
+// Calls launch(std::bool_constant<aligned>{}).
+template <typename F>
+cudaError_t dispatch_aligned(bool aligned, F&& launch) {
+  return aligned ? launch(std::true_type{}) : launch(std::false_type{});
+}
+
+// Whether p is a multiple of `bytes` (a power of two).
+inline bool is_aligned(const void* p, int64_t bytes) {
+  return reinterpret_cast<uintptr_t>(p) % static_cast<uintptr_t>(bytes) == 0;
+}
+
+}  // namespace rmsnorm

@@ -1,0 +1,448 @@
+// RMSNorm backward, per row: xhat = x * rstd, g = dy * weight, c = sum(xhat * g) / n,
+// dx = (g - xhat * c) * rstd; and dweight = sum over rows of dy * xhat.
+//
+// dweight is reduced without atomics, in an order fixed by (rows, n, sizeof(T), num_sms):
+// every block of the first pass writes one fp32 row of partial sums to the workspace,
+// [partial_rows, n], and rms_norm_bwd_dweight_reduce_kernel adds those rows per column in a
+// fixed order. Rows that fit in registers:
+//   rms_norm_bwd_kernel: a persistent grid of partial_rows blocks; each thread owns the same
+//     columns of every row it visits, holds the row's x and dy there in registers, writes dx,
+//     and keeps that column's dweight sums in fp32 registers across its rows.
+// Rows too long for that:
+//   rms_norm_bwd_looped_kernel: one block per row, two passes over the row (c, then dx);
+//   rms_norm_bwd_dweight_partial_kernel: column-parallel, one partial row per slice of rows.
+// The configuration depends on n and sizeof(T) only, and the aligned and unaligned paths add in
+// the same order, so dx of a row never depends on the other rows, and dweight is bitwise
+// reproducible for given (rows, n, num_sms).
+#include <algorithm>
+
+#include "common.cuh"
+#include "rms_norm.h"
+
+namespace rmsnorm {
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Launch configuration
+// ---------------------------------------------------------------------------------------------
+
+// fp32 dweight sums a thread of rms_norm_bwd_kernel keeps in registers, ITEMS * VEC: ITEMS <= 2
+// for half/bf16, <= 4 for float. Beside them the thread holds ITEMS Vecs of x and of dy. 32
+// sums spilled under the 128-register budget below.
+constexpr int kBwdMaxAccumulators = 16;
+// rms_norm_bwd_kernel blocks have at most 512 threads, so __launch_bounds__(512, 1) lets ptxas
+// use up to 128 registers a thread; the largest tilings take 80 to 120 (ptxas -v: no spills,
+// checked by tests/test_cuda_compile.py). Rows longer than 512 threads x 16 elements (8K) go
+// to the looped kernels.
+constexpr int kBwdMaxBlockThreads = 512;
+// What that register budget guarantees resident on an SM (64K registers / 128): the persistent
+// grid has num_sms * (kBwdResidentThreadsPerSm / block_threads) blocks, a number derived from
+// constants, not queried, so the partial count (and dweight's bits) is the same on every device
+// with the same SM count.
+constexpr int kBwdResidentThreadsPerSm = 65536 / 128;
+// One row per block aims at this many threads. First guess, to be tuned by the benchmark.
+constexpr int kBwdPreferredThreadsPerRow = 256;
+// Rows of at most one warp share a block of this many threads (256 / threads_per_row rows);
+// their dweight sums are combined through rows_per_block * n floats of shared memory, at most
+// 256 threads x 16 sums x 4 bytes = 16 KiB. First guess, to be tuned by the benchmark.
+constexpr int kBwdSubWarpBlockThreads = 256;
+// rms_norm_bwd_dweight_partial_kernel: 256 threads a block, one Vec of columns each, 4 blocks
+// resident per SM (its __launch_bounds__ caps it at 64 registers a thread), and the number of
+// row slices aims at filling them. Each thread has 2 rows of x and dy loads in flight (the
+// unroll of its row loop; unrolling by 4 spilled in the unaligned bf16 path). First guesses, to
+// be tuned by the benchmark.
+constexpr int kDweightBlockThreads = 256;
+constexpr int kDweightBlocksPerSm = 4;
+constexpr int kDweightRowUnroll = 2;
+// rms_norm_bwd_dweight_reduce_kernel: a warp reads 32 consecutive columns of a partial row (128
+// coalesced bytes); 8 warps split the partial rows of those columns 8 ways, so that each thread
+// has a few independent loads in flight, then their 8 sums are added in warp order.
+constexpr int kReduceColumns = kWarpSize;
+constexpr int kReduceSlices = 8;
+
+struct BwdConfig {
+  RowTiling tiling;    // tiling.items == 0: the row does not fit, looped + dweight-partial kernels
+  int rows_per_block;  // rows handled at once by a block, each by tiling.threads_per_row threads
+  int block_threads;
+};
+
+// The backward configuration for rows of n elements of elem_bytes each: from n and the element
+// size only, never from the number of rows.
+BwdConfig bwd_config(int64_t n, int elem_bytes) {
+  const int vec = kVectorBytes / elem_bytes;
+  const RowTiling tiling = tile_row(ceil_div(n, vec), kBwdMaxAccumulators / vec, kBwdPreferredThreadsPerRow,
+                                    kBwdMaxBlockThreads);
+  if (tiling.items == 0) return {tiling, 1, kLoopedBlockThreads};
+  if (tiling.threads_per_row <= kWarpSize) {
+    return {tiling, kBwdSubWarpBlockThreads / tiling.threads_per_row, kBwdSubWarpBlockThreads};
+  }
+  return {tiling, 1, tiling.threads_per_row};
+}
+
+// Rows of the looped path's dweight partials: the rows are cut into `count` slices of
+// rows_per_slice consecutive rows (the last one shorter), one partial row each.
+struct RowSlices {
+  int64_t count;
+  int64_t rows_per_slice;
+};
+
+RowSlices dweight_row_slices(int64_t rows, int64_t n, int elem_bytes, int num_sms) {
+  const int64_t column_blocks = ceil_div(n, int64_t{kDweightBlockThreads} * (kVectorBytes / elem_bytes));
+  const int64_t wanted = ceil_div(int64_t{num_sms} * kDweightBlocksPerSm, column_blocks);
+  const int64_t rows_per_slice = ceil_div(rows, std::clamp<int64_t>(wanted, 1, std::min(rows, kMaxGridY)));
+  return {ceil_div(rows, rows_per_slice), rows_per_slice};  // no empty slice
+}
+
+// Rows of fp32 dweight partial sums the chosen path writes to the workspace ([partial_rows, n]);
+// for the register path it is also the persistent grid of rms_norm_bwd_kernel.
+int64_t bwd_partial_rows(const BwdConfig& config, int64_t rows, int64_t n, int elem_bytes, int num_sms) {
+  if (config.tiling.items == 0) return dweight_row_slices(rows, n, elem_bytes, num_sms).count;
+  const int64_t resident_blocks = int64_t{num_sms} * std::max(1, kBwdResidentThreadsPerSm / config.block_threads);
+  return std::min(ceil_div(rows, config.rows_per_block), resident_blocks);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kernels
+// ---------------------------------------------------------------------------------------------
+
+// g = dy * weight (dy alone when weight is nullptr) for the chunk at col, in fp32.
+template <bool ALIGNED, int VEC, typename T, typename W, typename Index>
+__device__ __forceinline__ Vec<float, VEC> weighted_grad(const Vec<T, VEC>& dy, const W* weight, Index col,
+                                                         Index end) {
+  Vec<float, VEC> g;
+  if (weight != nullptr) {
+    const Vec<W, VEC> w = load_vec<ALIGNED, VEC>(weight, col, end);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) g.v[k] = __fmul_rn(to_float(dy.v[k]), to_float(w.v[k]));
+  } else {
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) g.v[k] = to_float(dy.v[k]);
+  }
+  return g;
+}
+
+// dot + sum over the chunk of xhat * g, xhat = x * rstd.
+template <int VEC, typename T>
+__device__ __forceinline__ float add_xhat_dot_g(float dot, const Vec<T, VEC>& x, const Vec<float, VEC>& g,
+                                                float rstd) {
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) dot = __fmaf_rn(__fmul_rn(to_float(x.v[k]), rstd), g.v[k], dot);
+  return dot;
+}
+
+// dx = (g - xhat * c) * rstd for the chunk, rounded to T.
+template <int VEC, typename T>
+__device__ __forceinline__ Vec<T, VEC> dx_of(const Vec<T, VEC>& x, const Vec<float, VEC>& g, float rstd, float c) {
+  Vec<T, VEC> dx;
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) {
+    const float xhat = __fmul_rn(to_float(x.v[k]), rstd);
+    dx.v[k] = from_float<T>(__fmul_rn(__fsub_rn(g.v[k], __fmul_rn(xhat, c)), rstd));
+  }
+  return dx;
+}
+
+// sums += dy * xhat over the chunk: the dweight terms of one row.
+template <int VEC, typename T>
+__device__ __forceinline__ void add_dweight_terms(Vec<float, VEC>& sums, const Vec<T, VEC>& x, const Vec<T, VEC>& dy,
+                                                  float rstd) {
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) {
+    sums.v[k] = __fmaf_rn(to_float(dy.v[k]), __fmul_rn(to_float(x.v[k]), rstd), sums.v[k]);
+  }
+}
+
+// Rows held in registers, on a persistent grid. Block b handles row groups b, b + gridDim.x, ...;
+// row group g is rows [g * R, g * R + R), R = blockDim.x / threads_per_row, thread t of the block
+// working on row g * R + t / threads_per_row. Thread j = t % threads_per_row of a row holds the
+// row's chunks j, j + threads_per_row, ... (ITEMS of them; chunk c is elements
+// [c * VEC, c * VEC + VEC)), the same columns in every row it visits, and sums dy * xhat for
+// them in fp32 registers. At the end the block's R row groups add their sums in group order and
+// the block writes them as row b of dweight_partials.
+template <typename T, typename W, int ITEMS, bool ALIGNED>
+__global__ void __launch_bounds__(kBwdMaxBlockThreads, 1) rms_norm_bwd_kernel(
+    const T* __restrict__ dy,              // [rows, n], row i at dy + i * dy_row_stride
+    int64_t dy_row_stride,                 // elements between consecutive rows of dy
+    const T* __restrict__ x,               // [rows, n], row i at x + i * x_row_stride
+    int64_t x_row_stride,                  // elements between consecutive rows of x
+    const W* __restrict__ weight,          // [n], or nullptr for no weight
+    const float* __restrict__ rstd,        // [rows], from the forward
+    T* __restrict__ dx,                    // [rows, n], contiguous
+    float* __restrict__ dweight_partials,  // [gridDim.x, n], contiguous; nullptr: no dweight
+    int64_t rows,
+    int n,                                 // <= threads_per_row * ITEMS * VEC
+    int threads_per_row) {                 // RowTiling::threads_per_row: a power of two <= 32, or blockDim.x
+  constexpr int VEC = kVecElems<T>;
+  // [R, n]: each row group's dweight sums, when R > 1 and dweight_partials is set (the launcher
+  // sizes it then).
+  extern __shared__ float group_partials[];
+  const int rows_per_block = blockDim.x / threads_per_row;
+  const int row_in_block = threadIdx.x / threads_per_row;
+  // Column of this thread's first chunk, and the distance to its next one.
+  const int first_col = static_cast<int>(threadIdx.x % threads_per_row) * VEC;
+  const int col_step = threads_per_row * VEC;
+  const bool with_dweight = dweight_partials != nullptr;
+  Vec<float, VEC> dweight_sums[ITEMS] = {};
+
+  const int64_t row_groups = ceil_div(rows, rows_per_block);
+  for (int64_t group = blockIdx.x; group < row_groups; group += gridDim.x) {
+    const int64_t row = group * rows_per_block + row_in_block;
+    // Threads of a row past the last one still take part in the reduction (its shuffles need
+    // every lane of the warp), on zeros (rstd 0 too, so they add nothing to dweight), and store
+    // nothing.
+    const bool in_range = row < rows;
+    const int end = in_range ? n : 0;
+    const T* x_row = x + (in_range ? row : 0) * x_row_stride;
+    const T* dy_row = dy + (in_range ? row : 0) * dy_row_stride;
+    const float row_rstd = in_range ? rstd[row] : 0.0f;
+
+    Vec<T, VEC> x_chunks[ITEMS];
+    Vec<T, VEC> dy_chunks[ITEMS];
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      x_chunks[i] = load_vec<ALIGNED, VEC>(x_row, first_col + i * col_step, end);
+      dy_chunks[i] = load_vec<ALIGNED, VEC>(dy_row, first_col + i * col_step, end);
+    }
+    float dot = 0.0f;
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      const int col = first_col + i * col_step;
+      dot = add_xhat_dot_g(dot, x_chunks[i], weighted_grad<ALIGNED>(dy_chunks[i], weight, col, end), row_rstd);
+      if (with_dweight) add_dweight_terms(dweight_sums[i], x_chunks[i], dy_chunks[i], row_rstd);
+    }
+    const float c = __fdiv_rn(block_reduce_sum(dot, threads_per_row), static_cast<float>(n));
+    if (!in_range) continue;
+
+    T* dx_row = dx + row * n;
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      const int col = first_col + i * col_step;
+      const Vec<float, VEC> g = weighted_grad<ALIGNED>(dy_chunks[i], weight, col, n);
+      store_vec<ALIGNED>(dx_row, col, n, dx_of(x_chunks[i], g, row_rstd, c));
+    }
+  }
+
+  if (!with_dweight) return;
+  float* block_partials = dweight_partials + int64_t{blockIdx.x} * n;
+  if (rows_per_block == 1) {
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) store_vec<ALIGNED>(block_partials, first_col + i * col_step, n, dweight_sums[i]);
+    return;
+  }
+  float* own_partials = group_partials + row_in_block * n;
+#pragma unroll
+  for (int i = 0; i < ITEMS; ++i) {
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      const int col = first_col + i * col_step + k;
+      if (col < n) own_partials[col] = dweight_sums[i].v[k];
+    }
+  }
+  __syncthreads();
+  for (int col = threadIdx.x; col < n; col += blockDim.x) {
+    float sum = group_partials[col];
+    for (int r = 1; r < rows_per_block; ++r) sum += group_partials[r * n + col];
+    block_partials[col] = sum;
+  }
+}
+
+// dx of rows too long for registers. Block b handles rows b, b + gridDim.x, ...; thread t walks
+// the row's chunks t, t + blockDim.x, ... twice: c, then dx.
+template <typename T, typename W, bool ALIGNED>
+__global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_bwd_looped_kernel(
+    const T* __restrict__ dy,        // [rows, n], row i at dy + i * dy_row_stride
+    int64_t dy_row_stride,           // elements between consecutive rows of dy
+    const T* __restrict__ x,         // [rows, n], row i at x + i * x_row_stride
+    int64_t x_row_stride,            // elements between consecutive rows of x
+    const W* __restrict__ weight,    // [n], or nullptr for no weight
+    const float* __restrict__ rstd,  // [rows], from the forward
+    T* __restrict__ dx,              // [rows, n], contiguous
+    int64_t rows,
+    int64_t n) {
+  constexpr int VEC = kVecElems<T>;
+  const int64_t first_col = int64_t{threadIdx.x} * VEC;
+  const int64_t col_step = int64_t{blockDim.x} * VEC;
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const T* x_row = x + row * x_row_stride;
+    const T* dy_row = dy + row * dy_row_stride;
+    const float row_rstd = rstd[row];
+    float dot = 0.0f;
+#pragma unroll(kLoopedUnroll)
+    for (int64_t col = first_col; col < n; col += col_step) {
+      const Vec<T, VEC> dy_chunk = load_vec<ALIGNED, VEC>(dy_row, col, n);
+      dot = add_xhat_dot_g(dot, load_vec<ALIGNED, VEC>(x_row, col, n),
+                           weighted_grad<ALIGNED>(dy_chunk, weight, col, n), row_rstd);
+    }
+    const float c = __fdiv_rn(block_reduce_sum(dot, blockDim.x), static_cast<float>(n));
+
+    T* dx_row = dx + row * n;
+#pragma unroll(kLoopedUnroll)
+    for (int64_t col = first_col; col < n; col += col_step) {
+      const Vec<T, VEC> dy_chunk = load_vec<ALIGNED, VEC>(dy_row, col, n);
+      store_vec<ALIGNED>(dx_row, col, n,
+                         dx_of(load_vec<ALIGNED, VEC>(x_row, col, n), weighted_grad<ALIGNED>(dy_chunk, weight, col, n),
+                               row_rstd, c));
+    }
+  }
+}
+
+// dweight partial sums of rows too long for registers, column-parallel. Block (bx, s) sums
+// dy * xhat over the rows of slice s, [s * rows_per_slice, (s + 1) * rows_per_slice) cut at rows,
+// in row order, for the chunks bx * blockDim.x + t, + gridDim.x * blockDim.x, ... (one per
+// thread t per step), and writes them as row s of dweight_partials.
+template <typename T, bool ALIGNED>
+__global__ void __launch_bounds__(kDweightBlockThreads, kDweightBlocksPerSm) rms_norm_bwd_dweight_partial_kernel(
+    const T* __restrict__ dy,              // [rows, n], row i at dy + i * dy_row_stride
+    int64_t dy_row_stride,                 // elements between consecutive rows of dy
+    const T* __restrict__ x,               // [rows, n], row i at x + i * x_row_stride
+    int64_t x_row_stride,                  // elements between consecutive rows of x
+    const float* __restrict__ rstd,        // [rows], from the forward
+    float* __restrict__ dweight_partials,  // [gridDim.y, n], contiguous
+    int64_t rows,
+    int64_t n,
+    int64_t rows_per_slice) {
+  constexpr int VEC = kVecElems<T>;
+  const int64_t row_begin = int64_t{blockIdx.y} * rows_per_slice;
+  const int64_t row_end = row_begin + rows_per_slice < rows ? row_begin + rows_per_slice : rows;
+  float* slice_partials = dweight_partials + int64_t{blockIdx.y} * n;
+  const int64_t col_step = int64_t{gridDim.x} * blockDim.x * VEC;
+  for (int64_t col = (int64_t{blockIdx.x} * blockDim.x + threadIdx.x) * VEC; col < n; col += col_step) {
+    Vec<float, VEC> sums = {};
+#pragma unroll(kDweightRowUnroll)
+    for (int64_t row = row_begin; row < row_end; ++row) {
+      add_dweight_terms(sums, load_vec<ALIGNED, VEC>(x + row * x_row_stride, col, n),
+                        load_vec<ALIGNED, VEC>(dy + row * dy_row_stride, col, n), rstd[row]);
+    }
+    store_vec<ALIGNED>(slice_partials, col, n, sums);
+  }
+}
+
+// dweight[j] = sum of partials[p, j] over p, rounded to W. Column j's sum is fixed by
+// partial_rows alone: warp w of its block adds rows w, w + 8, w + 16, ... in that order, then
+// the 8 warp sums are added in warp order.
+template <typename W>
+__global__ void __launch_bounds__(kReduceColumns * kReduceSlices, 1) rms_norm_bwd_dweight_reduce_kernel(
+    const float* __restrict__ partials,  // [partial_rows, n], contiguous
+    int64_t partial_rows,
+    W* __restrict__ dweight,             // [n]
+    int64_t n) {
+  __shared__ float slice_sums[kReduceSlices][kReduceColumns];
+  const int column_in_tile = threadIdx.x % kReduceColumns;
+  const int slice = threadIdx.x / kReduceColumns;
+  const int64_t tiles = ceil_div(n, kReduceColumns);
+  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    const int64_t col = tile * kReduceColumns + column_in_tile;
+    float sum = 0.0f;
+    if (col < n) {
+#pragma unroll(kLoopedUnroll)
+      for (int64_t p = slice; p < partial_rows; p += kReduceSlices) sum += partials[p * n + col];
+    }
+    slice_sums[slice][column_in_tile] = sum;
+    __syncthreads();
+    if (slice == 0 && col < n) {
+      for (int s = 1; s < kReduceSlices; ++s) sum += slice_sums[s][column_in_tile];
+      dweight[col] = from_float<W>(sum);
+    }
+    __syncthreads();  // slice_sums is written again for the next tile
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Launch helpers
+// ---------------------------------------------------------------------------------------------
+
+template <typename T, typename W, bool ALIGNED>
+cudaError_t launch_bwd_looped(const T* dy, int64_t dy_row_stride, const T* x, int64_t x_row_stride, const W* weight,
+                              const float* rstd, T* dx, float* dweight_partials, int64_t rows, int64_t n,
+                              int num_sms, cudaStream_t stream) {
+  rms_norm_bwd_looped_kernel<T, W, ALIGNED><<<std::min(rows, kMaxGridX), kLoopedBlockThreads, 0, stream>>>(
+      dy, dy_row_stride, x, x_row_stride, weight, rstd, dx, rows, n);
+  const cudaError_t status = cudaGetLastError();
+  if (status != cudaSuccess || dweight_partials == nullptr) return status;
+  const RowSlices slices = dweight_row_slices(rows, n, sizeof(T), num_sms);
+  const int64_t column_blocks = ceil_div(n, int64_t{kDweightBlockThreads} * kVecElems<T>);
+  const dim3 grid(static_cast<unsigned>(std::min(column_blocks, kMaxGridX)), static_cast<unsigned>(slices.count));
+  rms_norm_bwd_dweight_partial_kernel<T, ALIGNED><<<grid, kDweightBlockThreads, 0, stream>>>(
+      dy, dy_row_stride, x, x_row_stride, rstd, dweight_partials, rows, n, slices.rows_per_slice);
+  return cudaGetLastError();
+}
+
+template <typename W>
+cudaError_t launch_dweight_reduce(const float* partials, int64_t partial_rows, W* dweight, int64_t n,
+                                  cudaStream_t stream) {
+  const int64_t grid = std::min(ceil_div(n, kReduceColumns), kMaxGridX);
+  rms_norm_bwd_dweight_reduce_kernel<W><<<grid, kReduceColumns * kReduceSlices, 0, stream>>>(partials, partial_rows,
+                                                                                            dweight, n);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Launchers
+// ---------------------------------------------------------------------------------------------
+
+template <typename T>
+int64_t rms_norm_bwd_workspace_elems(int64_t rows, int64_t n, bool needs_dweight, int num_sms) {
+  if (!needs_dweight || rows <= 0 || n <= 0 || num_sms < 1) return 0;
+  return bwd_partial_rows(bwd_config(n, sizeof(T)), rows, n, sizeof(T), num_sms) * n;
+}
+
+template <typename T, typename W>
+cudaError_t rms_norm_bwd(const T* dy, int64_t dy_row_stride, const T* x, int64_t x_row_stride, const W* weight,
+                         const float* rstd, T* dx, W* dweight, float* workspace, int64_t rows, int64_t n, int num_sms,
+                         cudaStream_t stream) {
+  if (rows < 0 || n < 0 || num_sms < 1) return cudaErrorInvalidValue;
+  if (n == 0) return cudaSuccess;
+  if (rows == 0) return dweight == nullptr ? cudaSuccess : cudaMemsetAsync(dweight, 0, n * sizeof(W), stream);
+  if (dweight != nullptr && workspace == nullptr) return cudaErrorInvalidValue;
+  constexpr int VEC = kVecElems<T>;
+  const BwdConfig config = bwd_config(n, sizeof(T));
+  const int64_t partial_rows = bwd_partial_rows(config, rows, n, sizeof(T), num_sms);
+  float* partials = dweight != nullptr ? workspace : nullptr;
+  // Whole Vecs can be read and written when every row starts on a 16-byte boundary and n is a
+  // multiple of VEC (then no chunk straddles the row's end); the weight's Vec needs its own
+  // alignment (16 bytes, or 8 for the 4 bf16/half weights of a float row chunk).
+  const bool aligned = n % VEC == 0 && is_aligned(dy, kVectorBytes) && dy_row_stride % VEC == 0 &&
+                       is_aligned(x, kVectorBytes) && x_row_stride % VEC == 0 && is_aligned(dx, kVectorBytes) &&
+                       (weight == nullptr || is_aligned(weight, alignof(Vec<W, VEC>))) &&
+                       (partials == nullptr || is_aligned(partials, kVectorBytes));
+  const cudaError_t status = dispatch_aligned(aligned, [&](auto aligned_tag) {
+    constexpr bool ALIGNED = decltype(aligned_tag)::value;
+    if (config.tiling.items == 0) {
+      return launch_bwd_looped<T, W, ALIGNED>(dy, dy_row_stride, x, x_row_stride, weight, rstd, dx, partials, rows, n,
+                                              num_sms, stream);
+    }
+    return dispatch_items<kBwdMaxAccumulators / VEC>(config.tiling.items, [&](auto items_tag) {
+      constexpr int ITEMS = decltype(items_tag)::value;
+      const size_t group_partials_bytes =
+          partials != nullptr && config.rows_per_block > 1 ? config.rows_per_block * n * sizeof(float) : 0;
+      rms_norm_bwd_kernel<T, W, ITEMS, ALIGNED><<<partial_rows, config.block_threads, group_partials_bytes, stream>>>(
+          dy, dy_row_stride, x, x_row_stride, weight, rstd, dx, partials, rows, static_cast<int>(n),
+          config.tiling.threads_per_row);
+      return cudaGetLastError();
+    });
+  });
+  if (status != cudaSuccess || dweight == nullptr) return status;
+  return launch_dweight_reduce(partials, partial_rows, dweight, n, stream);
+}
+
+template int64_t rms_norm_bwd_workspace_elems<float>(int64_t, int64_t, bool, int);
+template int64_t rms_norm_bwd_workspace_elems<__half>(int64_t, int64_t, bool, int);
+template int64_t rms_norm_bwd_workspace_elems<__nv_bfloat16>(int64_t, int64_t, bool, int);
+
+#define RMSNORM_INSTANTIATE_BWD(T, W)                                                                        \
+  template cudaError_t rms_norm_bwd<T, W>(const T*, int64_t, const T*, int64_t, const W*, const float*, T*, W*, \
+                                          float*, int64_t, int64_t, int, cudaStream_t);
+RMSNORM_INSTANTIATE_BWD(float, float)
+RMSNORM_INSTANTIATE_BWD(float, __half)
+RMSNORM_INSTANTIATE_BWD(float, __nv_bfloat16)
+RMSNORM_INSTANTIATE_BWD(__half, float)
+RMSNORM_INSTANTIATE_BWD(__half, __half)
+RMSNORM_INSTANTIATE_BWD(__half, __nv_bfloat16)
+RMSNORM_INSTANTIATE_BWD(__nv_bfloat16, float)
+RMSNORM_INSTANTIATE_BWD(__nv_bfloat16, __half)
+RMSNORM_INSTANTIATE_BWD(__nv_bfloat16, __nv_bfloat16)
+#undef RMSNORM_INSTANTIATE_BWD
+
+}  // namespace rmsnorm

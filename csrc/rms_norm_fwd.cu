@@ -1,0 +1,225 @@
+// RMSNorm forward: y = (x * rstd) * weight, rstd = 1 / sqrt(mean(x^2) + eps) per row.
+//
+// Two kernels:
+//   rms_norm_fwd_kernel:        the row is held in registers (ITEMS Vecs per thread) between the
+//                               sum of squares and the scaling, so x is read from DRAM once.
+//   rms_norm_fwd_looped_kernel: rows too long for registers; one block per row walks the row
+//                               twice (sum of squares, then scaling), the second time mostly
+//                               from L2.
+// The launch configuration depends on n and sizeof(T) only, and the aligned and unaligned paths
+// add in the same order, so a row's bits never depend on the other rows, on the batch size or
+// on where the row sits in memory.
+#include <algorithm>
+
+#include "common.cuh"
+#include "rms_norm.h"
+
+namespace rmsnorm {
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Launch configuration
+// ---------------------------------------------------------------------------------------------
+
+// Largest ITEMS: 4 Vecs are 16 registers of row data (32 in the unaligned half/bf16 path,
+// one element per register), which with the weights, addresses and masks fits the 64-register
+// cap of a 1024-thread block without spills (ptxas -v; tests/test_cuda_compile.py checks it).
+// 8 Vecs spilled. Rows longer than 1024 threads x 4 Vecs (32K halves, 16K floats) go to the
+// looped kernel.
+constexpr int kFwdMaxItems = 4;
+// One row per block aims at this many threads (fewer items per thread while the row allows it):
+// 256-thread blocks leave several blocks resident per SM and keep the reduction to 8 warps.
+// First guess, to be tuned by the benchmark.
+constexpr int kFwdPreferredThreadsPerRow = 256;
+// Rows of at most one warp share a block of this many threads (128 / threads_per_row rows).
+// First guess, to be tuned by the benchmark.
+constexpr int kFwdSubWarpBlockThreads = 128;
+
+struct FwdConfig {
+  RowTiling tiling;    // tiling.items == 0: the row does not fit, rms_norm_fwd_looped_kernel
+  int rows_per_block;  // rows of one block, each handled by tiling.threads_per_row threads
+  int block_threads;
+};
+
+// The forward configuration for rows of n elements of elem_bytes each: from n and the element
+// size only, never from the number of rows (batch invariance).
+FwdConfig fwd_config(int64_t n, int elem_bytes) {
+  const RowTiling tiling = tile_row(ceil_div(n, kVectorBytes / elem_bytes), kFwdMaxItems,
+                                    kFwdPreferredThreadsPerRow, kMaxBlockThreads);
+  if (tiling.items == 0) return {tiling, 1, kLoopedBlockThreads};
+  if (tiling.threads_per_row <= kWarpSize) {
+    return {tiling, kFwdSubWarpBlockThreads / tiling.threads_per_row, kFwdSubWarpBlockThreads};
+  }
+  return {tiling, 1, tiling.threads_per_row};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kernels
+// ---------------------------------------------------------------------------------------------
+
+// rstd = 1 / sqrt(sum_sq / n + eps), with IEEE division and square root: rsqrtf and the
+// approximate division would change the last bits.
+__device__ __forceinline__ float rstd_of(float sum_sq, int64_t n, float eps) {
+  return __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(sum_sq, static_cast<float>(n)), eps)));
+}
+
+template <int VEC, typename T>
+__device__ __forceinline__ float add_squares(float sum_sq, const Vec<T, VEC>& x) {
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) {
+    const float v = to_float(x.v[k]);
+    sum_sq = __fmaf_rn(v, v, sum_sq);
+  }
+  return sum_sq;
+}
+
+// Stores y = (x * rstd) * weight for the chunk of row y_row at col (elements past n are
+// skipped). weight == nullptr: y = x * rstd.
+template <bool ALIGNED, int VEC, typename T, typename W, typename Index>
+__device__ __forceinline__ void store_normalized(T* y_row, const Vec<T, VEC>& x, const W* weight,
+                                                 Index col, Index n, float rstd) {
+  Vec<T, VEC> y;
+  if (weight != nullptr) {
+    const Vec<W, VEC> w = load_vec<ALIGNED, VEC>(weight, col, n);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      y.v[k] = from_float<T>(__fmul_rn(__fmul_rn(to_float(x.v[k]), rstd), to_float(w.v[k])));
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) y.v[k] = from_float<T>(__fmul_rn(to_float(x.v[k]), rstd));
+  }
+  store_vec<ALIGNED>(y_row, col, n, y);
+}
+
+// Rows held in registers. Block b handles row groups b, b + gridDim.x, ...; row group g is rows
+// [g * R, g * R + R), R = blockDim.x / threads_per_row, thread t of the block working on row
+// g * R + t / threads_per_row. Thread j = t % threads_per_row of a row holds the row's chunks
+// j, j + threads_per_row, ..., (ITEMS of them; chunk c is elements [c * VEC, c * VEC + VEC)).
+template <typename T, typename W, int ITEMS, bool ALIGNED>
+__global__ void __launch_bounds__(kMaxBlockThreads, 1) rms_norm_fwd_kernel(
+    const T* __restrict__ x,       // [rows, n], row i at x + i * x_row_stride
+    int64_t x_row_stride,          // elements between consecutive rows of x
+    const W* __restrict__ weight,  // [n], or nullptr for no weight
+    T* __restrict__ y,             // [rows, n], contiguous
+    float* __restrict__ rstd,      // [rows]
+    int64_t rows,
+    int n,                         // <= threads_per_row * ITEMS * VEC
+    float eps,
+    int threads_per_row) {         // RowTiling::threads_per_row: a power of two <= 32, or blockDim.x
+  constexpr int VEC = kVecElems<T>;
+  const int rows_per_block = blockDim.x / threads_per_row;
+  // Column of this thread's first chunk, and the distance to its next one.
+  const int first_col = static_cast<int>(threadIdx.x % threads_per_row) * VEC;
+  const int col_step = threads_per_row * VEC;
+  const int64_t row_groups = ceil_div(rows, rows_per_block);
+  for (int64_t group = blockIdx.x; group < row_groups; group += gridDim.x) {
+    const int64_t row = group * rows_per_block + threadIdx.x / threads_per_row;
+    // Threads of a row past the last one still take part in the reduction (its shuffles need
+    // every lane of the warp), on zeros, and store nothing.
+    const bool in_range = row < rows;
+    const int end = in_range ? n : 0;
+    const T* x_row = x + (in_range ? row : 0) * x_row_stride;
+
+    Vec<T, VEC> x_chunks[ITEMS];
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) x_chunks[i] = load_vec<ALIGNED, VEC>(x_row, first_col + i * col_step, end);
+    float sum_sq = 0.0f;
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) sum_sq = add_squares(sum_sq, x_chunks[i]);
+    const float row_rstd = rstd_of(block_reduce_sum(sum_sq, threads_per_row), n, eps);
+    if (!in_range) continue;
+
+    if (first_col == 0) rstd[row] = row_rstd;
+    T* y_row = y + row * n;
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      store_normalized<ALIGNED>(y_row, x_chunks[i], weight, first_col + i * col_step, n, row_rstd);
+    }
+  }
+}
+
+// Rows too long for registers. Block b handles rows b, b + gridDim.x, ...; thread t walks the
+// row's chunks t, t + blockDim.x, ... twice: sum of squares, then scaling.
+template <typename T, typename W, bool ALIGNED>
+__global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_kernel(
+    const T* __restrict__ x,       // [rows, n], row i at x + i * x_row_stride
+    int64_t x_row_stride,          // elements between consecutive rows of x
+    const W* __restrict__ weight,  // [n], or nullptr for no weight
+    T* __restrict__ y,             // [rows, n], contiguous
+    float* __restrict__ rstd,      // [rows]
+    int64_t rows,
+    int64_t n,
+    float eps) {
+  constexpr int VEC = kVecElems<T>;
+  const int64_t first_col = int64_t{threadIdx.x} * VEC;
+  const int64_t col_step = int64_t{blockDim.x} * VEC;
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const T* x_row = x + row * x_row_stride;
+    float sum_sq = 0.0f;
+#pragma unroll(kLoopedUnroll)
+    for (int64_t col = first_col; col < n; col += col_step) {
+      sum_sq = add_squares(sum_sq, load_vec<ALIGNED, VEC>(x_row, col, n));
+    }
+    const float row_rstd = rstd_of(block_reduce_sum(sum_sq, blockDim.x), n, eps);
+
+    if (threadIdx.x == 0) rstd[row] = row_rstd;
+    T* y_row = y + row * n;
+#pragma unroll(kLoopedUnroll)
+    for (int64_t col = first_col; col < n; col += col_step) {
+      store_normalized<ALIGNED>(y_row, load_vec<ALIGNED, VEC>(x_row, col, n), weight, col, n, row_rstd);
+    }
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Launcher
+// ---------------------------------------------------------------------------------------------
+
+template <typename T, typename W>
+cudaError_t rms_norm_fwd(const T* x, int64_t x_row_stride, const W* weight, T* y, float* rstd, int64_t rows,
+                         int64_t n, float eps, cudaStream_t stream) {
+  if (rows < 0 || n < 0) return cudaErrorInvalidValue;
+  if (rows == 0 || n == 0) return cudaSuccess;
+  constexpr int VEC = kVecElems<T>;
+  const FwdConfig config = fwd_config(n, sizeof(T));
+  // Whole Vecs can be read and written when every row starts on a 16-byte boundary and n is a
+  // multiple of VEC (then no chunk straddles the row's end); the weight's Vec needs its own
+  // alignment (16 bytes, or 8 for the 4 bf16/half weights of a float row chunk).
+  const bool aligned = n % VEC == 0 && is_aligned(x, kVectorBytes) && x_row_stride % VEC == 0 &&
+                       is_aligned(y, kVectorBytes) &&
+                       (weight == nullptr || is_aligned(weight, alignof(Vec<W, VEC>)));
+  return dispatch_aligned(aligned, [&](auto aligned_tag) {
+    constexpr bool ALIGNED = decltype(aligned_tag)::value;
+    if (config.tiling.items == 0) {
+      rms_norm_fwd_looped_kernel<T, W, ALIGNED><<<std::min(rows, kMaxGridX), config.block_threads, 0, stream>>>(
+          x, x_row_stride, weight, y, rstd, rows, n, eps);
+      return cudaGetLastError();
+    }
+    return dispatch_items<kFwdMaxItems>(config.tiling.items, [&](auto items_tag) {
+      constexpr int ITEMS = decltype(items_tag)::value;
+      const int64_t grid = std::min(ceil_div(rows, config.rows_per_block), kMaxGridX);
+      rms_norm_fwd_kernel<T, W, ITEMS, ALIGNED><<<grid, config.block_threads, 0, stream>>>(
+          x, x_row_stride, weight, y, rstd, rows, static_cast<int>(n), eps, config.tiling.threads_per_row);
+      return cudaGetLastError();
+    });
+  });
+}
+
+#define RMSNORM_INSTANTIATE_FWD(T, W)                                                                \
+  template cudaError_t rms_norm_fwd<T, W>(const T*, int64_t, const W*, T*, float*, int64_t, int64_t, \
+                                          float, cudaStream_t);
+RMSNORM_INSTANTIATE_FWD(float, float)
+RMSNORM_INSTANTIATE_FWD(float, __half)
+RMSNORM_INSTANTIATE_FWD(float, __nv_bfloat16)
+RMSNORM_INSTANTIATE_FWD(__half, float)
+RMSNORM_INSTANTIATE_FWD(__half, __half)
+RMSNORM_INSTANTIATE_FWD(__half, __nv_bfloat16)
+RMSNORM_INSTANTIATE_FWD(__nv_bfloat16, float)
+RMSNORM_INSTANTIATE_FWD(__nv_bfloat16, __half)
+RMSNORM_INSTANTIATE_FWD(__nv_bfloat16, __nv_bfloat16)
+#undef RMSNORM_INSTANTIATE_FWD
+
+}  // namespace rmsnorm
