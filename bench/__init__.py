@@ -1,0 +1,6 @@
+"""The benchmark of rmsnorm against PyTorch and its peers: ``python -m bench --help``.
+
+Modules, one role each: cases (what is measured), implementations (what is timed), inputs, correctness
+(the float64 check), timing (events and the copy ceiling), latency, sweep, estimate, stamp, report
+(JSON and markdown), plot (PNG). NOTES.md records each optimisation's prediction and outcome.
+"""

@@ -1,0 +1,66 @@
+"""What the benchmark measures: shapes, dtypes, modes, the bytes each mode moves, and the --quick subset.
+
+Torch-free on purpose, so that bench.report can redraw tables and plots from saved JSON anywhere.
+"""
+
+from __future__ import annotations
+
+# Rows x columns of every main-sweep case. 2^27 elements is 256 MiB per bf16 tensor, several times an
+# H100's 50 MB L2, so every timed call streams from DRAM and no cache flush or input rotation is needed.
+ELEMENTS = 2**27
+
+# Row lengths N of the main sweep, M = ELEMENTS // N rows each: powers of two plus 5120 and 12288,
+# the hidden sizes of common models that are not powers of two.
+MAIN_NS = (64, 128, 256, 512, 1024, 2048, 4096, 5120, 8192, 12288, 16384, 32768, 65536, 131072, 262144)
+
+# Rows longer than one block of shared memory or registers can hold, at a fixed M: 2^19 x 256 is still
+# 2^27 elements; 2^20 x 256 is twice that.
+LONG_ROW_NS = (2**19, 2**20)
+LONG_ROW_M = 256
+
+# Small-M latency: a decode-sized hidden size, batches from one token to a prefill chunk.
+LATENCY_N = 4096
+LATENCY_ROWS = (1, 8, 64, 512)
+LATENCY_DTYPE = "bf16"
+
+# eps of every call: Llama's value, passed explicitly so that no implementation's default matters.
+EPS = 1e-6
+
+# Short dtype names (CLI, tables) -> torch attribute names; the weight always has x's dtype.
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+FORWARD = "forward"
+BACKWARD = "backward"
+FORWARD_BACKWARD = "forward+backward"
+LATENCY = "latency"
+THROUGHPUT_MODES = (FORWARD, BACKWARD, FORWARD_BACKWARD)
+MODES = THROUGHPUT_MODES + (LATENCY,)
+
+# Full-size tensors each mode must move, in elements of x's dtype per element of x: forward reads x and
+# writes y; backward reads x and dy and writes dx; forward+backward is both. Weight, dweight and
+# per-row statistics are O(N + M) and ignored.
+TENSORS_MOVED = {FORWARD: 2, BACKWARD: 3, FORWARD_BACKWARD: 5}
+
+ELEMENT_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+
+# Forward+backward is measured this many times; the median is reported, and the run is called stable
+# when the lowest is within STABLE_SPREAD_POINTS points (percent of the ceiling) of it.
+FORWARD_BACKWARD_REPEATS = 3
+STABLE_SPREAD_POINTS = 3.0
+
+# --quick: finishes in under a minute on an H100; bf16 only, no long rows, the library against the
+# fused peers (the eager and compiled formulas are slow or compile per shape).
+QUICK_DTYPES = ("bf16",)
+QUICK_NS = (1024, 4096, 16384, 65536)
+QUICK_MODES = (FORWARD, FORWARD_BACKWARD, LATENCY)
+QUICK_IMPLEMENTATIONS = ("ours-triton", "ours-cuda", "ours-auto", "torch-F", "liger", "quack")
+
+
+def rows_for(n: int) -> int:
+    """Number of rows M timed at row length ``n``: LONG_ROW_M for the long rows, else ELEMENTS // n."""
+    return LONG_ROW_M if n in LONG_ROW_NS else max(1, ELEMENTS // n)
+
+
+def bytes_moved(mode: str, rows: int, n: int, dtype: str) -> int:
+    """Bytes a ``mode`` call on a [rows, n] tensor of ``dtype`` must move at the least (see TENSORS_MOVED)."""
+    return TENSORS_MOVED[mode] * rows * n * ELEMENT_BYTES[dtype]

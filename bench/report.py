@@ -1,0 +1,217 @@
+"""Results as files: results.json (every measurement), results.md (tables) and results.png (the plot).
+
+Torch-free, so that ``python -m bench.report path/to/results.json`` redraws results.md and results.png
+from saved JSON on any machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from bench.cases import (
+    FORWARD_BACKWARD_REPEATS,
+    LONG_ROW_M,
+    STABLE_SPREAD_POINTS,
+    TENSORS_MOVED,
+    THROUGHPUT_MODES,
+)
+
+JSON_NAME, MARKDOWN_NAME, PLOT_NAME = "results.json", "results.md", "results.png"
+
+
+def stamp_line(stamp: dict) -> str:
+    """One line naming the GPU, software, commit, date and command of a run."""
+    peers = "".join(f" · {name} {version}" for name, version in stamp.get("peers", {}).items())
+    commit = stamp["git_commit"][:12] + ("+dirty" if stamp["git_commit"].endswith("+dirty") else "")
+    return (
+        f"{stamp['gpu']} ({stamp['sm_count']} SMs) · torch {stamp['torch']} · triton {stamp['triton']} · "
+        f"CUDA {stamp['cuda']} · Python {stamp['python']}{peers} · commit {commit} · "
+        f"{stamp['date_utc']} UTC · `{stamp['command']}`"
+    )
+
+
+def implementation_order(results: dict) -> list[str]:
+    """Names of the implementations that have measurements, in registry order (ours first)."""
+    measured = {r["impl"] for r in results["results"] + results["latency"]}
+    return [name for name in results["implementations"] if name in measured]
+
+
+def _cell(record: dict | None, best: float) -> str:
+    if record is None:
+        return ""
+    if record["status"] != "ok":
+        return record["status"]
+    text = f"{record['gbps']:.0f} ({record['pct_of_ceiling']:.0f}%)"
+    text = f"**{text}**" if record["gbps"] == best else text
+    return text if record.get("stable", True) else text + " *"
+
+
+def _throughput_table(records: list[dict], names: list[str]) -> list[str]:
+    by_n = defaultdict(dict)
+    for r in records:
+        by_n[r["n"], r["rows"]][r["impl"]] = r
+    lines = ["| N | M | " + " | ".join(names) + " |", "|--:|--:|" + "--:|" * len(names)]
+    for (n, rows), cells in sorted(by_n.items()):
+        best = max((r["gbps"] for r in cells.values() if r["status"] == "ok"), default=None)
+        lines.append(f"| {n} | {rows} | " + " | ".join(_cell(cells.get(name), best) for name in names) + " |")
+    return lines
+
+
+def _repeats_note(records: list[dict]) -> str:
+    """What the repeated forward+backward measurements say about their own spread."""
+    spreads = [(max(r["pct_repeats"]) - min(r["pct_repeats"]), r) for r in records if "pct_repeats" in r]
+    note = (
+        f"Median of {FORWARD_BACKWARD_REPEATS} repeats; * the lowest is more than {STABLE_SPREAD_POINTS:g} "
+        "points of the ceiling below it."
+    )
+    if not spreads:
+        return note
+    widest, r = max(spreads, key=lambda pair: pair[0])
+    typical = sorted(s for s, _ in spreads)[len(spreads) // 2]
+    where = f"{r['impl']}, N={r['n']}"
+    return f"{note} Repeats' spread (max - min): median {typical:.1f} points, widest {widest:.1f} ({where})."
+
+
+def _latency_table(records: list[dict], names: list[str]) -> list[str]:
+    rows = sorted({r["rows"] for r in records})
+    cells = {(r["impl"], r["rows"]): r for r in records}
+    lines = ["| implementation | " + " | ".join(f"M={m}" for m in rows) + " |", "|---|" + "--:|" * len(rows)]
+    for name in names:
+        row = []
+        for m in rows:
+            r = cells.get((name, m))
+            if r is None or r["status"] != "ok":
+                row.append("" if r is None else r["status"])
+            else:
+                row.append(
+                    f"{r['host_us']:.1f} / " + (f"{r['graph_us']:.1f}" if "graph_us" in r else "no graph")
+                )
+        lines.append(f"| {name} | " + " | ".join(row) + " |")
+    return lines
+
+
+def _failures(results: dict) -> list[str]:
+    """One line per (implementation, status, reason), naming the cases it covers."""
+    places = defaultdict(lambda: defaultdict(list))  # (impl, status, reason) -> "N=..." -> [(dtype, mode)]
+    for r in results["results"]:
+        if r["status"] != "ok":
+            places[r["impl"], r["status"], r.get("reason")][f"N={r['n']}"].append((r["dtype"], r["mode"]))
+    for r in results["latency"]:
+        key = (r["impl"], r["status"], r.get("reason"))
+        if r["status"] == "ok" and "graph_reason" in r:
+            key = (r["impl"], "not graph-capturable", r["graph_reason"])
+        if key[1] != "ok":
+            places[key][f"M={r['rows']}"].append((r["dtype"], "latency"))
+    return [
+        f"- **{impl}** {status} at {_where(cases)}: {reason}"
+        for (impl, status, reason), cases in places.items()
+    ]
+
+
+def _where(cases: dict[str, list[tuple[str, str]]]) -> str:
+    """ "N=131072, N=262144 (bf16, fp16; forward, backward)": the N (or M) values, grouped by their cases."""
+    items_by_cases = defaultdict(list)
+    for item, pairs in cases.items():
+        dtypes, modes = list(dict.fromkeys(d for d, _ in pairs)), list(dict.fromkeys(m for _, m in pairs))
+        if len(pairs) == len(dtypes) * len(modes):  # every dtype in every mode: say it once
+            items_by_cases[f"{', '.join(dtypes)}; {', '.join(modes)}"].append(item)
+        else:
+            items_by_cases[", ".join(f"{d} {m}" for d, m in pairs)].append(item)
+    return ", ".join(f"{', '.join(items)} ({where})" for where, items in items_by_cases.items())
+
+
+def markdown(results: dict) -> str:
+    """The results as markdown: stamp, ceiling, one table per (dtype, mode), the latency table, failures."""
+    ceiling, names = results["ceiling"], implementation_order(results)
+    moved = ", ".join(f"{mode} {n}·M·N" for mode, n in TENSORS_MOVED.items())
+    lines = [
+        f"# RMSNorm benchmark: {results['stamp']['gpu']}",
+        "",
+        stamp_line(results["stamp"]),
+        "",
+        f"Ceiling: device-to-device copy of {ceiling['bytes'] // 2 // 2**30} GiB, read + written: "
+        f"**{ceiling['gbps']:.0f} GB/s** (GB = 1e9 bytes). Cells: GB/s of the median call and its percent "
+        f"of the ceiling; the best of each row in bold. Elements moved: {moved} (weight ignored). "
+        f"M·N = 2^27, except M = {LONG_ROW_M} for the longest rows.",
+    ]
+    absent = [f"{n} ({i['reason']})" for n, i in results["implementations"].items() if not i["present"]]
+    if absent:
+        lines += ["", "Absent: " + "; ".join(absent) + "."]
+    for dtype in dict.fromkeys(r["dtype"] for r in results["results"]):
+        for mode in THROUGHPUT_MODES:
+            records = [r for r in results["results"] if r["dtype"] == dtype and r["mode"] == mode]
+            if records:
+                lines += ["", f"## {dtype} {mode}", "", *_throughput_table(records, names)]
+                if mode == THROUGHPUT_MODES[-1]:
+                    lines += ["", _repeats_note(records)]
+    if results["latency"]:
+        r0 = results["latency"][0]
+        lines += [
+            "",
+            f"## Latency: {r0['dtype']}, N = {r0['n']}, forward without grad",
+            "",
+            "Microseconds per call: host wall time of back-to-back calls / GPU time under CUDA-graph replay.",
+            "",
+            *_latency_table(results["latency"], names),
+        ]
+    failures = _failures(results)
+    if failures:
+        lines += ["", "## Not measured", "", *failures]
+    return "\n".join(lines) + "\n"
+
+
+def _write(path: Path, text: str) -> None:
+    temporary = path.with_suffix(path.suffix + ".tmp")  # a run killed mid-write leaves the last good file
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def save_json(results: dict, out_dir: Path) -> Path:
+    """Write results.json into ``out_dir``; returns its path."""
+    _write(out_dir / JSON_NAME, json.dumps(results, indent=1) + "\n")
+    return out_dir / JSON_NAME
+
+
+def save_markdown(results: dict, out_dir: Path) -> Path:
+    """Write results.md into ``out_dir``; returns its path."""
+    _write(out_dir / MARKDOWN_NAME, markdown(results))
+    return out_dir / MARKDOWN_NAME
+
+
+def save_plot(results: dict, out_dir: Path) -> Path | None:
+    """Write results.png into ``out_dir``; returns its path; None without throughput results or matplotlib."""
+    if not results["results"]:
+        return None
+    try:
+        from bench.plot import draw
+    except ImportError as exc:
+        print(f"warning: no plot, matplotlib is not importable ({exc})", file=sys.stderr, flush=True)
+        return None
+    draw(results, out_dir / PLOT_NAME)
+    return out_dir / PLOT_NAME
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.report results.json [--out DIR]``: redraw results.md and results.png."""
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description=main.__doc__)
+    parser.add_argument("json", type=Path, help="a results.json written by python -m bench")
+    parser.add_argument(
+        "--out", type=Path, help="folder for results.md and results.png (default: the JSON's)"
+    )
+    args = parser.parse_args(argv)
+    results = json.loads(args.json.read_text())
+    out_dir = args.out or args.json.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path in (save_markdown(results, out_dir), save_plot(results, out_dir)):
+        if path is not None:
+            print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""GPU time of one call, by CUDA events, and the copy bandwidth every result is compared with.
+
+Not triton.testing.do_bench: it zeroes a 256 MB buffer before every call to flush L2, which doubles the
+wall time here for nothing, since every throughput case moves at least 512 MiB, many times the L2 (the
+latency table wants L2-resident inputs anyway).
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Callable
+
+import torch
+
+# Per measurement: the function runs WARMUP_MS of GPU time untimed (clocks up; it has already run in
+# the correctness check and a few more times here, so JIT and allocator are warm), then REP_MS timed, one
+# event pair per call, at least MIN_SAMPLES calls. Small on purpose: the full run makes ~2000
+# measurements, and a 2^27-element call takes 0.2-4 ms, so REP_MS still gives 8-125 samples.
+WARMUP_MS = 5.0
+REP_MS = 25.0
+MIN_SAMPLES = 8
+ESTIMATE_CALLS = 3  # calls timed together to size the warm-up and the sample count
+
+# The ceiling: one device-to-device copy of a buffer far larger than L2, read + written.
+COPY_BUFFER_BYTES = 2 * 2**30
+
+
+def median_ms(fn: Callable[[], object]) -> float:
+    """Median GPU milliseconds of one ``fn()`` call, timed with a CUDA event pair per call after warm-up."""
+    fn()  # untimed: a path the correctness check did not take (backward with retain_graph) may compile
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(ESTIMATE_CALLS):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    estimate_ms = max(start.elapsed_time(end) / ESTIMATE_CALLS, 1e-3)
+    for _ in range(int(WARMUP_MS / estimate_ms)):
+        fn()
+    samples = max(MIN_SAMPLES, int(REP_MS / estimate_ms))
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(samples)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(samples)]
+    for begin, finish in zip(starts, ends):
+        begin.record()
+        fn()
+        finish.record()
+    torch.cuda.synchronize()
+    return statistics.median(b.elapsed_time(f) for b, f in zip(starts, ends))
+
+
+def _copy_ms() -> float:
+    src = torch.randn(COPY_BUFFER_BYTES // 4, device="cuda")  # 4-byte floats
+    dst = torch.empty_like(src)
+    return median_ms(lambda: dst.copy_(src))
+
+
+def copy_ceiling() -> dict:
+    """Device-to-device copy bandwidth: {bytes, ms, gbps} with bytes = read + written, GB = 1e9 bytes."""
+    ms = _copy_ms()
+    torch.cuda.empty_cache()  # the buffers died with _copy_ms's frame; give their 4 GiB back
+    moved = 2 * COPY_BUFFER_BYTES
+    return {"bytes": moved, "ms": ms, "gbps": moved / ms / 1e6}
