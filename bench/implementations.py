@@ -92,10 +92,12 @@ def _liger() -> NormFn:
 
 
 def _quack() -> NormFn:
-    import quack.rmsnorm
+    # quack/__init__.py re-exports the function under the submodule's name, so `quack.rmsnorm` is
+    # the function, not the module.
+    from quack import rmsnorm as quack_rmsnorm
 
     def fn(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        return quack.rmsnorm.rmsnorm(x, weight, eps=eps)
+        return quack_rmsnorm(x, weight, eps=eps)
 
     return fn
 

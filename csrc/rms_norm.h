@@ -28,8 +28,9 @@ cudaError_t rms_norm_fwd(
     float eps,
     cudaStream_t stream);
 
-// fp32 elements of scratch memory rms_norm_bwd needs for its dweight partial sums
-// (0 when no dweight is asked for). Depends on rows, n, T and the SM count only.
+// fp32 elements of scratch memory rms_norm_bwd needs: its dweight partial sums when dweight is
+// asked for, and one value per row for rows too long to keep in registers. Depends on rows, n,
+// T, needs_dweight and the SM count only.
 template <typename T>
 int64_t rms_norm_bwd_workspace_elems(int64_t rows, int64_t n, bool needs_dweight, int num_sms);
 

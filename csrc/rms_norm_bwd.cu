@@ -8,9 +8,10 @@
 //   rms_norm_bwd_kernel: a persistent grid of partial_rows blocks; each thread owns the same
 //     columns of every row it visits, holds the row's x and dy there in registers, writes dx,
 //     and keeps that column's dweight sums in fp32 registers across its rows.
-// Rows too long for that:
-//   rms_norm_bwd_looped_kernel: one block per row, two passes over the row (c, then dx);
-//   rms_norm_bwd_dweight_partial_kernel: column-parallel, one partial row per slice of rows.
+// Rows too long for that, in two passes over x and dy:
+//   rms_norm_bwd_row_dot_kernel: one block per row computes c, written to the workspace;
+//   rms_norm_bwd_columns_kernel: column-parallel over slices of rows, writes dx from c and one
+//     dweight partial row per slice.
 // The configuration depends on n and sizeof(T) only, and the aligned and unaligned paths add in
 // the same order, so dx of a row never depends on the other rows, and dweight is bitwise
 // reproducible for given (rows, n, num_sms).
@@ -33,7 +34,7 @@ constexpr int kBwdMaxAccumulators = 16;
 // rms_norm_bwd_kernel blocks have at most 512 threads, so __launch_bounds__(512, 1) lets ptxas
 // use up to 128 registers a thread; the largest tilings take 80 to 120 (ptxas -v: no spills,
 // checked by tests/test_cuda_compile.py). Rows longer than 512 threads x 16 elements (8K) go
-// to the looped kernels.
+// to the two-pass column path (rms_norm_bwd_row_dot_kernel, rms_norm_bwd_columns_kernel).
 constexpr int kBwdMaxBlockThreads = 512;
 // What that register budget guarantees resident on an SM (64K registers / 128): the persistent
 // grid has num_sms * (kBwdResidentThreadsPerSm / block_threads) blocks, a number derived from
@@ -46,14 +47,14 @@ constexpr int kBwdPreferredThreadsPerRow = 256;
 // their dweight sums are combined through rows_per_block * n floats of shared memory, at most
 // 256 threads x 16 sums x 4 bytes = 16 KiB. First guess, to be tuned by the benchmark.
 constexpr int kBwdSubWarpBlockThreads = 256;
-// rms_norm_bwd_dweight_partial_kernel: 256 threads a block, one Vec of columns each, 4 blocks
-// resident per SM (its __launch_bounds__ caps it at 64 registers a thread), and the number of
-// row slices aims at filling them. Each thread has 2 rows of x and dy loads in flight (the
-// unroll of its row loop; unrolling by 4 spilled in the unaligned bf16 path). First guesses, to
-// be tuned by the benchmark.
-constexpr int kDweightBlockThreads = 256;
-constexpr int kDweightBlocksPerSm = 4;
-constexpr int kDweightRowUnroll = 2;
+// rms_norm_bwd_columns_kernel: 256 threads a block, one Vec of columns each, 2 blocks resident
+// per SM (its __launch_bounds__ then allows 128 registers a thread: at 3 blocks, 80 registers,
+// the unaligned half path with fp32 weights spilled on sm_80), and the number of row slices aims
+// at filling them. Each thread has 2 rows of x and dy loads in flight (the unroll of its row
+// loop). First guesses, to be tuned by the benchmark.
+constexpr int kColumnsBlockThreads = 256;
+constexpr int kColumnsBlocksPerSm = 2;
+constexpr int kColumnsRowUnroll = 2;
 // rms_norm_bwd_dweight_reduce_kernel: a warp reads 32 consecutive columns of a partial row (128
 // coalesced bytes); 8 warps split the partial rows of those columns 8 ways, so that each thread
 // has a few independent loads in flight, then their 8 sums are added in warp order.
@@ -61,7 +62,7 @@ constexpr int kReduceColumns = kWarpSize;
 constexpr int kReduceSlices = 8;
 
 struct BwdConfig {
-  RowTiling tiling;    // tiling.items == 0: the row does not fit, looped + dweight-partial kernels
+  RowTiling tiling;    // tiling.items == 0: the row does not fit, row-dot + columns kernels
   int rows_per_block;  // rows handled at once by a block, each by tiling.threads_per_row threads
   int block_threads;
 };
@@ -79,16 +80,19 @@ BwdConfig bwd_config(int64_t n, int elem_bytes) {
   return {tiling, 1, tiling.threads_per_row};
 }
 
-// Rows of the looped path's dweight partials: the rows are cut into `count` slices of
-// rows_per_slice consecutive rows (the last one shorter), one partial row each.
+// Slices of rows of the columns kernel: the rows are cut into `count` slices of rows_per_slice
+// consecutive rows (the last one shorter), one dweight partial row each.
 struct RowSlices {
   int64_t count;
   int64_t rows_per_slice;
 };
 
-RowSlices dweight_row_slices(int64_t rows, int64_t n, int elem_bytes, int num_sms) {
-  const int64_t column_blocks = ceil_div(n, int64_t{kDweightBlockThreads} * (kVectorBytes / elem_bytes));
-  const int64_t wanted = ceil_div(int64_t{num_sms} * kDweightBlocksPerSm, column_blocks);
+int64_t column_blocks(int64_t n, int elem_bytes) {
+  return ceil_div(n, int64_t{kColumnsBlockThreads} * (kVectorBytes / elem_bytes));
+}
+
+RowSlices row_slices(int64_t rows, int64_t n, int elem_bytes, int num_sms) {
+  const int64_t wanted = ceil_div(int64_t{num_sms} * kColumnsBlocksPerSm, column_blocks(n, elem_bytes));
   const int64_t rows_per_slice = ceil_div(rows, std::clamp<int64_t>(wanted, 1, std::min(rows, kMaxGridY)));
   return {ceil_div(rows, rows_per_slice), rows_per_slice};  // no empty slice
 }
@@ -96,7 +100,7 @@ RowSlices dweight_row_slices(int64_t rows, int64_t n, int elem_bytes, int num_sm
 // Rows of fp32 dweight partial sums the chosen path writes to the workspace ([partial_rows, n]);
 // for the register path it is also the persistent grid of rms_norm_bwd_kernel.
 int64_t bwd_partial_rows(const BwdConfig& config, int64_t rows, int64_t n, int elem_bytes, int num_sms) {
-  if (config.tiling.items == 0) return dweight_row_slices(rows, n, elem_bytes, num_sms).count;
+  if (config.tiling.items == 0) return row_slices(rows, n, elem_bytes, num_sms).count;
   const int64_t resident_blocks = int64_t{num_sms} * std::max(1, kBwdResidentThreadsPerSm / config.block_threads);
   return std::min(ceil_div(rows, config.rows_per_block), resident_blocks);
 }
@@ -246,17 +250,17 @@ __global__ void __launch_bounds__(kBwdMaxBlockThreads, 1) rms_norm_bwd_kernel(
   }
 }
 
-// dx of rows too long for registers. Block b handles rows b, b + gridDim.x, ...; thread t walks
-// the row's chunks t, t + blockDim.x, ... twice: c, then dx.
+// c = sum(xhat * g) / n of rows too long for registers. Block b handles rows b, b + gridDim.x, ...;
+// thread t walks the row's chunks t, t + blockDim.x, ...
 template <typename T, typename W, bool ALIGNED>
-__global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_bwd_looped_kernel(
+__global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_bwd_row_dot_kernel(
     const T* __restrict__ dy,        // [rows, n], row i at dy + i * dy_row_stride
     int64_t dy_row_stride,           // elements between consecutive rows of dy
     const T* __restrict__ x,         // [rows, n], row i at x + i * x_row_stride
     int64_t x_row_stride,            // elements between consecutive rows of x
     const W* __restrict__ weight,    // [n], or nullptr for no weight
     const float* __restrict__ rstd,  // [rows], from the forward
-    T* __restrict__ dx,              // [rows, n], contiguous
+    float* __restrict__ row_c,       // [rows], output
     int64_t rows,
     int64_t n) {
   constexpr int VEC = kVecElems<T>;
@@ -274,46 +278,45 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_bwd_looped_ke
                            weighted_grad<ALIGNED>(dy_chunk, weight, col, n), row_rstd);
     }
     const float c = __fdiv_rn(block_reduce_sum(dot, blockDim.x), static_cast<float>(n));
-
-    T* dx_row = dx + row * n;
-#pragma unroll(kLoopedUnroll)
-    for (int64_t col = first_col; col < n; col += col_step) {
-      const Vec<T, VEC> dy_chunk = load_vec<ALIGNED, VEC>(dy_row, col, n);
-      store_vec<ALIGNED>(dx_row, col, n,
-                         dx_of(load_vec<ALIGNED, VEC>(x_row, col, n), weighted_grad<ALIGNED>(dy_chunk, weight, col, n),
-                               row_rstd, c));
-    }
+    if (threadIdx.x == 0) row_c[row] = c;
   }
 }
 
-// dweight partial sums of rows too long for registers, column-parallel. Block (bx, s) sums
-// dy * xhat over the rows of slice s, [s * rows_per_slice, (s + 1) * rows_per_slice) cut at rows,
-// in row order, for the chunks bx * blockDim.x + t, + gridDim.x * blockDim.x, ... (one per
-// thread t per step), and writes them as row s of dweight_partials.
-template <typename T, bool ALIGNED>
-__global__ void __launch_bounds__(kDweightBlockThreads, kDweightBlocksPerSm) rms_norm_bwd_dweight_partial_kernel(
+// dx and dweight partial sums of rows too long for registers, column-parallel, given each row's
+// c. Block (bx, s) walks the rows of slice s, [s * rows_per_slice, (s + 1) * rows_per_slice) cut
+// at rows, in row order, for the chunks bx * blockDim.x + t, + gridDim.x * blockDim.x, ... (one
+// per thread t per step): it writes their dx and sums dy * xhat over the slice, written as row s
+// of dweight_partials.
+template <typename T, typename W, bool ALIGNED>
+__global__ void __launch_bounds__(kColumnsBlockThreads, kColumnsBlocksPerSm) rms_norm_bwd_columns_kernel(
     const T* __restrict__ dy,              // [rows, n], row i at dy + i * dy_row_stride
     int64_t dy_row_stride,                 // elements between consecutive rows of dy
     const T* __restrict__ x,               // [rows, n], row i at x + i * x_row_stride
     int64_t x_row_stride,                  // elements between consecutive rows of x
+    const W* __restrict__ weight,          // [n], or nullptr for no weight
     const float* __restrict__ rstd,        // [rows], from the forward
-    float* __restrict__ dweight_partials,  // [gridDim.y, n], contiguous
+    const float* __restrict__ row_c,       // [rows], from rms_norm_bwd_row_dot_kernel
+    T* __restrict__ dx,                    // [rows, n], contiguous
+    float* __restrict__ dweight_partials,  // [gridDim.y, n], contiguous; nullptr: no dweight
     int64_t rows,
     int64_t n,
     int64_t rows_per_slice) {
   constexpr int VEC = kVecElems<T>;
   const int64_t row_begin = int64_t{blockIdx.y} * rows_per_slice;
   const int64_t row_end = row_begin + rows_per_slice < rows ? row_begin + rows_per_slice : rows;
-  float* slice_partials = dweight_partials + int64_t{blockIdx.y} * n;
   const int64_t col_step = int64_t{gridDim.x} * blockDim.x * VEC;
   for (int64_t col = (int64_t{blockIdx.x} * blockDim.x + threadIdx.x) * VEC; col < n; col += col_step) {
     Vec<float, VEC> sums = {};
-#pragma unroll(kDweightRowUnroll)
+#pragma unroll(kColumnsRowUnroll)
     for (int64_t row = row_begin; row < row_end; ++row) {
-      add_dweight_terms(sums, load_vec<ALIGNED, VEC>(x + row * x_row_stride, col, n),
-                        load_vec<ALIGNED, VEC>(dy + row * dy_row_stride, col, n), rstd[row]);
+      const Vec<T, VEC> x_chunk = load_vec<ALIGNED, VEC>(x + row * x_row_stride, col, n);
+      const Vec<T, VEC> dy_chunk = load_vec<ALIGNED, VEC>(dy + row * dy_row_stride, col, n);
+      const float row_rstd = rstd[row];
+      const Vec<float, VEC> g = weighted_grad<ALIGNED>(dy_chunk, weight, col, n);
+      store_vec<ALIGNED>(dx + row * n, col, n, dx_of(x_chunk, g, row_rstd, row_c[row]));
+      if (dweight_partials != nullptr) add_dweight_terms(sums, x_chunk, dy_chunk, row_rstd);
     }
-    store_vec<ALIGNED>(slice_partials, col, n, sums);
+    if (dweight_partials != nullptr) store_vec<ALIGNED>(dweight_partials + int64_t{blockIdx.y} * n, col, n, sums);
   }
 }
 
@@ -351,19 +354,20 @@ __global__ void __launch_bounds__(kReduceColumns * kReduceSlices, 1) rms_norm_bw
 // Launch helpers
 // ---------------------------------------------------------------------------------------------
 
+// Rows too long for registers: c of every row into row_c, then dx and the dweight partials.
 template <typename T, typename W, bool ALIGNED>
-cudaError_t launch_bwd_looped(const T* dy, int64_t dy_row_stride, const T* x, int64_t x_row_stride, const W* weight,
-                              const float* rstd, T* dx, float* dweight_partials, int64_t rows, int64_t n,
-                              int num_sms, cudaStream_t stream) {
-  rms_norm_bwd_looped_kernel<T, W, ALIGNED><<<std::min(rows, kMaxGridX), kLoopedBlockThreads, 0, stream>>>(
-      dy, dy_row_stride, x, x_row_stride, weight, rstd, dx, rows, n);
+cudaError_t launch_bwd_columns(const T* dy, int64_t dy_row_stride, const T* x, int64_t x_row_stride, const W* weight,
+                               const float* rstd, T* dx, float* dweight_partials, float* row_c, int64_t rows,
+                               int64_t n, int num_sms, cudaStream_t stream) {
+  rms_norm_bwd_row_dot_kernel<T, W, ALIGNED><<<std::min(rows, kMaxGridX), kLoopedBlockThreads, 0, stream>>>(
+      dy, dy_row_stride, x, x_row_stride, weight, rstd, row_c, rows, n);
   const cudaError_t status = cudaGetLastError();
-  if (status != cudaSuccess || dweight_partials == nullptr) return status;
-  const RowSlices slices = dweight_row_slices(rows, n, sizeof(T), num_sms);
-  const int64_t column_blocks = ceil_div(n, int64_t{kDweightBlockThreads} * kVecElems<T>);
-  const dim3 grid(static_cast<unsigned>(std::min(column_blocks, kMaxGridX)), static_cast<unsigned>(slices.count));
-  rms_norm_bwd_dweight_partial_kernel<T, ALIGNED><<<grid, kDweightBlockThreads, 0, stream>>>(
-      dy, dy_row_stride, x, x_row_stride, rstd, dweight_partials, rows, n, slices.rows_per_slice);
+  if (status != cudaSuccess) return status;
+  const RowSlices slices = row_slices(rows, n, sizeof(T), num_sms);
+  const dim3 grid(static_cast<unsigned>(std::min(column_blocks(n, sizeof(T)), kMaxGridX)),
+                  static_cast<unsigned>(slices.count));
+  rms_norm_bwd_columns_kernel<T, W, ALIGNED><<<grid, kColumnsBlockThreads, 0, stream>>>(
+      dy, dy_row_stride, x, x_row_stride, weight, rstd, row_c, dx, dweight_partials, rows, n, slices.rows_per_slice);
   return cudaGetLastError();
 }
 
@@ -382,10 +386,14 @@ cudaError_t launch_dweight_reduce(const float* partials, int64_t partial_rows, W
 // Launchers
 // ---------------------------------------------------------------------------------------------
 
+// The workspace holds [partial_rows, n] dweight partials (when dweight is wanted), then, for rows
+// too long for registers, the rows' c values.
 template <typename T>
 int64_t rms_norm_bwd_workspace_elems(int64_t rows, int64_t n, bool needs_dweight, int num_sms) {
-  if (!needs_dweight || rows <= 0 || n <= 0 || num_sms < 1) return 0;
-  return bwd_partial_rows(bwd_config(n, sizeof(T)), rows, n, sizeof(T), num_sms) * n;
+  if (rows <= 0 || n <= 0 || num_sms < 1) return 0;
+  const BwdConfig config = bwd_config(n, sizeof(T));
+  const int64_t partials = needs_dweight ? bwd_partial_rows(config, rows, n, sizeof(T), num_sms) * n : 0;
+  return partials + (config.tiling.items == 0 ? rows : 0);
 }
 
 template <typename T, typename W>
@@ -395,11 +403,12 @@ cudaError_t rms_norm_bwd(const T* dy, int64_t dy_row_stride, const T* x, int64_t
   if (rows < 0 || n < 0 || num_sms < 1) return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
   if (rows == 0) return dweight == nullptr ? cudaSuccess : cudaMemsetAsync(dweight, 0, n * sizeof(W), stream);
-  if (dweight != nullptr && workspace == nullptr) return cudaErrorInvalidValue;
   constexpr int VEC = kVecElems<T>;
   const BwdConfig config = bwd_config(n, sizeof(T));
+  if ((dweight != nullptr || config.tiling.items == 0) && workspace == nullptr) return cudaErrorInvalidValue;
   const int64_t partial_rows = bwd_partial_rows(config, rows, n, sizeof(T), num_sms);
   float* partials = dweight != nullptr ? workspace : nullptr;
+  float* row_c = workspace + (dweight != nullptr ? partial_rows * n : 0);
   // Whole Vecs can be read and written when every row starts on a 16-byte boundary and n is a
   // multiple of VEC (then no chunk straddles the row's end); the weight's Vec needs its own
   // alignment (16 bytes, or 8 for the 4 bf16/half weights of a float row chunk).
@@ -410,8 +419,8 @@ cudaError_t rms_norm_bwd(const T* dy, int64_t dy_row_stride, const T* x, int64_t
   const cudaError_t status = dispatch_aligned(aligned, [&](auto aligned_tag) {
     constexpr bool ALIGNED = decltype(aligned_tag)::value;
     if (config.tiling.items == 0) {
-      return launch_bwd_looped<T, W, ALIGNED>(dy, dy_row_stride, x, x_row_stride, weight, rstd, dx, partials, rows, n,
-                                              num_sms, stream);
+      return launch_bwd_columns<T, W, ALIGNED>(dy, dy_row_stride, x, x_row_stride, weight, rstd, dx, partials, row_c,
+                                               rows, n, num_sms, stream);
     }
     return dispatch_items<kBwdMaxAccumulators / VEC>(config.tiling.items, [&](auto items_tag) {
       constexpr int ITEMS = decltype(items_tag)::value;
