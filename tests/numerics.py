@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 import rmsnorm
@@ -82,6 +83,19 @@ def poison_next_allocation(like: torch.Tensor) -> None:
         torch.full_like(like, float("nan"), memory_format=torch.contiguous_format)
 
 
+# Device bytes per element of x that check_rms_norm holds at its peak: the float64 reference with
+# its autograd graph and gradients (~10 float64 tensors of x's size), plus the kernel's tensors.
+CHECK_BYTES_PER_ELEMENT = 96
+
+
+def skip_if_too_big(x: torch.Tensor) -> None:
+    """Skip, with the reason, a case whose check would not fit in the GPU's free memory."""
+    if x.device.type == "cuda":
+        need, free = x.numel() * CHECK_BYTES_PER_ELEMENT, torch.cuda.mem_get_info(x.device)[0]
+        if need > free:
+            pytest.skip(f"needs ~{need / 2**30:.1f} GiB of GPU memory, {free / 2**30:.1f} GiB free")
+
+
 def check_rms_norm(
     backend: str,
     x: torch.Tensor,
@@ -96,6 +110,7 @@ def check_rms_norm(
 
     dy: the gradient arriving at y, in any layout; random and contiguous by default.
     """
+    skip_if_too_big(x)
     x = x.detach().requires_grad_(backward)
     if weight is not None:
         weight = weight.detach().requires_grad_(backward)
