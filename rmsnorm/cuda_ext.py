@@ -178,30 +178,11 @@ def load() -> None:
                 except OSError:  # a corrupt file behind a build.ok marker: build it again
                     library = build(cache_dir(), arch_list, rebuild=True)
                     torch.ops.load_library(str(library))
+            from . import ops
+
+            ops.register_cuda_ops()
             logger.debug("rmsnorm: loaded CUDA extension %s", library)
             _loaded = True
         except Exception as error:
             _load_error = str(error)
             raise RuntimeError(_load_error) from error
-
-
-def rms_norm_fwd(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same contract as triton_kernels.rms_norm_fwd."""
-    if logger.isEnabledFor(logging.DEBUG):
-        logger.debug("cuda rms_norm_fwd: M=%d N=%d dtype=%s", x.shape[0], x.shape[1], x.dtype)
-    return torch.ops.rmsnorm_cuda.rms_norm_fwd(x, weight, eps)
-
-
-def rms_norm_bwd(
-    dy: torch.Tensor,
-    x: torch.Tensor,
-    weight: torch.Tensor | None,
-    rstd: torch.Tensor,
-    needs_dweight: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Same contract as triton_kernels.rms_norm_bwd."""
-    if logger.isEnabledFor(logging.DEBUG):
-        logger.debug("cuda rms_norm_bwd: M=%d N=%d dtype=%s", x.shape[0], x.shape[1], x.dtype)
-    needs_dweight = needs_dweight and weight is not None
-    dx, dweight = torch.ops.rmsnorm_cuda.rms_norm_bwd(dy, x, weight, rstd, needs_dweight)
-    return dx, dweight if needs_dweight else None

@@ -6,18 +6,16 @@ assume what is checked here.
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import logging
 import math
 import numbers
 import os
 import warnings
-from types import ModuleType
 
 import torch
 
-from .autograd import RMSNormFunction
+from . import cuda_ext, ops
 from .reference import default_eps, rms_norm_reference
 
 logger = logging.getLogger("rmsnorm")
@@ -35,15 +33,6 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _triton_kernels() -> ModuleType:
-    """The Triton kernels, imported on first use: Triton decides at import whether it interprets."""
-    return importlib.import_module("rmsnorm.triton_kernels")
-
-
-def _cuda_ext() -> ModuleType:
-    return importlib.import_module("rmsnorm.cuda_ext")
-
-
 def _triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 
@@ -57,7 +46,7 @@ def available_backends() -> list[str]:
     names = []
     if _triton_installed() and (torch.cuda.is_available() or _interpreting()):
         names.append("triton")
-    if _cuda_ext().available():
+    if cuda_ext.available():
         names.append("cuda")
     names.append("torch")
     return names
@@ -109,54 +98,67 @@ def _check_args(x, normalized_shape, weight, eps, backend) -> tuple[int, ...]:
     return shape
 
 
-def _kernel_dtypes_ok(x: torch.Tensor, weight: torch.Tensor | None) -> bool:
-    return x.dtype in KERNEL_DTYPES and (weight is None or weight.dtype in KERNEL_DTYPES)
+def as_rows(t: torch.Tensor, n: int) -> torch.Tensor:
+    """t as [rows, n] with a unit column stride; a view when one exists (any row stride), else a copy."""
+    try:
+        rows = t.view(-1, n)
+    except RuntimeError:  # the leading dims cannot be merged into one stride
+        return t.reshape(-1, n).contiguous()
+    return ops.unit_column_stride(rows)
 
 
-def _require_kernel_dtypes(backend: str, x: torch.Tensor, weight: torch.Tensor | None) -> None:
-    if not _kernel_dtypes_ok(x, weight):
-        got = f"x {x.dtype}" + (f", weight {weight.dtype}" if weight is not None else "")
+def _kernel_dtypes_ok(x_dtype: torch.dtype, w_dtype: torch.dtype | None) -> bool:
+    return x_dtype in KERNEL_DTYPES and (w_dtype is None or w_dtype in KERNEL_DTYPES)
+
+
+def _require_kernel_dtypes(backend: str, x_dtype: torch.dtype, w_dtype: torch.dtype | None) -> None:
+    if not _kernel_dtypes_ok(x_dtype, w_dtype):
+        got = f"x {x_dtype}" + (f", weight {w_dtype}" if w_dtype is not None else "")
         raise TypeError(f"the {backend} backend supports float32, float16 and bfloat16; got {got}")
 
 
-def _auto_backend(x: torch.Tensor, weight: torch.Tensor | None) -> str:
+def _auto_backend(device_type: str, x_dtype: torch.dtype, w_dtype: torch.dtype | None) -> str:
     global _warned_cuda_fallback
-    if x.device.type != "cuda" or not _kernel_dtypes_ok(x, weight):
+    if device_type != "cuda" or not _kernel_dtypes_ok(x_dtype, w_dtype):
         return "torch"
     try:
-        _cuda_ext().load()
+        cuda_ext.load()
         return "cuda"
     except RuntimeError as error:
         if not _warned_cuda_fallback:
             _warned_cuda_fallback = True
-            warnings.warn(f"rmsnorm: the cuda backend is unavailable, using triton instead: {error}", stacklevel=4)
+            warnings.warn(f"rmsnorm: the cuda backend is unavailable, using triton instead: {error}", stacklevel=5)
         return "triton"
 
 
-def _resolve_backend(backend: str, x: torch.Tensor, weight: torch.Tensor | None) -> str:
+# A function of constants (names, dtypes, the environment, what loads here): torch.compile runs it
+# once while tracing and keeps its answer, instead of tracing the build, the warning or the
+# environment lookup into the graph.
+@torch.compiler.assume_constant_result
+def _resolve_backend(backend: str, device_type: str, x_dtype: torch.dtype, w_dtype: torch.dtype | None) -> str:
     """The backend that will run this call; raises if an explicitly named one cannot."""
     if backend == "auto" and os.environ.get(BACKEND_ENV_VAR):
         backend = os.environ[BACKEND_ENV_VAR]
         if backend not in BACKENDS:
             raise ValueError(f"${BACKEND_ENV_VAR} must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
     if backend == "auto":
-        return _auto_backend(x, weight)
+        return _auto_backend(device_type, x_dtype, w_dtype)
     if backend == "triton":
-        _require_kernel_dtypes(backend, x, weight)
-        if x.device.type == "cpu":
+        _require_kernel_dtypes(backend, x_dtype, w_dtype)
+        if device_type == "cpu":
             if not _interpreting():
                 raise RuntimeError(
                     "the triton backend needs a CUDA tensor; to run it on CPU tensors, set TRITON_INTERPRET=1 "
                     "in the environment before the first use of rmsnorm (Triton's interpreter, slow, for testing)"
                 )
-        elif x.device.type != "cuda":
-            raise RuntimeError(f"the triton backend runs on CUDA tensors, got one on {x.device}")
+        elif device_type != "cuda":
+            raise RuntimeError(f"the triton backend runs on CUDA tensors, got one on {device_type}")
     elif backend == "cuda":
-        _require_kernel_dtypes(backend, x, weight)
-        if x.device.type != "cuda":
+        _require_kernel_dtypes(backend, x_dtype, w_dtype)
+        if device_type != "cuda":
             where = "no CUDA GPU is available" if not torch.cuda.is_available() else "move x to the GPU"
-            raise RuntimeError(f"the cuda backend needs a CUDA tensor, got one on {x.device} ({where})")
-        _cuda_ext().load()
+            raise RuntimeError(f"the cuda backend needs a CUDA tensor, got one on {device_type} ({where})")
+        cuda_ext.load()
     return backend
 
 
@@ -186,13 +188,15 @@ def rms_norm(
     shape = _check_args(x, normalized_shape, weight, eps, backend)
     if eps is None:
         eps = default_eps(x.dtype)
-    name = _resolve_backend(backend, x, weight)
-    if logger.isEnabledFor(logging.DEBUG):
+    name = _resolve_backend(backend, x.device.type, x.dtype, None if weight is None else weight.dtype)
+    # Logging is host-side chatter that torch.compile cannot trace: eager calls only.
+    if not torch.compiler.is_compiling() and logger.isEnabledFor(logging.DEBUG):
         logger.debug("rms_norm: backend=%s shape=%s dtype=%s", name, tuple(x.shape), x.dtype)
     if name == "torch" or x.numel() == 0:
         return rms_norm_reference(x, shape, weight, eps).contiguous()
     n = math.prod(shape)
     if weight is not None and (weight.dim() != 1 or not weight.is_contiguous()):
         weight = weight.contiguous().view(n)
-    kernels = _triton_kernels() if name == "triton" else _cuda_ext()
-    return RMSNormFunction.apply(x, weight, n, float(eps), kernels)
+    fwd_op = torch.ops.rmsnorm.rms_norm_fwd_triton if name == "triton" else torch.ops.rmsnorm_cuda.rms_norm_fwd
+    y, _rstd = fwd_op(as_rows(x, n), weight, float(eps))
+    return y.view(x.shape)

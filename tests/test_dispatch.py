@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import rmsnorm
-from rmsnorm import functional
+from rmsnorm import cuda_ext
 from tests.conftest import DEVICE, ON_GPU
 
 
@@ -14,7 +14,7 @@ def test_available_backends():
     names = rmsnorm.available_backends()
     assert names[-1] == "torch"
     assert "triton" in names  # the GPU, or the interpreter the test suite switches on without one
-    assert ("cuda" in names) == (ON_GPU and functional._cuda_ext().available())
+    assert ("cuda" in names) == (ON_GPU and cuda_ext.available())
 
 
 def test_auto_on_cpu_is_the_reference(caplog):
