@@ -1,4 +1,4 @@
-"""rms_norm: validate the arguments once, choose a backend, run it.
+"""rms_norm and add_rms_norm: validate the arguments once, choose a backend, run it.
 
 This is the one place that checks user input and picks a backend; kernels and bindings below it
 assume what is checked here.
@@ -16,7 +16,7 @@ import warnings
 import torch
 
 from . import cuda_ext, ops
-from .reference import default_eps, rms_norm_reference
+from .reference import add_rms_norm_reference, default_eps, rms_norm_reference
 
 logger = logging.getLogger("rmsnorm")
 
@@ -75,7 +75,7 @@ def _normalized_shape(x: torch.Tensor, normalized_shape, weight: torch.Tensor | 
     return shape
 
 
-def _check_args(x, normalized_shape, weight, eps, backend) -> tuple[int, ...]:
+def _check_args(x, normalized_shape, weight, eps, weight_offset, backend) -> tuple[int, ...]:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     _check_dtype(x, "x")
@@ -93,6 +93,12 @@ def _check_args(x, normalized_shape, weight, eps, backend) -> tuple[int, ...]:
             raise TypeError(f"eps must be a real number or None, got {eps!r}")
         if not math.isfinite(eps) or eps < 0:
             raise ValueError(f"eps must be finite and >= 0, got {eps}")
+    if isinstance(weight_offset, bool) or not isinstance(weight_offset, numbers.Real):
+        raise TypeError(f"weight_offset must be a real number, got {weight_offset!r}")
+    if not math.isfinite(weight_offset):
+        raise ValueError(f"weight_offset must be finite, got {weight_offset}")
+    if weight_offset != 0 and weight is None:
+        raise ValueError("weight_offset needs a weight: it is added to the weight")
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
     return shape
@@ -162,12 +168,26 @@ def _resolve_backend(backend: str, device_type: str, x_dtype: torch.dtype, w_dty
     return backend
 
 
+def _log_call(op: str, backend: str, x: torch.Tensor) -> None:
+    # Logging is host-side chatter that torch.compile cannot trace: eager calls only.
+    if not torch.compiler.is_compiling() and logger.isEnabledFor(logging.DEBUG):
+        logger.debug("%s: backend=%s shape=%s dtype=%s", op, backend, tuple(x.shape), x.dtype)
+
+
+def _flat_weight(weight: torch.Tensor | None, n: int) -> torch.Tensor | None:
+    """The weight as the kernels take it: 1-D and contiguous (autograd sees the reshape)."""
+    if weight is not None and (weight.dim() != 1 or not weight.is_contiguous()):
+        return weight.contiguous().view(n)
+    return weight
+
+
 def rms_norm(
     x: torch.Tensor,
     normalized_shape: int | tuple[int, ...] | list[int] | torch.Size | None = None,
     weight: torch.Tensor | None = None,
     eps: float | None = None,
     *,
+    weight_offset: float = 0.0,
     backend: str = "auto",
 ) -> torch.Tensor:
     """RMSNorm over the trailing dims of x, as torch.nn.functional.rms_norm.
@@ -178,6 +198,8 @@ def rms_norm(
     weight: tensor of shape normalized_shape, on x's device, of any supported floating dtype, or None.
     eps: added to the mean square; None means the fp32 machine epsilon (float64's for float64 x),
         which is what torch.nn.functional.rms_norm does.
+    weight_offset: added to the weight in fp32: y = xhat * (weight + weight_offset); Gemma uses
+        1.0 with a zero-initialised weight. Needs a weight when nonzero.
     backend: "triton", "cuda", "torch" (the reference) or "auto" (the environment variable
         RMSNORM_BACKEND overrides it; otherwise cuda, falling back to triton, on CUDA tensors and the
         reference elsewhere).
@@ -185,18 +207,55 @@ def rms_norm(
     Returns y, contiguous, with x's shape and dtype; math in fp32 with one rounding at the end.
     Differentiable in x and weight.
     """
-    shape = _check_args(x, normalized_shape, weight, eps, backend)
-    if eps is None:
-        eps = default_eps(x.dtype)
+    shape = _check_args(x, normalized_shape, weight, eps, weight_offset, backend)
+    eps = float(default_eps(x.dtype) if eps is None else eps)
     name = _resolve_backend(backend, x.device.type, x.dtype, None if weight is None else weight.dtype)
-    # Logging is host-side chatter that torch.compile cannot trace: eager calls only.
-    if not torch.compiler.is_compiling() and logger.isEnabledFor(logging.DEBUG):
-        logger.debug("rms_norm: backend=%s shape=%s dtype=%s", name, tuple(x.shape), x.dtype)
+    _log_call("rms_norm", name, x)
     if name == "torch" or x.numel() == 0:
-        return rms_norm_reference(x, shape, weight, eps).contiguous()
+        return rms_norm_reference(x, shape, weight, eps, weight_offset=weight_offset).contiguous()
     n = math.prod(shape)
-    if weight is not None and (weight.dim() != 1 or not weight.is_contiguous()):
-        weight = weight.contiguous().view(n)
-    fwd_op = torch.ops.rmsnorm.rms_norm_fwd_triton if name == "triton" else torch.ops.rmsnorm_cuda.rms_norm_fwd
-    y, _rstd = fwd_op(as_rows(x, n), weight, float(eps))
+    fwd_op, _ = ops.forward_ops(name)
+    y, _rstd = fwd_op(as_rows(x, n), _flat_weight(weight, n), float(weight_offset), eps)
     return y.view(x.shape)
+
+
+def add_rms_norm(
+    x: torch.Tensor,
+    residual: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    eps: float | None = None,
+    *,
+    weight_offset: float = 0.0,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pre-norm transformer step: residual_out = x + residual, y = rms_norm(residual_out), fused.
+
+    x, residual: the same shape, dtype and device, any strides; the sum is taken in fp32 and stored
+        in residual's dtype, and y normalizes residual_out as stored, over weight.shape (or the
+        last dim without a weight).
+    weight, eps, weight_offset, backend: as in rms_norm.
+
+    Returns (y, residual_out), both contiguous with x's shape; one pass over the data on the kernel
+    backends. Differentiable in x, residual and weight, also when a gradient arrives on residual_out.
+    """
+    if not isinstance(residual, torch.Tensor):
+        raise TypeError(f"residual must be a torch.Tensor, got {type(residual).__name__}")
+    shape = _check_args(x, None, weight, eps, weight_offset, backend)
+    if residual.shape != x.shape:
+        raise ValueError(f"residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}")
+    if residual.device != x.device:
+        raise ValueError(f"residual must be on x's device {x.device}, got {residual.device}")
+    if residual.dtype != x.dtype:
+        raise TypeError(f"residual must have x's dtype {x.dtype}, got {residual.dtype}")
+    eps = float(default_eps(x.dtype) if eps is None else eps)
+    name = _resolve_backend(backend, x.device.type, x.dtype, None if weight is None else weight.dtype)
+    _log_call("add_rms_norm", name, x)
+    if name == "torch" or x.numel() == 0:
+        y, residual_out = add_rms_norm_reference(x, residual, shape, weight, eps, weight_offset=weight_offset)
+        return y.contiguous(), residual_out.contiguous()
+    n = math.prod(shape)
+    _, add_fwd_op = ops.forward_ops(name)
+    y, residual_out, _rstd = add_fwd_op(
+        as_rows(x, n), as_rows(residual, n), _flat_weight(weight, n), float(weight_offset), eps
+    )
+    return y.view(x.shape), residual_out.view(x.shape)

@@ -1,19 +1,20 @@
 """Our kernels as torch operators: schemas, fake implementations and autograd.
 
-Each kernel backend has a forward op, (x [rows, n], weight [n] or None, eps) -> (y [rows, n],
-rstd [rows] fp32), and a backward op, (dy, x, weight, rstd, needs_dweight) -> (dx, dweight or an
-empty tensor). The Triton ops are defined here with torch.library.custom_op; the CUDA ops are
-declared by csrc/bindings.cpp (TORCH_LIBRARY rmsnorm_cuda) and get their fake implementations and
-autograd here, once cuda_ext has loaded the library. Real operators with fake implementations are
-what lets torch.compile(fullgraph=True) and CUDA graphs take the kernels as they are.
+Each kernel backend has three ops on rows, [rows, n] tensors with a contiguous last dim:
+  rms_norm_fwd(x, weight?, weight_offset, eps) -> (y, rstd)
+  add_rms_norm_fwd(x, residual, weight?, weight_offset, eps) -> (y, residual_out, rstd)
+  rms_norm_bwd(dy, x, dresidual_out?, weight?, weight_offset, rstd, needs_dweight) -> (dx, dweight)
+where rstd is fp32 [rows], residual_out = x + residual in residual's dtype, and dweight is an empty
+tensor when it was not asked for (schemas have no optional outputs). The Triton ops are defined here
+with torch.library.custom_op; the CUDA ops are declared by csrc/bindings.cpp (TORCH_LIBRARY
+rmsnorm_cuda) and get their fake implementations and autograd here, once cuda_ext has loaded them.
+Real operators with fake implementations are what lets torch.compile(fullgraph=True) and CUDA
+graphs take the kernels as they are.
 """
 
 from __future__ import annotations
 
 import torch
-
-# Returned as the dweight of a backward op that was not asked for one: schemas have no Optional outputs.
-NO_DWEIGHT_NUMEL = 0
 
 
 def unit_column_stride(t: torch.Tensor) -> torch.Tensor:
@@ -21,61 +22,129 @@ def unit_column_stride(t: torch.Tensor) -> torch.Tensor:
     return t if t.shape[1] <= 1 or t.stride(1) == 1 else t.contiguous()
 
 
-@torch.library.custom_op("rmsnorm::rms_norm_fwd_triton", mutates_args=())
-def rms_norm_fwd_triton(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    from . import triton_kernels  # Triton decides at import whether it interprets: import on first use
+def _no_dweight(x: torch.Tensor) -> torch.Tensor:
+    return x.new_empty(0)
 
-    return triton_kernels.rms_norm_fwd(unit_column_stride(x), weight, eps)
+
+# --- the Triton ops ---------------------------------------------------------------------------
+# triton_kernels is imported inside: Triton decides when its module is imported whether it
+# interprets (TRITON_INTERPRET), so it is imported on first use, not with rmsnorm.
+
+
+@torch.library.custom_op("rmsnorm::rms_norm_fwd_triton", mutates_args=())
+def rms_norm_fwd_triton(
+    x: torch.Tensor, weight: torch.Tensor | None, weight_offset: float, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    from . import triton_kernels
+
+    y, _, rstd = triton_kernels.rms_norm_fwd(unit_column_stride(x), None, weight, weight_offset, eps)
+    return y, rstd
+
+
+@torch.library.custom_op("rmsnorm::add_rms_norm_fwd_triton", mutates_args=())
+def add_rms_norm_fwd_triton(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None, weight_offset: float, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from . import triton_kernels
+
+    return triton_kernels.rms_norm_fwd(unit_column_stride(x), unit_column_stride(residual), weight, weight_offset, eps)
 
 
 @torch.library.custom_op("rmsnorm::rms_norm_bwd_triton", mutates_args=())
 def rms_norm_bwd_triton(
-    dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, rstd: torch.Tensor, needs_dweight: bool
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    dresidual_out: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    weight_offset: float,
+    rstd: torch.Tensor,
+    needs_dweight: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     from . import triton_kernels
 
-    dx, dweight = triton_kernels.rms_norm_bwd(unit_column_stride(dy), unit_column_stride(x), weight, rstd, needs_dweight)
-    return dx, dweight if dweight is not None else x.new_empty(NO_DWEIGHT_NUMEL)
+    dres = None if dresidual_out is None else unit_column_stride(dresidual_out)
+    dx, dweight = triton_kernels.rms_norm_bwd(
+        unit_column_stride(dy), unit_column_stride(x), dres, weight, weight_offset, rstd, needs_dweight
+    )
+    return dx, dweight if dweight is not None else _no_dweight(x)
 
 
-def _fake_fwd(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+# --- fake implementations and autograd, shared by both backends ---------------------------------
+
+
+def _fake_rms_norm_fwd(x, weight, weight_offset, eps):
     return x.new_empty(x.shape), x.new_empty(x.shape[0], dtype=torch.float32)
 
 
-def _fake_bwd(dy, x, weight, rstd, needs_dweight) -> tuple[torch.Tensor, torch.Tensor]:
-    dweight = weight.new_empty(x.shape[1]) if needs_dweight and weight is not None else x.new_empty(NO_DWEIGHT_NUMEL)
+def _fake_add_rms_norm_fwd(x, residual, weight, weight_offset, eps):
+    return x.new_empty(x.shape), residual.new_empty(x.shape), x.new_empty(x.shape[0], dtype=torch.float32)
+
+
+def _fake_rms_norm_bwd(dy, x, dresidual_out, weight, weight_offset, rstd, needs_dweight):
+    dweight = weight.new_empty(x.shape[1]) if needs_dweight and weight is not None else _no_dweight(x)
     return x.new_empty(x.shape), dweight
 
 
-def _setup_context(ctx, inputs, output) -> None:
-    x, weight, _eps = inputs
-    _y, rstd = output
-    ctx.save_for_backward(x, weight, rstd)
+def _autograd_for(bwd_op):
+    """setup_context and backward of both forward ops, whose gradients come from bwd_op.
+
+    rms_norm_fwd saves x; add_rms_norm_fwd saves residual_out, the tensor it normalized, and its
+    backward adds the gradient arriving on residual_out to dx, which is then also the residual's.
+    """
+
+    def setup_context(ctx, inputs, output) -> None:
+        has_residual = len(output) == 3
+        if has_residual:
+            _x, residual, weight, weight_offset, _eps = inputs
+            _y, normalized, rstd = output
+            ctx.residual_dtype = residual.dtype
+        else:
+            normalized, weight, weight_offset, _eps = inputs
+            _y, rstd = output
+        ctx.has_residual = has_residual
+        ctx.weight_offset = weight_offset
+        ctx.save_for_backward(normalized, weight, rstd)
+        # A gradient that does not arrive (residual_out unused) stays None instead of a zero tensor.
+        ctx.set_materialize_grads(False)
+
+    def backward(ctx, dy, *output_grads):
+        normalized, weight, rstd = ctx.saved_tensors
+        weight_index = 2 if ctx.has_residual else 1
+        needs_dweight = weight is not None and ctx.needs_input_grad[weight_index]
+        dresidual_out = output_grads[0] if ctx.has_residual else None
+        if dy is None:
+            dy = torch.zeros_like(normalized)
+        dres = None if dresidual_out is None else unit_column_stride(dresidual_out)
+        dx, dweight = bwd_op(unit_column_stride(dy), normalized, dres, weight, ctx.weight_offset, rstd, needs_dweight)
+        dweight = dweight if needs_dweight else None
+        if ctx.has_residual:
+            return dx, dx.to(ctx.residual_dtype), dweight, None, None
+        return dx, dweight, None, None
+
+    return setup_context, backward
 
 
-def _backward_through(bwd_op):
-    """The autograd formula of a forward op: its backward op, on the saved x, weight and rstd."""
-
-    def backward(ctx, dy: torch.Tensor, _drstd: torch.Tensor):
-        x, weight, rstd = ctx.saved_tensors
-        needs_dweight = weight is not None and ctx.needs_input_grad[1]
-        dx, dweight = bwd_op(unit_column_stride(dy), x, weight, rstd, needs_dweight)
-        return dx, dweight if needs_dweight else None, None
-
-    return backward
-
-
-def _register(fwd_name: str, bwd_name: str) -> None:
-    torch.library.register_fake(fwd_name, _fake_fwd)
-    torch.library.register_fake(bwd_name, _fake_bwd)
-    namespace, name = bwd_name.split("::")
-    bwd_op = getattr(getattr(torch.ops, namespace), name)
-    torch.library.register_autograd(fwd_name, _backward_through(bwd_op), setup_context=_setup_context)
+def _register(namespace: str, suffix: str) -> None:
+    ops = getattr(torch.ops, namespace)
+    names = {kind: f"{namespace}::{kind}{suffix}" for kind in ("rms_norm_fwd", "add_rms_norm_fwd", "rms_norm_bwd")}
+    torch.library.register_fake(names["rms_norm_fwd"], _fake_rms_norm_fwd)
+    torch.library.register_fake(names["add_rms_norm_fwd"], _fake_add_rms_norm_fwd)
+    torch.library.register_fake(names["rms_norm_bwd"], _fake_rms_norm_bwd)
+    setup_context, backward = _autograd_for(getattr(ops, f"rms_norm_bwd{suffix}"))
+    for kind in ("rms_norm_fwd", "add_rms_norm_fwd"):
+        torch.library.register_autograd(names[kind], backward, setup_context=setup_context)
 
 
-_register("rmsnorm::rms_norm_fwd_triton", "rmsnorm::rms_norm_bwd_triton")
+_register("rmsnorm", "_triton")
 
 
 def register_cuda_ops() -> None:
     """Fake implementations and autograd of the CUDA ops; cuda_ext calls it once, after loading them."""
-    _register("rmsnorm_cuda::rms_norm_fwd", "rmsnorm_cuda::rms_norm_bwd")
+    _register("rmsnorm_cuda", "")
+
+
+def forward_ops(backend: str):
+    """(rms_norm_fwd, add_rms_norm_fwd) of a kernel backend, "triton" or "cuda"."""
+    if backend == "triton":
+        return torch.ops.rmsnorm.rms_norm_fwd_triton, torch.ops.rmsnorm.add_rms_norm_fwd_triton
+    return torch.ops.rmsnorm_cuda.rms_norm_fwd, torch.ops.rmsnorm_cuda.add_rms_norm_fwd

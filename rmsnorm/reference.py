@@ -20,13 +20,14 @@ def rms_norm_reference(
     weight: torch.Tensor | None = None,
     eps: float | None = None,
     compute_dtype: torch.dtype | None = None,
+    weight_offset: float = 0.0,
 ) -> torch.Tensor:
     """RMSNorm over the trailing ``normalized_shape`` dims of ``x``, written out in PyTorch.
 
     Math runs in ``compute_dtype`` (default: float32, or float64 for float64 inputs); the result is
     rounded once, to ``x.dtype``, unless ``compute_dtype`` is given, in which case it is returned in
-    ``compute_dtype`` unrounded (tests compare kernels against the float64 result). Differentiable
-    through ordinary PyTorch autograd.
+    ``compute_dtype`` unrounded (tests compare kernels against the float64 result). The weight is
+    scaled as weight + weight_offset. Differentiable through ordinary PyTorch autograd.
     """
     out_dtype = x.dtype if compute_dtype is None else compute_dtype
     if compute_dtype is None:
@@ -38,5 +39,22 @@ def rms_norm_reference(
     rstd = torch.rsqrt(xc.pow(2).mean(dim=dims, keepdim=True) + eps)
     y = xc * rstd
     if weight is not None:
-        y = y * weight.to(compute_dtype)
+        y = y * (weight.to(compute_dtype) + weight_offset)
     return y.to(out_dtype)
+
+
+def add_rms_norm_reference(
+    x: torch.Tensor,
+    residual: torch.Tensor,
+    normalized_shape: tuple[int, ...],
+    weight: torch.Tensor | None = None,
+    eps: float | None = None,
+    compute_dtype: torch.dtype | None = None,
+    weight_offset: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rms_norm_reference(residual_out), residual_out), residual_out = x + residual summed in fp32
+    (float64 for float64 inputs) and rounded to residual's dtype, which y then normalizes."""
+    sum_dtype = torch.float64 if torch.float64 in (x.dtype, residual.dtype) else torch.float32
+    residual_out = (x.to(sum_dtype) + residual.to(sum_dtype)).to(residual.dtype)
+    y = rms_norm_reference(residual_out, normalized_shape, weight, eps, compute_dtype, weight_offset)
+    return y, residual_out

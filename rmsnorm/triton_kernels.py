@@ -15,6 +15,7 @@ M, and every distinct M % 16 would otherwise compile its own copy.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from dataclasses import dataclass
@@ -26,16 +27,39 @@ import triton.language as tl
 logger = logging.getLogger("rmsnorm")
 
 
+@triton.jit
+def _row_input(
+    x_ptr, x_offsets, res_ptr, res_offsets, res_out_ptr, res_out_offsets, mask,
+    HAS_RESIDUAL: tl.constexpr, STORE_RESIDUAL: tl.constexpr,
+):  # fmt: skip
+    """The values a row is normalized from, in fp32: x, or x + residual rounded to the residual's dtype.
+
+    add_rms_norm normalizes residual_out as stored, rounded, so that y == rms_norm(residual_out).
+    """
+    x = tl.load(x_ptr + x_offsets, mask=mask, other=0.0)
+    if HAS_RESIDUAL:
+        residual = tl.load(res_ptr + res_offsets, mask=mask, other=0.0)
+        x = (x.to(tl.float32) + residual.to(tl.float32)).to(res_out_ptr.dtype.element_ty)
+        if STORE_RESIDUAL:
+            tl.store(res_out_ptr + res_out_offsets, x, mask=mask)
+    return x.to(tl.float32)
+
+
 @triton.jit(do_not_specialize=["M"])
 def rms_norm_fwd_kernel(
     x_ptr,  # [M, N] input; row i starts at x_ptr + i * x_row_stride
+    res_ptr,  # [M, N] residual; row i at res_ptr + i * res_row_stride; not read unless HAS_RESIDUAL
     w_ptr,  # [N] weight; not read unless HAS_WEIGHT
     y_ptr,  # [M, N] output, contiguous
+    res_out_ptr,  # [M, N] output x + residual, contiguous; not written unless HAS_RESIDUAL
     rstd_ptr,  # [M] fp32 reciprocal RMS: written here, or read when RSTD_GIVEN
     x_row_stride,  # elements between consecutive rows of x
+    res_row_stride,  # elements between consecutive rows of the residual
     M,
     N,
     eps,  # fp32
+    weight_offset,  # fp32, added to the weight (Gemma's 1 + w)
+    HAS_RESIDUAL: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
     RSTD_GIVEN: tl.constexpr,  # rows wider than one tile: rms_norm_rstd_kernel already computed rstd
     BLOCK_M: tl.constexpr,  # rows per program
@@ -47,7 +71,11 @@ def rms_norm_fwd_kernel(
     row_mask = rows < M
     col_mask = cols < N
     mask = row_mask[:, None] & col_mask[None, :]
-    x = tl.load(x_ptr + rows[:, None] * x_row_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    out_offsets = rows[:, None] * N + cols[None, :]
+    x = _row_input(
+        x_ptr, rows[:, None] * x_row_stride + cols[None, :], res_ptr, rows[:, None] * res_row_stride + cols[None, :],
+        res_out_ptr, out_offsets, mask, HAS_RESIDUAL, STORE_RESIDUAL=True,
+    )  # fmt: skip
     if RSTD_GIVEN:
         rstd = tl.load(rstd_ptr + rows, mask=row_mask, other=0.0)
     else:
@@ -59,25 +87,32 @@ def rms_norm_fwd_kernel(
         tl.store(rstd_ptr + rows, rstd, mask=row_mask)
     y = x * rstd[:, None]
     if HAS_WEIGHT:
-        w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32) + weight_offset
         y = y * w[None, :]
-    tl.store(y_ptr + rows[:, None] * N + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
+    tl.store(y_ptr + out_offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def rms_norm_rstd_kernel(
     x_ptr,  # [M, N] input; row i starts at x_ptr + i * x_row_stride
+    res_ptr,  # [M, N] residual; row i at res_ptr + i * res_row_stride; not read unless HAS_RESIDUAL
+    res_out_ptr,  # only its dtype is used: the rounding of x + residual
     rstd_ptr,  # [M] fp32 output: reciprocal RMS of each row
     x_row_stride,
+    res_row_stride,
     N,
     eps,  # fp32
+    HAS_RESIDUAL: tl.constexpr,
     BLOCK_N: tl.constexpr,  # chunk width walked along the row
 ):
     row = tl.program_id(0).to(tl.int64)
     sum_squares = tl.zeros([BLOCK_N], dtype=tl.float32)
     for start in range(0, N, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
-        x = tl.load(x_ptr + row * x_row_stride + cols, mask=cols < N, other=0.0).to(tl.float32)
+        x = _row_input(
+            x_ptr, row * x_row_stride + cols, res_ptr, row * res_row_stride + cols, res_out_ptr, cols, cols < N,
+            HAS_RESIDUAL, STORE_RESIDUAL=False,
+        )  # fmt: skip
         sum_squares += x * x
     mean_square = tl.div_rn(tl.sum(sum_squares, axis=0), N * 1.0)
     tl.store(rstd_ptr + row, tl.div_rn(1.0, tl.sqrt_rn(mean_square + eps)))
@@ -86,7 +121,8 @@ def rms_norm_rstd_kernel(
 @triton.jit(do_not_specialize=["M"])
 def rms_norm_bwd_kernel(
     dy_ptr,  # [M, N] incoming gradient; row i starts at dy_ptr + i * dy_row_stride
-    x_ptr,  # [M, N] forward input; row i starts at x_ptr + i * x_row_stride
+    x_ptr,  # [M, N] the normalized input (add_rms_norm: residual_out); row i at x_ptr + i * x_row_stride
+    dres_ptr,  # [M, N] gradient arriving on residual_out, added to dx; not read unless HAS_DRESIDUAL
     w_ptr,  # [N] weight; not read unless HAS_WEIGHT
     rstd_ptr,  # [M] fp32 reciprocal RMS from the forward
     dot_ptr,  # [M] fp32 sum over the row of xhat * dy * w; read only when DOT_GIVEN
@@ -94,8 +130,11 @@ def rms_norm_bwd_kernel(
     dw_partial_ptr,  # [num_programs(0), N] fp32 per-program dweight partial sums; written when COMPUTE_DW
     dy_row_stride,
     x_row_stride,
+    dres_row_stride,
     M,
     N,
+    weight_offset,  # fp32, added to the weight
+    HAS_DRESIDUAL: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
     COMPUTE_DW: tl.constexpr,
     DOT_GIVEN: tl.constexpr,  # rows wider than one tile: rms_norm_bwd_dot_kernel already computed dot
@@ -109,7 +148,7 @@ def rms_norm_bwd_kernel(
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_mask = cols < N
     if HAS_WEIGHT:
-        w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32) + weight_offset
     dw_acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for tile in range(pid, tl.cdiv(M, BLOCK_M), num_programs):
         rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -128,6 +167,9 @@ def rms_norm_bwd_kernel(
             dot = tl.sum(x_hat * g, axis=1)
         mean_dot = tl.div_rn(dot, N * 1.0)
         dx = (g - x_hat * mean_dot[:, None]) * rstd[:, None]
+        if HAS_DRESIDUAL:
+            offsets = rows[:, None] * dres_row_stride + cols[None, :]
+            dx += tl.load(dres_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         tl.store(dx_ptr + rows[:, None] * N + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mask)
         if COMPUTE_DW:
             dw_acc += dy * x_hat
@@ -145,6 +187,7 @@ def rms_norm_bwd_dot_kernel(
     dy_row_stride,
     x_row_stride,
     N,
+    weight_offset,  # fp32, added to the weight
     HAS_WEIGHT: tl.constexpr,
     BLOCK_N: tl.constexpr,  # chunk width walked along the row
 ):
@@ -157,7 +200,7 @@ def rms_norm_bwd_dot_kernel(
         x = tl.load(x_ptr + row * x_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
         g = tl.load(dy_ptr + row * dy_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
         if HAS_WEIGHT:
-            g = g * tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+            g = g * (tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32) + weight_offset)
         acc += x * rstd * g
     tl.store(dot_ptr + row, tl.sum(acc, axis=0))
 
@@ -238,42 +281,67 @@ def _check_n(n: int) -> None:
         raise ValueError(f"the triton backend supports rows of at most {MAX_N} elements, got {n}")
 
 
-def rms_norm_fwd(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward of RMSNorm over the rows of x.
+def _on_device_of(t: torch.Tensor):
+    """Triton launches on the current CUDA device: make that t's (a tensor on cuda:1 while cuda:0 is current)."""
+    if t.is_cuda and t.device.index != torch.cuda.current_device():
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()
 
-    x: [M, N] with a contiguous last dim and any row stride; weight: [N] or None.
-    Returns y ([M, N], contiguous, x's dtype) and rstd ([M], fp32).
+
+def rms_norm_fwd(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    weight_offset: float,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Forward of RMSNorm over the rows of x, or of x + residual (add_rms_norm).
+
+    x, residual: [M, N] with contiguous last dims and any row strides; weight: [N] or None, scaled
+    as weight + weight_offset. Returns y ([M, N], contiguous, x's dtype), residual_out (x + residual,
+    [M, N], contiguous, residual's dtype; None without a residual) and rstd ([M], fp32).
     """
     m, n = x.shape
     _check_n(n)
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     rstd = torch.empty((m,), dtype=torch.float32, device=x.device)
+    residual_out = None if residual is None else torch.empty((m, n), dtype=residual.dtype, device=x.device)
     cfg = tile_config(n, FWD_MAX_TILE_N)
     if logger.isEnabledFor(logging.DEBUG):
-        logger.debug("triton rms_norm_fwd: M=%d N=%d dtype=%s %s", m, n, x.dtype, cfg)
-    w = weight if weight is not None else x  # never read without HAS_WEIGHT
-    if cfg.split_rows:
-        rms_norm_rstd_kernel[(m,)](x, rstd, x.stride(0), n, eps, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps)
-    grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n))
-    rms_norm_fwd_kernel[grid](
-        x, w, y, rstd, x.stride(0), m, n, eps,
-        HAS_WEIGHT=weight is not None, RSTD_GIVEN=cfg.split_rows,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
-    )  # fmt: skip
-    return y, rstd
+        logger.debug("triton rms_norm_fwd: M=%d N=%d dtype=%s residual=%s %s", m, n, x.dtype, residual is not None, cfg)
+    # Stand-ins for absent tensors: never read or written without HAS_RESIDUAL / HAS_WEIGHT.
+    res, res_out = (x, y) if residual is None else (residual, residual_out)
+    w = x if weight is None else weight
+    with _on_device_of(x):
+        if cfg.split_rows:
+            rms_norm_rstd_kernel[(m,)](
+                x, res, res_out, rstd, x.stride(0), res.stride(0), n, eps,
+                HAS_RESIDUAL=residual is not None, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
+            )  # fmt: skip
+        grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n))
+        rms_norm_fwd_kernel[grid](
+            x, res, w, y, res_out, rstd, x.stride(0), res.stride(0), m, n, eps, weight_offset,
+            HAS_RESIDUAL=residual is not None, HAS_WEIGHT=weight is not None, RSTD_GIVEN=cfg.split_rows,
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
+        )  # fmt: skip
+    return y, residual_out, rstd
 
 
 def rms_norm_bwd(
     dy: torch.Tensor,
     x: torch.Tensor,
+    dresidual_out: torch.Tensor | None,
     weight: torch.Tensor | None,
+    weight_offset: float,
     rstd: torch.Tensor,
     needs_dweight: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Backward of RMSNorm over the rows of x.
+    """Backward of RMSNorm over the rows of x (for add_rms_norm, x is residual_out).
 
-    dy, x: [M, N] with contiguous last dims and any row strides; weight: [N] or None; rstd: [M] fp32.
-    Returns dx ([M, N], contiguous, x's dtype) and dweight ([N], weight's dtype) or None.
+    dy, x, dresidual_out: [M, N] with contiguous last dims and any row strides; dresidual_out, the
+    gradient arriving on add_rms_norm's residual_out, is added to dx (None: nothing to add);
+    weight: [N] or None; rstd: [M] fp32. Returns dx ([M, N], contiguous, x's dtype) and dweight
+    ([N], weight's dtype) or None.
     """
     m, n = x.shape
     _check_n(n)
@@ -289,22 +357,25 @@ def rms_norm_bwd(
     programs = min(triton.cdiv(m, cfg.block_m), max(1, _num_sms(x.device) * BWD_PROGRAMS_PER_SM // col_blocks))
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug("triton rms_norm_bwd: M=%d N=%d dtype=%s %s programs=%d", m, n, x.dtype, cfg, programs)
-    w = weight if weight is not None else x  # never read without HAS_WEIGHT
-    dot = rstd  # never read without DOT_GIVEN
-    if cfg.split_rows:
-        dot = torch.empty((m,), dtype=torch.float32, device=x.device)
-        rms_norm_bwd_dot_kernel[(m,)](
-            dy, x, w, rstd, dot, dy.stride(0), x.stride(0), n,
-            HAS_WEIGHT=weight is not None, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
-        )  # fmt: skip
+    # Stand-ins for absent tensors: never read without HAS_WEIGHT / DOT_GIVEN / HAS_DRESIDUAL / COMPUTE_DW.
+    w = x if weight is None else weight
+    dres = dy if dresidual_out is None else dresidual_out
+    dot = rstd
     dw_partial = torch.empty((programs, n), dtype=torch.float32, device=x.device) if compute_dw else rstd
-    rms_norm_bwd_kernel[(programs, col_blocks)](
-        dy, x, w, rstd, dot, dx, dw_partial, dy.stride(0), x.stride(0), m, n,
-        HAS_WEIGHT=weight is not None, COMPUTE_DW=compute_dw, DOT_GIVEN=cfg.split_rows,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
-    )  # fmt: skip
-    if compute_dw:
-        rms_norm_dw_reduce_kernel[(triton.cdiv(n, DW_REDUCE_BLOCK_N),)](
-            dw_partial, dw, programs, n, BLOCK_P=DW_REDUCE_BLOCK_P, BLOCK_N=DW_REDUCE_BLOCK_N
-        )
+    with _on_device_of(x):
+        if cfg.split_rows:
+            dot = torch.empty((m,), dtype=torch.float32, device=x.device)
+            rms_norm_bwd_dot_kernel[(m,)](
+                dy, x, w, rstd, dot, dy.stride(0), x.stride(0), n, weight_offset,
+                HAS_WEIGHT=weight is not None, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
+            )  # fmt: skip
+        rms_norm_bwd_kernel[(programs, col_blocks)](
+            dy, x, dres, w, rstd, dot, dx, dw_partial, dy.stride(0), x.stride(0), dres.stride(0), m, n, weight_offset,
+            HAS_DRESIDUAL=dresidual_out is not None, HAS_WEIGHT=weight is not None, COMPUTE_DW=compute_dw,
+            DOT_GIVEN=cfg.split_rows, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
+        )  # fmt: skip
+        if compute_dw:
+            rms_norm_dw_reduce_kernel[(triton.cdiv(n, DW_REDUCE_BLOCK_N),)](
+                dw_partial, dw, programs, n, BLOCK_P=DW_REDUCE_BLOCK_P, BLOCK_N=DW_REDUCE_BLOCK_N
+            )
     return dx, dw

@@ -103,30 +103,51 @@ def check_rms_norm(
     weight: torch.Tensor | None,
     eps: float | None,
     *,
+    weight_offset: float = 0.0,
+    residual: torch.Tensor | None = None,
     backward: bool = True,
     dy: torch.Tensor | None = None,
+    dresidual_out: torch.Tensor | None = None,
 ) -> None:
-    """Run rms_norm on `backend` (forward, and backward when asked) and compare with float64.
+    """Run rms_norm (add_rms_norm when a residual is given) on `backend`, forward and, when asked,
+    backward, and compare with float64.
 
-    dy: the gradient arriving at y, in any layout; random and contiguous by default.
+    add_rms_norm's residual_out must be x + residual rounded once; its y is held to rms_norm's
+    standard against the float64 RMSNorm of the residual_out it returned (y normalizes residual_out
+    as stored), and the gradients of x and residual to the float64 gradients through that.
+    dy, dresidual_out: the gradients arriving at y and residual_out, in any layout; dy random by
+    default, dresidual_out random by default when there is a residual.
     """
     skip_if_too_big(x)
-    x = x.detach().requires_grad_(backward)
+    leaves = [x.detach().requires_grad_(backward)]
+    if residual is not None:
+        leaves.append(residual.detach().requires_grad_(backward))
     if weight is not None:
         weight = weight.detach().requires_grad_(backward)
+    x = leaves[0]
     n = math.prod(normalized_shape)
     dims = tuple(range(x.dim() - len(normalized_shape), x.dim()))
     lead = tuple(range(x.dim() - len(normalized_shape)))
     eps_value = rmsnorm.reference.default_eps(x.dtype) if eps is None else eps
+    rounding = rounding_ulps(x.dtype, backend, x.device)
 
     poison_next_allocation(x)
-    y = rmsnorm.rms_norm(x, normalized_shape, weight, eps, backend=backend)
+    if residual is None:
+        y = rmsnorm.rms_norm(x, normalized_shape, weight, eps, weight_offset=weight_offset, backend=backend)
+        normalized = x
+    else:
+        y, normalized = rmsnorm.add_rms_norm(x, leaves[1], weight, eps, weight_offset=weight_offset, backend=backend)
+        exact_sum = x.detach().to(torch.float64) + leaves[1].detach().to(torch.float64)
+        assert normalized.dtype == leaves[1].dtype and normalized.shape == x.shape and normalized.is_contiguous()
+        assert_close(normalized, exact_sum, rounding * ulp(exact_sum, normalized.dtype), normalized.dtype,
+                     f"{backend} residual_out")  # fmt: skip
     assert y.dtype == x.dtype and y.shape == x.shape and y.is_contiguous()
 
-    x64 = x.detach().to(torch.float64).requires_grad_(backward)
+    # The float64 model: y64 = RMSNorm(normalized64), where normalized64 stands for x (rms_norm) or
+    # residual_out (add_rms_norm, whose gradient then flows on to x and residual unchanged).
+    normalized64 = normalized.detach().to(torch.float64).requires_grad_(backward)
     w64 = None if weight is None else weight.detach().to(torch.float64).requires_grad_(backward)
-    y64 = rms_norm_reference(x64, normalized_shape, w64, eps_value, compute_dtype=torch.float64)
-    rounding = rounding_ulps(x.dtype, backend, x.device)
+    y64 = rms_norm_reference(normalized64, normalized_shape, w64, eps_value, torch.float64, weight_offset)
     y_tolerance = rounding * ulp(y64.detach(), x.dtype) + reduction_units(n) * FP32_UNIT * y64.detach().abs()
     assert_close(y, y64.detach(), y_tolerance, x.dtype, f"{backend} y")
     if not backward:
@@ -134,21 +155,37 @@ def check_rms_norm(
 
     if dy is None:
         dy = torch.randn_like(y)
+    outputs, output_grads = [y], [dy]
+    if residual is not None:
+        if dresidual_out is None:
+            dresidual_out = torch.randn_like(normalized)
+        outputs.append(normalized)
+        output_grads.append(dresidual_out)
     poison_next_allocation(x)
-    grads = torch.autograd.grad(y, [x] + ([weight] if weight is not None else []), dy)
-    grads64 = torch.autograd.grad(y64, [x64] + ([w64] if w64 is not None else []), dy.to(torch.float64))
+    grads = torch.autograd.grad(outputs, leaves + ([weight] if weight is not None else []), output_grads)
+    grads64 = torch.autograd.grad(y64, [normalized64] + ([w64] if w64 is not None else []), dy.to(torch.float64))
+    dx64 = grads64[0] + (0.0 if dresidual_out is None else dresidual_out.to(torch.float64))
 
-    # dx = rstd * (g - xhat * mean(xhat * g)), g = dy * w: each term's fp32 error is bounded by the
-    # reduction bound times its magnitude.
-    rstd = torch.rsqrt(x64.detach().pow(2).mean(dim=dims, keepdim=True) + eps_value)
-    x_hat = x64.detach() * rstd
-    g = dy.to(torch.float64) * (w64.detach() if w64 is not None else 1.0)
+    # dx = rstd * (g - xhat * mean(xhat * g)) (+ dresidual_out), g = dy * (w + offset): each term's
+    # fp32 error is bounded by the reduction bound times its magnitude.
+    rstd = torch.rsqrt(normalized64.detach().pow(2).mean(dim=dims, keepdim=True) + eps_value)
+    x_hat = normalized64.detach() * rstd
+    g = dy.to(torch.float64) * ((w64.detach() + weight_offset) if w64 is not None else 1.0)
     dx_scale = rstd * (g.abs() + x_hat.abs() * (x_hat * g).abs().mean(dim=dims, keepdim=True))
-    dx_tolerance = rounding * ulp(grads64[0], x.dtype) + reduction_units(n) * FP32_UNIT * dx_scale
-    assert_close(grads[0], grads64[0], dx_tolerance, x.dtype, f"{backend} dx")
+    if dresidual_out is not None:
+        dx_scale = dx_scale + dresidual_out.to(torch.float64).abs()
+    for leaf, grad, name in zip(leaves, grads, ("dx", "dresidual")):
+        tolerance = rounding * ulp(dx64, leaf.dtype) + reduction_units(n) * FP32_UNIT * dx_scale
+        if backend == "torch" and dresidual_out is not None:
+            # PyTorch's autograd rounds the gradient through y to residual_out's dtype before it
+            # adds the one arriving on residual_out: a second rounding the fused kernels do not do.
+            tolerance = tolerance + 0.5 * ulp(grads64[0], leaf.dtype)
+        assert grad.dtype == leaf.dtype and grad.shape == leaf.shape
+        assert_close(grad, dx64, tolerance, leaf.dtype, f"{backend} {name}")
     if weight is None:
         return
-    assert grads[1].dtype == weight.dtype and grads[1].shape == weight.shape
+    dweight = grads[len(leaves)]
+    assert dweight.dtype == weight.dtype and dweight.shape == weight.shape
     # dweight = sum over rows of dy * xhat: a reduction over the rows of terms that carry xhat's error.
     rows = x.numel() // max(n, 1)
     terms = (dy.to(torch.float64) * x_hat).abs()
@@ -156,4 +193,4 @@ def check_rms_norm(
     units = reduction_units(rows) + reduction_units(n) / 2
     w_rounding = rounding_ulps(weight.dtype, backend, x.device)
     dw_tolerance = w_rounding * ulp(grads64[1], weight.dtype) + units * FP32_UNIT * magnitude
-    assert_close(grads[1], grads64[1], dw_tolerance, weight.dtype, f"{backend} dweight")
+    assert_close(dweight, grads64[1], dw_tolerance, weight.dtype, f"{backend} dweight")
