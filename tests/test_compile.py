@@ -1,0 +1,113 @@
+"""Our ops as real torch operators: opcheck, torch.compile(fullgraph=True) and CUDA graphs."""
+
+import pytest
+import torch
+
+import rmsnorm
+from rmsnorm import ops
+from tests.conftest import DEVICE, ON_GPU
+
+KERNEL_BACKENDS = ("triton", "cuda")
+
+
+@pytest.fixture(params=KERNEL_BACKENDS)
+def kernel_backend(request):
+    if request.param == "cuda":
+        if not ON_GPU:
+            pytest.skip("the cuda backend runs only on a CUDA GPU; none here")
+        rmsnorm.cuda_ext.load()
+    return request.param
+
+
+def op_samples(backend):
+    """(op, args) for every op of the backend, on small random inputs."""
+    fwd, add_fwd = ops.forward_ops(backend)
+    bwd = torch.ops.rmsnorm.rms_norm_bwd_triton if backend == "triton" else torch.ops.rmsnorm_cuda.rms_norm_bwd
+    x, residual, dy = (torch.randn(5, 64, device=DEVICE) for _ in range(3))
+    w = torch.randn(64, device=DEVICE)
+    _, rstd = fwd(x, w, 0.0, 1e-6)
+    return [
+        (fwd, (x.requires_grad_(), w.requires_grad_(), 0.0, 1e-6)),
+        (fwd, (x, None, 0.0, 1e-6)),
+        (add_fwd, (x, residual.requires_grad_(), w, 1.0, 1e-6)),
+        (bwd, (dy, x.detach(), None, w.detach(), 0.0, rstd, True)),
+        (bwd, (dy, x.detach(), residual.detach(), None, 0.0, rstd, False)),
+    ]
+
+
+def test_opcheck(kernel_backend):
+    for op, args in op_samples(kernel_backend):
+        torch.library.opcheck(op, args)
+
+
+def test_compiled_op_is_bitwise_eager(kernel_backend):
+    def step(x, residual, w):
+        y, residual_out = rmsnorm.add_rms_norm(x, residual, w, 1e-6, backend=kernel_backend)
+        return rmsnorm.rms_norm(y, (y.shape[-1],), w, 1e-6, backend=kernel_backend), residual_out
+
+    x, residual = torch.randn(2, 9, 256, device=DEVICE), torch.randn(2, 9, 256, device=DEVICE)
+    w = torch.randn(256, device=DEVICE)
+    results = []
+    for fn in (step, torch.compile(step, fullgraph=True)):
+        leaves = [t.clone().requires_grad_() for t in (x, residual, w)]
+        outputs = fn(*leaves)
+        grads = torch.autograd.grad(outputs, leaves, [torch.ones_like(o) for o in outputs])
+        results.append((*outputs, *grads))
+    for eager, compiled in zip(*results):
+        assert torch.equal(eager, compiled)
+
+
+class Block(torch.nn.Module):
+    """A pre-norm transformer block: norms by rmsnorm, attention stood in for by a Linear."""
+
+    def __init__(self, d, backend):
+        super().__init__()
+        self.norm1 = rmsnorm.RMSNorm(d, eps=1e-6, backend=backend)
+        self.mix = torch.nn.Linear(d, d)
+        self.norm2 = rmsnorm.RMSNorm(d, eps=1e-6, backend=backend)
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(d, 4 * d), torch.nn.GELU(), torch.nn.Linear(4 * d, d))
+
+    def forward(self, x, residual):
+        y, residual = rmsnorm.add_rms_norm(x, residual, self.norm1.weight, self.norm1.eps, backend=self.norm1.backend)
+        x = self.mix(y)
+        y, residual = rmsnorm.add_rms_norm(x, residual, self.norm2.weight, self.norm2.eps, backend=self.norm2.backend)
+        return self.norm1(self.mlp(y) + residual)
+
+
+def test_transformer_block_compiles_fullgraph(kernel_backend):
+    torch.manual_seed(0)
+    block = Block(128, kernel_backend).to(DEVICE)
+    compiled = torch.compile(block, fullgraph=True)
+    x, residual = torch.randn(4, 16, 128, device=DEVICE), torch.randn(4, 16, 128, device=DEVICE)
+    results = []
+    for fn in (block, compiled):
+        block.zero_grad()
+        out = fn(x, residual)
+        out.square().mean().backward()
+        results.append((out.detach(), *(p.grad.clone() for p in block.parameters())))
+    # Inductor fuses the Linear/GELU epilogues and may order their sums differently: agreement to
+    # fp32 rounding of a few dependent layers, not bits (the op alone is bitwise, above).
+    for eager, compiled_result in zip(*results):
+        torch.testing.assert_close(compiled_result, eager, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not ON_GPU, reason="CUDA graphs need a CUDA GPU")
+@pytest.mark.parametrize("n", [4096, 3000])
+def test_cuda_graph_replay(kernel_backend, n):
+    """Captured on first use of the shape (n = 3000 is met nowhere else), replayed on new inputs."""
+    x, residual = torch.randn(64, n, device="cuda"), torch.randn(64, n, device="cuda")
+    w = torch.randn(n, device="cuda")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
+        y, residual_out = rmsnorm.add_rms_norm(x, residual, w, 1e-6, backend=kernel_backend)
+        z = rmsnorm.rms_norm(y, (n,), w, 1e-6, backend=kernel_backend)
+    for _ in range(2):
+        x.copy_(torch.randn_like(x))
+        residual.copy_(torch.randn_like(residual))
+        graph.replay()
+        torch.cuda.synchronize()
+        y_eager, residual_eager = rmsnorm.add_rms_norm(x, residual, w, 1e-6, backend=kernel_backend)
+        assert torch.equal(residual_out, residual_eager) and torch.equal(y, y_eager)
+        assert torch.equal(z, rmsnorm.rms_norm(y_eager, (n,), w, 1e-6, backend=kernel_backend))
