@@ -32,7 +32,18 @@ void check_rows(const at::Tensor& t, const char* name) {
               t.stride(1));
 }
 
-void check_weight(const c10::optional<at::Tensor>& weight, const at::Tensor& x) {
+// t, an input read beside x ([rows, n]: dy, residual, dresidual_out), has x's shape, dtype and device.
+void check_like_x(const at::Tensor& t, const char* name, const at::Tensor& x) {
+  check_rows(t, name);
+  TORCH_CHECK(t.sizes() == x.sizes(), name, " must have x's shape ", x.sizes(), ", got ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == x.scalar_type(), name, " must have x's dtype ", x.scalar_type(), ", got ",
+              t.scalar_type());
+  TORCH_CHECK(t.device() == x.device(), name, " must be on x's device ", x.device(), ", got ", t.device());
+}
+
+void check_weight(const c10::optional<at::Tensor>& weight, double weight_offset, const at::Tensor& x) {
+  TORCH_CHECK(weight_offset == 0.0 || weight.has_value(), "weight_offset needs a weight, got weight_offset=",
+              weight_offset, " and weight=None");
   if (!weight.has_value()) return;
   const at::Tensor& w = *weight;
   TORCH_CHECK(w.device() == x.device(), "weight must be on x's device ", x.device(), ", got ", w.device());
@@ -51,43 +62,71 @@ int multiprocessor_count(const at::Tensor& t) {
   return count;
 }
 
-// x: [rows, n]; returns y [rows, n] (x's dtype, contiguous) and rstd [rows] (fp32).
-std::tuple<at::Tensor, at::Tensor> rms_norm_fwd_cuda(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
-                                                     double eps) {
+template <typename T>
+const T* data_or_null(const c10::optional<at::Tensor>& t) {
+  return t.has_value() ? reinterpret_cast<const T*>(t->data_ptr()) : nullptr;
+}
+
+int64_t row_stride_or_zero(const c10::optional<at::Tensor>& t) { return t.has_value() ? t->stride(0) : 0; }
+
+// Both forward ops. x, residual: [rows, n]; returns y [rows, n] (x's dtype, contiguous), residual_out
+// (x + residual, like y; undefined without a residual) and rstd [rows] (fp32).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rms_norm_fwd_rows(const at::Tensor& x,
+                                                                 const c10::optional<at::Tensor>& residual,
+                                                                 const c10::optional<at::Tensor>& weight,
+                                                                 double weight_offset, double eps) {
   check_rows(x, "x");
-  check_weight(weight, x);
+  if (residual.has_value()) check_like_x(*residual, "residual", x);
+  check_weight(weight, weight_offset, x);
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t rows = x.size(0), n = x.size(1);
   at::Tensor y = at::empty({rows, n}, x.options());
+  at::Tensor residual_out = residual.has_value() ? at::empty({rows, n}, x.options()) : at::Tensor();
   at::Tensor rstd = at::empty({rows}, x.options().dtype(at::kFloat));
-  if (rows == 0 || n == 0) return {y, rstd};
+  if (rows == 0 || n == 0) return {y, residual_out, rstd};
   const at::ScalarType w_type = weight.has_value() ? weight->scalar_type() : x.scalar_type();
   with_element_type(x.scalar_type(), "x", [&](auto t_tag) {
     using T = decltype(t_tag);
     with_element_type(w_type, "weight", [&](auto w_tag) {
       using W = decltype(w_tag);
-      const W* w = weight.has_value() ? reinterpret_cast<const W*>(weight->data_ptr()) : nullptr;
+      T* res_out = residual_out.defined() ? reinterpret_cast<T*>(residual_out.data_ptr()) : nullptr;
       const cudaError_t status = rmsnorm::rms_norm_fwd<T, W>(
-          reinterpret_cast<const T*>(x.data_ptr()), x.stride(0), w, reinterpret_cast<T*>(y.data_ptr()),
-          rstd.data_ptr<float>(), rows, n, static_cast<float>(eps), current_stream(x));
+          reinterpret_cast<const T*>(x.data_ptr()), x.stride(0), data_or_null<T>(residual),
+          row_stride_or_zero(residual), data_or_null<W>(weight), static_cast<float>(weight_offset),
+          reinterpret_cast<T*>(y.data_ptr()), res_out, rstd.data_ptr<float>(), rows, n, static_cast<float>(eps),
+          current_stream(x));
       C10_CUDA_CHECK(status);
     });
   });
+  return {y, residual_out, rstd};
+}
+
+// x: [rows, n]; returns y [rows, n] (x's dtype, contiguous) and rstd [rows] (fp32).
+std::tuple<at::Tensor, at::Tensor> rms_norm_fwd_cuda(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+                                                     double weight_offset, double eps) {
+  at::Tensor y, rstd;
+  std::tie(y, std::ignore, rstd) = rms_norm_fwd_rows(x, c10::nullopt, weight, weight_offset, eps);
   return {y, rstd};
 }
 
-// dy, x: [rows, n]; returns dx [rows, n] (contiguous) and dweight [n] in weight's dtype, or an empty
-// tensor when needs_dweight is false.
+// x, residual: [rows, n]; returns y and residual_out = x + residual (rounded to x's dtype, the
+// values y normalizes), both [rows, n] contiguous in x's dtype, and rstd [rows] (fp32).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> add_rms_norm_fwd_cuda(const at::Tensor& x, const at::Tensor& residual,
+                                                                     const c10::optional<at::Tensor>& weight,
+                                                                     double weight_offset, double eps) {
+  return rms_norm_fwd_rows(x, residual, weight, weight_offset, eps);
+}
+
+// dy, x, dresidual_out: [rows, n]; returns dx [rows, n] (contiguous, dresidual_out added when given)
+// and dweight [n] in weight's dtype, or an empty tensor when needs_dweight is false.
 std::tuple<at::Tensor, at::Tensor> rms_norm_bwd_cuda(const at::Tensor& dy, const at::Tensor& x,
-                                                     const c10::optional<at::Tensor>& weight,
+                                                     const c10::optional<at::Tensor>& dresidual_out,
+                                                     const c10::optional<at::Tensor>& weight, double weight_offset,
                                                      const at::Tensor& rstd, bool needs_dweight) {
   check_rows(x, "x");
-  check_rows(dy, "dy");
-  check_weight(weight, x);
-  TORCH_CHECK(dy.sizes() == x.sizes(), "dy must have x's shape ", x.sizes(), ", got ", dy.sizes());
-  TORCH_CHECK(dy.scalar_type() == x.scalar_type(), "dy must have x's dtype ", x.scalar_type(), ", got ",
-              dy.scalar_type());
-  TORCH_CHECK(dy.device() == x.device(), "dy must be on x's device ", x.device(), ", got ", dy.device());
+  check_like_x(dy, "dy", x);
+  if (dresidual_out.has_value()) check_like_x(*dresidual_out, "dresidual_out", x);
+  check_weight(weight, weight_offset, x);
   TORCH_CHECK(rstd.device() == x.device() && rstd.scalar_type() == at::kFloat && rstd.is_contiguous() &&
                   rstd.numel() == x.size(0),
               "rstd must be a contiguous float32 tensor of ", x.size(0), " elements on ", x.device());
@@ -106,11 +145,11 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_bwd_cuda(const at::Tensor& dy, const
     at::Tensor workspace = at::empty({workspace_elems}, x.options().dtype(at::kFloat));
     with_element_type(w_type, "weight", [&](auto w_tag) {
       using W = decltype(w_tag);
-      const W* w = weight.has_value() ? reinterpret_cast<const W*>(weight->data_ptr()) : nullptr;
       W* dw = needs_dweight ? reinterpret_cast<W*>(dweight.data_ptr()) : nullptr;
       const cudaError_t status = rmsnorm::rms_norm_bwd<T, W>(
           reinterpret_cast<const T*>(dy.data_ptr()), dy.stride(0), reinterpret_cast<const T*>(x.data_ptr()),
-          x.stride(0), w, rstd.data_ptr<float>(), reinterpret_cast<T*>(dx.data_ptr()), dw,
+          x.stride(0), data_or_null<T>(dresidual_out), row_stride_or_zero(dresidual_out), data_or_null<W>(weight),
+          static_cast<float>(weight_offset), rstd.data_ptr<float>(), reinterpret_cast<T*>(dx.data_ptr()), dw,
           workspace.data_ptr<float>(), rows, n, num_sms, current_stream(x));
       C10_CUDA_CHECK(status);
     });
@@ -121,11 +160,17 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_bwd_cuda(const at::Tensor& dy, const
 }  // namespace
 
 TORCH_LIBRARY(rmsnorm_cuda, m) {
-  m.def("rms_norm_fwd(Tensor x, Tensor? weight, float eps) -> (Tensor y, Tensor rstd)");
-  m.def("rms_norm_bwd(Tensor dy, Tensor x, Tensor? weight, Tensor rstd, bool needs_dweight) -> (Tensor dx, Tensor dweight)");
+  m.def("rms_norm_fwd(Tensor x, Tensor? weight, float weight_offset, float eps) -> (Tensor y, Tensor rstd)");
+  m.def(
+      "add_rms_norm_fwd(Tensor x, Tensor residual, Tensor? weight, float weight_offset, float eps)"
+      " -> (Tensor y, Tensor residual_out, Tensor rstd)");
+  m.def(
+      "rms_norm_bwd(Tensor dy, Tensor x, Tensor? dresidual_out, Tensor? weight, float weight_offset, Tensor rstd,"
+      " bool needs_dweight) -> (Tensor dx, Tensor dweight)");
 }
 
 TORCH_LIBRARY_IMPL(rmsnorm_cuda, CUDA, m) {
   m.impl("rms_norm_fwd", &rms_norm_fwd_cuda);
+  m.impl("add_rms_norm_fwd", &add_rms_norm_fwd_cuda);
   m.impl("rms_norm_bwd", &rms_norm_bwd_cuda);
 }

@@ -1,5 +1,10 @@
-// RMSNorm backward, per row: xhat = x * rstd, g = dy * weight, c = sum(xhat * g) / n,
-// dx = (g - xhat * c) * rstd; and dweight = sum over rows of dy * xhat.
+// RMSNorm backward, per row: xhat = x * rstd, g = dy * (weight + weight_offset),
+// c = sum(xhat * g) / n, dx = (g - xhat * c) * rstd [+ dresidual_out]; and dweight = sum over rows
+// of dy * xhat. dresidual_out, the gradient arriving on add_rms_norm's residual_out, is added in
+// fp32 before dx's one rounding to T. It is a runtime option (a null pointer: the same branch for
+// the whole grid), read where dx is formed, after the row's reduction, so that it is not held in
+// registers beside the row's x and dy. A template flag would double the instantiations and save
+// no spill: with the runtime branch no kernel spills (ptxas -v).
 //
 // dweight is reduced without atomics, in an order fixed by (rows, n, sizeof(T), num_sms):
 // every block of the first pass writes one fp32 row of partial sums to the workspace,
@@ -109,15 +114,15 @@ int64_t bwd_partial_rows(const BwdConfig& config, int64_t rows, int64_t n, int e
 // Kernels
 // ---------------------------------------------------------------------------------------------
 
-// g = dy * weight (dy alone when weight is nullptr) for the chunk at col, in fp32.
+// g = dy * (weight + weight_offset) (dy alone when weight is nullptr) for the chunk at col, in fp32.
 template <bool ALIGNED, int VEC, typename T, typename W, typename Index>
-__device__ __forceinline__ Vec<float, VEC> weighted_grad(const Vec<T, VEC>& dy, const W* weight, Index col,
-                                                         Index end) {
+__device__ __forceinline__ Vec<float, VEC> weighted_grad(const Vec<T, VEC>& dy, const W* weight, float weight_offset,
+                                                         Index col, Index end) {
   Vec<float, VEC> g;
   if (weight != nullptr) {
     const Vec<W, VEC> w = load_vec<ALIGNED, VEC>(weight, col, end);
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) g.v[k] = __fmul_rn(to_float(dy.v[k]), to_float(w.v[k]));
+    for (int k = 0; k < VEC; ++k) g.v[k] = __fmul_rn(to_float(dy.v[k]), __fadd_rn(to_float(w.v[k]), weight_offset));
   } else {
 #pragma unroll
     for (int k = 0; k < VEC; ++k) g.v[k] = to_float(dy.v[k]);
@@ -134,15 +139,25 @@ __device__ __forceinline__ float add_xhat_dot_g(float dot, const Vec<T, VEC>& x,
   return dot;
 }
 
-// dx = (g - xhat * c) * rstd for the chunk, rounded to T.
-template <int VEC, typename T>
-__device__ __forceinline__ Vec<T, VEC> dx_of(const Vec<T, VEC>& x, const Vec<float, VEC>& g, float rstd, float c) {
-  Vec<T, VEC> dx;
+// dx = (g - xhat * c) * rstd for the chunk at col, plus dresidual_row's chunk when that is not
+// nullptr, in fp32, rounded to T once.
+template <bool ALIGNED, int VEC, typename T, typename Index>
+__device__ __forceinline__ Vec<T, VEC> dx_of(const Vec<T, VEC>& x, const Vec<float, VEC>& g, float rstd, float c,
+                                              const T* dresidual_row, Index col, Index end) {
+  Vec<float, VEC> d;
 #pragma unroll
   for (int k = 0; k < VEC; ++k) {
     const float xhat = __fmul_rn(to_float(x.v[k]), rstd);
-    dx.v[k] = from_float<T>(__fmul_rn(__fsub_rn(g.v[k], __fmul_rn(xhat, c)), rstd));
+    d.v[k] = __fmul_rn(__fsub_rn(g.v[k], __fmul_rn(xhat, c)), rstd);
   }
+  if (dresidual_row != nullptr) {
+    const Vec<T, VEC> extra = load_vec<ALIGNED, VEC>(dresidual_row, col, end);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) d.v[k] = __fadd_rn(d.v[k], to_float(extra.v[k]));
+  }
+  Vec<T, VEC> dx;
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) dx.v[k] = from_float<T>(d.v[k]);
   return dx;
 }
 
@@ -169,7 +184,10 @@ __global__ void __launch_bounds__(kBwdMaxBlockThreads, 1) rms_norm_bwd_kernel(
     int64_t dy_row_stride,                 // elements between consecutive rows of dy
     const T* __restrict__ x,               // [rows, n], row i at x + i * x_row_stride
     int64_t x_row_stride,                  // elements between consecutive rows of x
+    const T* __restrict__ dresidual_out,   // [rows, n], row i at dresidual_out + i * dresidual_out_row_stride;
+    int64_t dresidual_out_row_stride,      //   added to dx, or nullptr
     const W* __restrict__ weight,          // [n], or nullptr for no weight
+    float weight_offset,                   // added to the weight
     const float* __restrict__ rstd,        // [rows], from the forward
     T* __restrict__ dx,                    // [rows, n], contiguous
     float* __restrict__ dweight_partials,  // [gridDim.x, n], contiguous; nullptr: no dweight
@@ -211,18 +229,20 @@ __global__ void __launch_bounds__(kBwdMaxBlockThreads, 1) rms_norm_bwd_kernel(
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
       const int col = first_col + i * col_step;
-      dot = add_xhat_dot_g(dot, x_chunks[i], weighted_grad<ALIGNED>(dy_chunks[i], weight, col, end), row_rstd);
+      const Vec<float, VEC> g = weighted_grad<ALIGNED>(dy_chunks[i], weight, weight_offset, col, end);
+      dot = add_xhat_dot_g(dot, x_chunks[i], g, row_rstd);
       if (with_dweight) add_dweight_terms(dweight_sums[i], x_chunks[i], dy_chunks[i], row_rstd);
     }
     const float c = __fdiv_rn(block_reduce_sum(dot, threads_per_row), static_cast<float>(n));
     if (!in_range) continue;
 
     T* dx_row = dx + row * n;
+    const T* dresidual_row = dresidual_out != nullptr ? dresidual_out + row * dresidual_out_row_stride : nullptr;
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
       const int col = first_col + i * col_step;
-      const Vec<float, VEC> g = weighted_grad<ALIGNED>(dy_chunks[i], weight, col, n);
-      store_vec<ALIGNED>(dx_row, col, n, dx_of(x_chunks[i], g, row_rstd, c));
+      const Vec<float, VEC> g = weighted_grad<ALIGNED>(dy_chunks[i], weight, weight_offset, col, n);
+      store_vec<ALIGNED>(dx_row, col, n, dx_of<ALIGNED>(x_chunks[i], g, row_rstd, c, dresidual_row, col, n));
     }
   }
 
@@ -259,6 +279,7 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_bwd_row_dot_k
     const T* __restrict__ x,         // [rows, n], row i at x + i * x_row_stride
     int64_t x_row_stride,            // elements between consecutive rows of x
     const W* __restrict__ weight,    // [n], or nullptr for no weight
+    float weight_offset,             // added to the weight
     const float* __restrict__ rstd,  // [rows], from the forward
     float* __restrict__ row_c,       // [rows], output
     int64_t rows,
@@ -275,7 +296,7 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_bwd_row_dot_k
     for (int64_t col = first_col; col < n; col += col_step) {
       const Vec<T, VEC> dy_chunk = load_vec<ALIGNED, VEC>(dy_row, col, n);
       dot = add_xhat_dot_g(dot, load_vec<ALIGNED, VEC>(x_row, col, n),
-                           weighted_grad<ALIGNED>(dy_chunk, weight, col, n), row_rstd);
+                           weighted_grad<ALIGNED>(dy_chunk, weight, weight_offset, col, n), row_rstd);
     }
     const float c = __fdiv_rn(block_reduce_sum(dot, blockDim.x), static_cast<float>(n));
     if (threadIdx.x == 0) row_c[row] = c;
@@ -293,7 +314,10 @@ __global__ void __launch_bounds__(kColumnsBlockThreads, kColumnsBlocksPerSm) rms
     int64_t dy_row_stride,                 // elements between consecutive rows of dy
     const T* __restrict__ x,               // [rows, n], row i at x + i * x_row_stride
     int64_t x_row_stride,                  // elements between consecutive rows of x
+    const T* __restrict__ dresidual_out,   // [rows, n], row i at dresidual_out + i * dresidual_out_row_stride;
+    int64_t dresidual_out_row_stride,      //   added to dx, or nullptr
     const W* __restrict__ weight,          // [n], or nullptr for no weight
+    float weight_offset,                   // added to the weight
     const float* __restrict__ rstd,        // [rows], from the forward
     const float* __restrict__ row_c,       // [rows], from rms_norm_bwd_row_dot_kernel
     T* __restrict__ dx,                    // [rows, n], contiguous
@@ -312,8 +336,10 @@ __global__ void __launch_bounds__(kColumnsBlockThreads, kColumnsBlocksPerSm) rms
       const Vec<T, VEC> x_chunk = load_vec<ALIGNED, VEC>(x + row * x_row_stride, col, n);
       const Vec<T, VEC> dy_chunk = load_vec<ALIGNED, VEC>(dy + row * dy_row_stride, col, n);
       const float row_rstd = rstd[row];
-      const Vec<float, VEC> g = weighted_grad<ALIGNED>(dy_chunk, weight, col, n);
-      store_vec<ALIGNED>(dx + row * n, col, n, dx_of(x_chunk, g, row_rstd, row_c[row]));
+      const Vec<float, VEC> g = weighted_grad<ALIGNED>(dy_chunk, weight, weight_offset, col, n);
+      const T* dresidual_row =
+          dresidual_out != nullptr ? dresidual_out + row * dresidual_out_row_stride : nullptr;
+      store_vec<ALIGNED>(dx + row * n, col, n, dx_of<ALIGNED>(x_chunk, g, row_rstd, row_c[row], dresidual_row, col, n));
       if (dweight_partials != nullptr) add_dweight_terms(sums, x_chunk, dy_chunk, row_rstd);
     }
     if (dweight_partials != nullptr) store_vec<ALIGNED>(dweight_partials + int64_t{blockIdx.y} * n, col, n, sums);
@@ -356,18 +382,20 @@ __global__ void __launch_bounds__(kReduceColumns * kReduceSlices, 1) rms_norm_bw
 
 // Rows too long for registers: c of every row into row_c, then dx and the dweight partials.
 template <typename T, typename W, bool ALIGNED>
-cudaError_t launch_bwd_columns(const T* dy, int64_t dy_row_stride, const T* x, int64_t x_row_stride, const W* weight,
-                               const float* rstd, T* dx, float* dweight_partials, float* row_c, int64_t rows,
-                               int64_t n, int num_sms, cudaStream_t stream) {
+cudaError_t launch_bwd_columns(const T* dy, int64_t dy_row_stride, const T* x, int64_t x_row_stride,
+                               const T* dresidual_out, int64_t dresidual_out_row_stride, const W* weight,
+                               float weight_offset, const float* rstd, T* dx, float* dweight_partials, float* row_c,
+                               int64_t rows, int64_t n, int num_sms, cudaStream_t stream) {
   rms_norm_bwd_row_dot_kernel<T, W, ALIGNED><<<std::min(rows, kMaxGridX), kLoopedBlockThreads, 0, stream>>>(
-      dy, dy_row_stride, x, x_row_stride, weight, rstd, row_c, rows, n);
+      dy, dy_row_stride, x, x_row_stride, weight, weight_offset, rstd, row_c, rows, n);
   const cudaError_t status = cudaGetLastError();
   if (status != cudaSuccess) return status;
   const RowSlices slices = row_slices(rows, n, sizeof(T), num_sms);
   const dim3 grid(static_cast<unsigned>(std::min(column_blocks(n, sizeof(T)), kMaxGridX)),
                   static_cast<unsigned>(slices.count));
   rms_norm_bwd_columns_kernel<T, W, ALIGNED><<<grid, kColumnsBlockThreads, 0, stream>>>(
-      dy, dy_row_stride, x, x_row_stride, weight, rstd, row_c, dx, dweight_partials, rows, n, slices.rows_per_slice);
+      dy, dy_row_stride, x, x_row_stride, dresidual_out, dresidual_out_row_stride, weight, weight_offset, rstd, row_c,
+      dx, dweight_partials, rows, n, slices.rows_per_slice);
   return cudaGetLastError();
 }
 
@@ -397,7 +425,8 @@ int64_t rms_norm_bwd_workspace_elems(int64_t rows, int64_t n, bool needs_dweight
 }
 
 template <typename T, typename W>
-cudaError_t rms_norm_bwd(const T* dy, int64_t dy_row_stride, const T* x, int64_t x_row_stride, const W* weight,
+cudaError_t rms_norm_bwd(const T* dy, int64_t dy_row_stride, const T* x, int64_t x_row_stride,
+                         const T* dresidual_out, int64_t dresidual_out_row_stride, const W* weight, float weight_offset,
                          const float* rstd, T* dx, W* dweight, float* workspace, int64_t rows, int64_t n, int num_sms,
                          cudaStream_t stream) {
   if (rows < 0 || n < 0 || num_sms < 1) return cudaErrorInvalidValue;
@@ -409,17 +438,22 @@ cudaError_t rms_norm_bwd(const T* dy, int64_t dy_row_stride, const T* x, int64_t
   const int64_t partial_rows = bwd_partial_rows(config, rows, n, sizeof(T), num_sms);
   float* partials = dweight != nullptr ? workspace : nullptr;
   float* row_c = workspace + (dweight != nullptr ? partial_rows * n : 0);
+  // As in the forward: a zero offset passed as -0 leaves g bitwise dy * weight.
+  const float offset = weight_offset == 0.0f ? -0.0f : weight_offset;
   // Whole Vecs can be read and written when every row starts on a 16-byte boundary and n is a
   // multiple of VEC (then no chunk straddles the row's end); the weight's Vec needs its own
   // alignment (16 bytes, or 8 for the 4 bf16/half weights of a float row chunk).
-  const bool aligned = n % VEC == 0 && is_aligned(dy, kVectorBytes) && dy_row_stride % VEC == 0 &&
-                       is_aligned(x, kVectorBytes) && x_row_stride % VEC == 0 && is_aligned(dx, kVectorBytes) &&
-                       (weight == nullptr || is_aligned(weight, alignof(Vec<W, VEC>))) &&
-                       (partials == nullptr || is_aligned(partials, kVectorBytes));
+  const bool aligned =
+      n % VEC == 0 && is_aligned(dy, kVectorBytes) && dy_row_stride % VEC == 0 && is_aligned(x, kVectorBytes) &&
+      x_row_stride % VEC == 0 && is_aligned(dx, kVectorBytes) &&
+      (dresidual_out == nullptr || (is_aligned(dresidual_out, kVectorBytes) && dresidual_out_row_stride % VEC == 0)) &&
+      (weight == nullptr || is_aligned(weight, alignof(Vec<W, VEC>))) &&
+      (partials == nullptr || is_aligned(partials, kVectorBytes));
   const cudaError_t status = dispatch_aligned(aligned, [&](auto aligned_tag) {
     constexpr bool ALIGNED = decltype(aligned_tag)::value;
     if (config.tiling.items == 0) {
-      return launch_bwd_columns<T, W, ALIGNED>(dy, dy_row_stride, x, x_row_stride, weight, rstd, dx, partials, row_c,
+      return launch_bwd_columns<T, W, ALIGNED>(dy, dy_row_stride, x, x_row_stride, dresidual_out,
+                                               dresidual_out_row_stride, weight, offset, rstd, dx, partials, row_c,
                                                rows, n, num_sms, stream);
     }
     return dispatch_items<kBwdMaxAccumulators / VEC>(config.tiling.items, [&](auto items_tag) {
@@ -427,8 +461,8 @@ cudaError_t rms_norm_bwd(const T* dy, int64_t dy_row_stride, const T* x, int64_t
       const size_t group_partials_bytes =
           partials != nullptr && config.rows_per_block > 1 ? config.rows_per_block * n * sizeof(float) : 0;
       rms_norm_bwd_kernel<T, W, ITEMS, ALIGNED><<<partial_rows, config.block_threads, group_partials_bytes, stream>>>(
-          dy, dy_row_stride, x, x_row_stride, weight, rstd, dx, partials, rows, static_cast<int>(n),
-          config.tiling.threads_per_row);
+          dy, dy_row_stride, x, x_row_stride, dresidual_out, dresidual_out_row_stride, weight, offset, rstd, dx,
+          partials, rows, static_cast<int>(n), config.tiling.threads_per_row);
       return cudaGetLastError();
     });
   });
@@ -441,8 +475,8 @@ template int64_t rms_norm_bwd_workspace_elems<__half>(int64_t, int64_t, bool, in
 template int64_t rms_norm_bwd_workspace_elems<__nv_bfloat16>(int64_t, int64_t, bool, int);
 
 #define RMSNORM_INSTANTIATE_BWD(T, W)                                                                        \
-  template cudaError_t rms_norm_bwd<T, W>(const T*, int64_t, const T*, int64_t, const W*, const float*, T*, W*, \
-                                          float*, int64_t, int64_t, int, cudaStream_t);
+  template cudaError_t rms_norm_bwd<T, W>(const T*, int64_t, const T*, int64_t, const T*, int64_t, const W*, float, \
+                                          const float*, T*, W*, float*, int64_t, int64_t, int, cudaStream_t);
 RMSNORM_INSTANTIATE_BWD(float, float)
 RMSNORM_INSTANTIATE_BWD(float, __half)
 RMSNORM_INSTANTIATE_BWD(float, __nv_bfloat16)

@@ -3,7 +3,10 @@
 Every csrc/*.cu is compiled for sm_80 and sm_90 with the flags below; a compile error, a
 warning, or any spill store or load that ptxas reports for any kernel fails the test, naming
 the kernel. The kernels are torch-free, so this needs the CUDA toolkit but neither a GPU nor a
-CUDA build of torch; it skips only where nvcc is not found.
+CUDA build of torch; it skips only where nvcc is not found. bindings.cpp is compiled against
+torch's headers, and the launchers it calls must be among those the .cu objects define: a
+launcher whose signature drifted between rms_norm.h, its explicit instantiations and the binding
+would otherwise be found only when the extension is loaded on a GPU machine.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ class CompileResult:
     command: list[str]
     returncode: int
     output: str  # stdout and stderr together
+    object_file: Path
 
 
 @dataclass(frozen=True)
@@ -75,9 +79,10 @@ def find_nvcc() -> str | None:
 
 
 def compile_one(nvcc: str, source: Path, out_dir: Path) -> CompileResult:
-    command = [nvcc, *NVCC_FLAGS, "-c", str(source), "-o", str(out_dir / f"{source.stem}.o")]
+    object_file = out_dir / f"{source.stem}.o"
+    command = [nvcc, *NVCC_FLAGS, "-c", str(source), "-o", str(object_file)]
     done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
-    return CompileResult(command, done.returncode, done.stdout)
+    return CompileResult(command, done.returncode, done.stdout, object_file)
 
 
 def spill_reports(output: str) -> list[SpillReport]:
@@ -156,8 +161,9 @@ def test_no_register_spills(compiled, source: Path):
     )
 
 
-def test_binding_compiles(tmp_path):
-    """bindings.cpp against this torch's headers and the CUDA toolkit's, syntax and types only.
+@pytest.fixture(scope="module")
+def binding(tmp_path_factory) -> CompileResult:
+    """bindings.cpp compiled to an object against this torch's headers and the CUDA toolkit's.
 
     The CPU wheel of torch ships c10/cuda's headers but not the CMake-generated
     c10/cuda/impl/cuda_cmake_macros.h they include (it only sets build-configuration macros), so
@@ -171,11 +177,60 @@ def test_binding_compiles(tmp_path):
     cuda_include = Path(nvcc).resolve().parent.parent / "include"
     if not (cuda_include / "cuda_runtime_api.h").is_file():
         cuda_include = Path("/usr/local/cuda/include")
-    stub = tmp_path / "c10" / "cuda" / "impl" / "cuda_cmake_macros.h"
+    out_dir = tmp_path_factory.mktemp("binding")
+    stub = out_dir / "c10" / "cuda" / "impl" / "cuda_cmake_macros.h"
     stub.parent.mkdir(parents=True)
     stub.write_text("")
-    includes = [tmp_path, *torch_utils.include_paths(), cuda_include, CSRC]
-    command = [compiler, "-std=c++20", "-fsyntax-only", *(f"-I{path}" for path in includes), str(CSRC / "bindings.cpp")]
+    includes = [out_dir, *torch_utils.include_paths(), cuda_include, CSRC]
+    object_file = out_dir / "bindings.o"
+    command = [
+        compiler,
+        "-std=c++20",
+        *(f"-I{path}" for path in includes),
+        "-c",
+        str(CSRC / "bindings.cpp"),
+        "-o",
+        str(object_file),
+    ]
     done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
-    errors = [line for line in done.stdout.splitlines() if "error" in line]
-    assert done.returncode == 0, f"bindings.cpp does not compile:\n" + "\n".join(errors[:20] or [done.stdout[-4000:]])
+    return CompileResult(command, done.returncode, done.stdout, object_file)
+
+
+def test_binding_compiles(binding):
+    """bindings.cpp against this torch's headers and the CUDA toolkit's."""
+    errors = [line for line in binding.output.splitlines() if "error" in line]
+    assert binding.returncode == 0, "bindings.cpp does not compile:\n" + "\n".join(
+        errors[:20] or [binding.output[-4000:]]
+    )
+
+
+def symbols(nm: str, object_file: Path, kind: str) -> set[str]:
+    """Mangled names of the rmsnorm:: functions an object file leaves undefined or defines."""
+    done = subprocess.run([nm, f"--{kind}-only", str(object_file)], capture_output=True, text=True, check=True)
+    names = (line.split()[-1] for line in done.stdout.splitlines() if line.strip())
+    return {name for name in names if name.startswith("_ZN7rmsnorm")}
+
+
+def test_binding_calls_only_instantiated_launchers(compiled, binding):
+    """Every rmsnorm:: launcher bindings.cpp calls is defined by a .cu object (what the JIT build links)."""
+    nm = shutil.which("nm")
+    if nm is None:
+        pytest.skip("nm (binutils) not found")
+    if binding.returncode != 0 or any(result.returncode != 0 for result in compiled.values()):
+        pytest.fail("a source failed to compile, see test_binding_compiles and test_compiles_without_warnings")
+    called = symbols(nm, binding.object_file, "undefined")
+    defined = set().union(*(symbols(nm, result.object_file, "defined") for result in compiled.values()))
+    assert called, "bindings.cpp calls no rmsnorm:: launcher: the symbol filter is out of date"
+    missing = sorted(called - defined)
+    assert not missing, "bindings.cpp calls launchers no .cu instantiates (a signature drifted?):\n" + "\n".join(
+        f"  {name}" for name in demangle(missing)
+    )
+
+
+def test_every_declared_op_is_implemented():
+    """Each schema TORCH_LIBRARY declares has a CUDA kernel in TORCH_LIBRARY_IMPL, and no other."""
+    source = (CSRC / "bindings.cpp").read_text()
+    declared = set(re.findall(r'm\.def\(\s*"(\w+)\(', source))
+    implemented = set(re.findall(r'm\.impl\(\s*"(\w+)"', source))
+    assert declared, "no m.def schemas found in bindings.cpp"
+    assert declared == implemented, f"declared {sorted(declared)}, implemented {sorted(implemented)}"
