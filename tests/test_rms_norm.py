@@ -17,8 +17,9 @@ FEATURES = (512, 1000, 4096, 8192) if ON_GPU else (512, 1000, 4096)
 TRANSFORMER_BATCHES = (1, 4, 16, 64) if ON_GPU else (1, 2)
 SEQUENCE_LENGTHS = (128, 512, 1024) if ON_GPU else (3, 16)
 HIDDEN_SIZES = (256, 512, 1024, 2048) if ON_GPU else (256, 1024)
-# Odd widths hit every masking and splitting path: scalar tails, widths past one tile, split rows.
-ODD_SIZES = (1, 3, 127, 4097, 12288, 65537)
+# Odd widths hit every masking and splitting path: scalar tails, widths past one tile, split rows;
+# on the GPU also the widest rows promised (2^20).
+ODD_SIZES = (1, 3, 127, 4097, 12288, 65537) + ((2**20,) if ON_GPU else ())
 ODD_SIZE_ROWS = 37 if ON_GPU else 2
 
 
