@@ -12,6 +12,8 @@ ELEMENTS = 2**27
 # Row lengths N of the main sweep, M = ELEMENTS // N rows each: powers of two plus 5120 and 12288,
 # the hidden sizes of common models that are not powers of two.
 MAIN_NS = (64, 128, 256, 512, 1024, 2048, 4096, 5120, 8192, 12288, 16384, 32768, 65536, 131072, 262144)
+# add-forward runs the main sweep's N only: the fused residual add is a transformer's hidden-size step.
+ADD_NS = MAIN_NS
 
 # Rows longer than one block of shared memory or registers can hold, at a fixed M: 2^19 x 256 is still
 # 2^27 elements; 2^20 x 256 is twice that.
@@ -32,14 +34,22 @@ DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 FORWARD = "forward"
 BACKWARD = "backward"
 FORWARD_BACKWARD = "forward+backward"
+# add_rms_norm's forward without grad: residual_out = x + residual, y = rms_norm(residual_out).
+ADD_FORWARD = "add-forward"
 LATENCY = "latency"
-THROUGHPUT_MODES = (FORWARD, BACKWARD, FORWARD_BACKWARD)
-MODES = THROUGHPUT_MODES + (LATENCY,)
+# The compiled-model row of bench.model: a small transformer stack's training step, not a sweep.
+MODEL = "model"
+NORM_MODES = (FORWARD, BACKWARD, FORWARD_BACKWARD)  # rms_norm's throughput modes
+THROUGHPUT_MODES = NORM_MODES + (ADD_FORWARD,)
+MODES = THROUGHPUT_MODES + (LATENCY, MODEL)
+
+# Table and plot titles of the throughput modes that are not self-explanatory.
+MODE_TITLES = {ADD_FORWARD: "add_rms_norm forward"}
 
 # Full-size tensors each mode must move, in elements of x's dtype per element of x: forward reads x and
-# writes y; backward reads x and dy and writes dx; forward+backward is both. Weight, dweight and
-# per-row statistics are O(N + M) and ignored.
-TENSORS_MOVED = {FORWARD: 2, BACKWARD: 3, FORWARD_BACKWARD: 5}
+# writes y; backward reads x and dy and writes dx; forward+backward is both; add-forward reads x and
+# residual and writes y and residual_out. Weight, dweight and per-row statistics are O(N + M) and ignored.
+TENSORS_MOVED = {FORWARD: 2, BACKWARD: 3, FORWARD_BACKWARD: 5, ADD_FORWARD: 4}
 
 ELEMENT_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
@@ -48,17 +58,37 @@ ELEMENT_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 FORWARD_BACKWARD_REPEATS = 3
 STABLE_SPREAD_POINTS = 3.0
 
-# --quick: finishes in under a minute on an H100; bf16 only, no long rows, the library against the
-# fused peers (the eager and compiled formulas are slow or compile per shape).
+# --quick: about a minute and a half on an H100 (47 s before add-forward and the model row, estimated to
+# add ~8 s and ~25 s); bf16 only, no long rows, the library against the fused peers (the eager and compiled
+# formulas are slow or compile per shape; the model row has the compiled formula in a model).
 QUICK_DTYPES = ("bf16",)
 QUICK_NS = (1024, 4096, 16384, 65536)
-QUICK_MODES = (FORWARD, FORWARD_BACKWARD, LATENCY)
+# add-forward's: hidden sizes of real models, up to 32768 (no model's hidden size is 65536).
+QUICK_ADD_NS = (1024, 4096, 16384, 32768)
+QUICK_MODES = (FORWARD, FORWARD_BACKWARD, ADD_FORWARD, LATENCY, MODEL)
 QUICK_IMPLEMENTATIONS = ("ours-triton", "ours-cuda", "ours-auto", "torch-F", "liger", "quack")
 
 
 def rows_for(n: int) -> int:
     """Number of rows M timed at row length ``n``: LONG_ROW_M for the long rows, else ELEMENTS // n."""
     return LONG_ROW_M if n in LONG_ROW_NS else max(1, ELEMENTS // n)
+
+
+def shape_plan(
+    dtypes: tuple[str, ...], ns: tuple[int, ...], add_ns: tuple[int, ...], modes: tuple[str, ...]
+) -> list[tuple[str, int, tuple[str, ...]]]:
+    """(dtype, N, throughput modes measured there) of every shape the sweep visits, N ascending per dtype.
+
+    rms_norm's modes run at ``ns``, add-forward at ``add_ns``; a shape in both runs both.
+    """
+    norm_modes = tuple(m for m in NORM_MODES if m in modes)
+    add_modes = (ADD_FORWARD,) if ADD_FORWARD in modes else ()
+    visited = sorted(set(ns if norm_modes else ()) | set(add_ns if add_modes else ()))
+    return [
+        (dtype, n, (norm_modes if n in ns else ()) + (add_modes if n in add_ns else ()))
+        for dtype in dtypes
+        for n in visited
+    ]
 
 
 def bytes_moved(mode: str, rows: int, n: int, dtype: str) -> int:

@@ -1,7 +1,8 @@
 """The check every implementation passes on a case before it is timed: y, dx and dw against float64.
 
 The yardstick is the project's one reference, rmsnorm.reference.rms_norm_reference, run in float64 on
-the same inputs and differentiated by autograd.
+the same inputs and differentiated by autograd; for add_rms_norm, add_rms_norm_reference (y and
+residual_out, forward only).
 """
 
 from __future__ import annotations
@@ -9,11 +10,12 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
 from bench.errors import first_line
-from rmsnorm.reference import rms_norm_reference
+from rmsnorm.reference import add_rms_norm_reference, rms_norm_reference
 
 # The tolerance, in one place. Element i of a quantity passes if
 #     |err_i| <= (|ref_i| + rms(ref)) * (OUTPUT_ULPS * eps(dtype) + ACCUMULATION_ULPS * eps(fp32) * sqrt(L)).
@@ -26,6 +28,8 @@ from rmsnorm.reference import rms_norm_reference
 # ACCUMULATION_ULPS: rounding errors of an fp32 sum of L terms add up like a random walk, ~sqrt(L) eps
 # (~3e-4 relative for dw over M = 2^21 rows). L = N for y and dx (row statistics), L = M for dw (sum
 # over rows). It matters for fp32 outputs only; in bf16 and fp16 the output ulp dominates.
+# L = 1 for add_rms_norm's residual_out: one rounding of a sum of two, no reduction (the eager formula's
+# sum in the input dtype rounds once too).
 OUTPUT_ULPS = 4
 ACCUMULATION_ULPS = 2
 
@@ -43,6 +47,7 @@ class Reference:
     y: torch.Tensor  # [M, N] float64
     dx: torch.Tensor | None  # [M, N] float64, None when no backward mode is measured
     dw: torch.Tensor | None  # [N] float64
+    residual_out: torch.Tensor | None = None  # [M, N] float64, add_rms_norm's only
     rms: dict[str, float] = field(default_factory=dict)
 
 
@@ -67,10 +72,24 @@ def reference(x: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor | None, ep
     if dy is not None:
         dx, dw = torch.autograd.grad(y, (x64, w64), dy.double())
     ref = Reference(y.detach(), dx, dw)
-    ref.rms = {
-        k: v.square().mean().sqrt().item() for k, v in (("y", ref.y), ("dx", dx), ("dw", dw)) if v is not None
-    }
+    ref.rms = _rms(ref)
     return ref
+
+
+def add_reference(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float) -> Reference:
+    """float64 y and residual_out of add_rms_norm on x, residual [M, N]; residual_out is the fp32 sum
+    rounded to x's dtype (what every implementation stores), y the float64 norm of it."""
+    y, residual_out = add_rms_norm_reference(
+        x, residual, (x.shape[-1],), weight, eps, compute_dtype=torch.float64
+    )
+    ref = Reference(y, None, None, residual_out.double())
+    ref.rms = _rms(ref)
+    return ref
+
+
+def _rms(ref: Reference) -> dict[str, float]:
+    quantities = {"y": ref.y, "dx": ref.dx, "dw": ref.dw, "residual_out": ref.residual_out}
+    return {k: v.square().mean().sqrt().item() for k, v in quantities.items() if v is not None}
 
 
 def _relative_error(actual: torch.Tensor, expected: torch.Tensor, rms: float) -> float:
@@ -82,12 +101,28 @@ def _relative_error(actual: torch.Tensor, expected: torch.Tensor, rms: float) ->
 def _compare(outcome: CheckOutcome, results: dict[str, torch.Tensor], ref: Reference, rows: int) -> None:
     for quantity, actual in results.items():
         ulp = torch.finfo(actual.dtype).eps
-        length = rows if quantity == "dw" else actual.shape[-1]
+        length = {"dw": rows, "residual_out": 1}.get(quantity, actual.shape[-1])  # L of the tolerance
         err = _relative_error(actual, getattr(ref, quantity), ref.rms[quantity]) / ulp
         tol = relative_tolerance(actual.dtype, length) / ulp
         outcome.errors_ulps[quantity], outcome.tolerances_ulps[quantity] = err, tol
         if not err <= tol and outcome.status == "ok":
             outcome.status, outcome.reason = "wrong", f"{quantity}: error {err:.3g} ulps > {tol:.3g} allowed"
+
+
+def _checked(run: Callable[[], dict[str, torch.Tensor]], ref: Reference, rows: int) -> CheckOutcome:
+    """Call ``run`` once, time it (JIT included) and compare what it returns with ``ref``; never raises."""
+    outcome = CheckOutcome("ok")
+    start = time.perf_counter()
+    try:
+        results = run()
+        torch.cuda.synchronize()
+        outcome.first_call_s = time.perf_counter() - start
+        _compare(outcome, results, ref, rows)
+    except torch.OutOfMemoryError as exc:  # the case, not the implementation: skipped, not failed
+        outcome.status, outcome.reason = "skipped", first_line(exc)
+    except Exception as exc:  # one implementation's failure must not stop the run
+        outcome.status, outcome.reason = "failed", first_line(exc)
+    return outcome
 
 
 def check(
@@ -99,22 +134,28 @@ def check(
     dw from torch.autograd.grad; y, dx and dw compared. Never raises: an exception is a "failed" outcome,
     running out of memory a "skipped" one.
     """
-    outcome = CheckOutcome("ok")
-    start = time.perf_counter()
-    try:
+
+    def run() -> dict[str, torch.Tensor]:
         if dy is None:
             with torch.no_grad():
-                results = {"y": fn(x, weight, eps)}
-        else:
-            xg, wg = x.detach().requires_grad_(), weight.detach().requires_grad_()
-            y = fn(xg, wg, eps)
-            dx, dw = torch.autograd.grad(y, (xg, wg), dy)
-            results = {"y": y, "dx": dx, "dw": dw}
-        torch.cuda.synchronize()
-        outcome.first_call_s = time.perf_counter() - start
-        _compare(outcome, results, ref, x.shape[0])
-    except torch.OutOfMemoryError as exc:  # the case, not the implementation: skipped, not failed
-        outcome.status, outcome.reason = "skipped", first_line(exc)
-    except Exception as exc:  # one implementation's failure must not stop the run
-        outcome.status, outcome.reason = "failed", first_line(exc)
-    return outcome
+                return {"y": fn(x, weight, eps)}
+        xg, wg = x.detach().requires_grad_(), weight.detach().requires_grad_()
+        y = fn(xg, wg, eps)
+        dx, dw = torch.autograd.grad(y, (xg, wg), dy)
+        return {"y": y, "dx": dx, "dw": dw}
+
+    return _checked(run, ref, x.shape[0])
+
+
+def check_add(
+    fn, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float, ref: Reference
+) -> CheckOutcome:
+    """Run the add+norm ``fn`` once under torch.no_grad() and compare y and residual_out with ``ref``
+    (from add_reference); outcomes as check's."""
+
+    def run() -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            y, residual_out = fn(x, residual, weight, eps)
+        return {"y": y, "residual_out": residual_out}
+
+    return _checked(run, ref, x.shape[0])

@@ -27,6 +27,12 @@ def random_case(rows: int, n: int, dtype: torch.dtype) -> tuple[torch.Tensor, to
     return x, weight, dy
 
 
+def random_add_case(rows: int, n: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x [rows, n], residual [rows, n] and weight [n] of add_rms_norm, all of ``dtype``, standard normal."""
+    x, weight, residual = random_case(rows, n, dtype)  # random_case's dy is as random as a residual
+    return x, residual, weight
+
+
 def release_memory() -> None:
     """Between shapes, never inside a timing: free the last shape's tensors and compiled graphs."""
     # torch.compile(dynamic=False) keeps a graph per shape and grad mode under one code object; forgetting

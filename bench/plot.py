@@ -1,7 +1,7 @@
 """The plot of results.json: GB/s against N, one line per implementation, the copy ceiling drawn across.
 
-One subplot per (dtype, mode): a row per dtype, a column per throughput mode. Needs matplotlib; bench.report
-skips the plot with a warning where it is missing.
+One subplot per (dtype, mode): a row per dtype, a column per throughput mode (add_rms_norm's forward
+among them). Needs matplotlib; bench.report skips the plot with a warning where it is missing.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on GPU machines
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
-from bench.cases import THROUGHPUT_MODES  # noqa: E402
+from bench.cases import MODE_TITLES, THROUGHPUT_MODES  # noqa: E402
 from bench.report import implementation_order, stamp_line  # noqa: E402
 
 # Line style per group: our backends stand out, PyTorch baselines recede.
@@ -97,7 +97,7 @@ def draw(results: dict, path: Path) -> None:
     for row, dtype in enumerate(dtypes):
         for col, mode in enumerate(modes):
             records = [r for r in results["results"] if r["dtype"] == dtype and r["mode"] == mode]
-            _subplot(axes[row][col], records, styles, ceiling, f"{dtype} {mode}")
+            _subplot(axes[row][col], records, styles, ceiling, f"{dtype} {MODE_TITLES.get(mode, mode)}")
     stamp = results["stamp"]
     fig.suptitle(f"RMSNorm throughput on {stamp['gpu']}, {stamp['date_utc'][:10]}", fontsize=13)
     fig.text(0.5, 0.01, stamp_line(stamp).replace("`", ""), ha="center", fontsize=6, wrap=True)

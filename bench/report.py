@@ -14,8 +14,11 @@ from collections import defaultdict
 from pathlib import Path
 
 from bench.cases import (
+    ADD_FORWARD,
+    FORWARD_BACKWARD,
     FORWARD_BACKWARD_REPEATS,
     LONG_ROW_M,
+    MODE_TITLES,
     STABLE_SPREAD_POINTS,
     TENSORS_MOVED,
     THROUGHPUT_MODES,
@@ -51,7 +54,16 @@ def _cell(record: dict | None, best: float) -> str:
     return text if record.get("stable", True) else text + " *"
 
 
+# Under the first add_rms_norm table: what the baselines' columns compute there.
+ADD_FORWARD_NOTE = (
+    "add_rms_norm: residual_out = x + residual, y = rms_norm(residual_out). torch-F is the eager formula "
+    "`r = x + residual; F.rms_norm(r, (N,), w, eps)` (the sum in the input dtype), torch-compile that "
+    "formula under torch.compile(dynamic=False), quack `rmsnorm(x, w, residual=residual, prenorm=True)`."
+)
+
+
 def _throughput_table(records: list[dict], names: list[str]) -> list[str]:
+    names = [name for name in names if any(r["impl"] == name for r in records)]  # add-forward has fewer
     by_n = defaultdict(dict)
     for r in records:
         by_n[r["n"], r["rows"]][r["impl"]] = r
@@ -125,10 +137,62 @@ def _where(cases: dict[str, list[tuple[str, str]]]) -> str:
     return ", ".join(f"{', '.join(items)} ({where})" for where, items in items_by_cases.items())
 
 
+def _model_row(v: dict, baseline: dict | None) -> str:
+    if v["status"] != "ok":
+        return f"| ({v['variant']}) {v['label']} | {v['status']} | | | | | |"
+    speed_up = f"{baseline['ms'] / v['ms']:.2f}x" if baseline else ""
+    compile_s = f"{v['compile_s']:.1f}" if v["compiled"] else "eager"
+    fullgraph = ("yes" if v["fullgraph"] else "**no**") if v["compiled"] else ""
+    drift = f"{v['output_rel_diff']:.1e}" if "output_rel_diff" in v else ""
+    return (
+        f"| ({v['variant']}) {v['label']} | {v['ms']:.2f} | {v['tokens_per_s']:,.0f} | {speed_up} | "
+        f"{compile_s} | {fullgraph} | {drift} |"
+    )
+
+
+def _model_section(model: dict) -> list[str]:
+    """The compiled-model table of bench.model's record, with what the model is and each failure's reason."""
+    c = model["config"]
+    about = (
+        f"{c['blocks']} pre-norm blocks of d = {c['d_model']} (attention stood in for by a Linear(d, d); MLP "
+        f"Linear(d, {c['mlp_hidden']}), GELU, Linear back) and a final norm; {c['dtype']}, {c['batch']} x "
+        f"{c['seq']} = {c['tokens']} tokens. ms/step: median of a training step (forward, then the gradients "
+        "of every weight) after the first; compile s: the first step's wall time less one step (less still "
+        "where Inductor's and Triton's on-disk caches hold an earlier run's kernels). fullgraph: "
+        "torch.compile(fullgraph=True) traced it without a graph break. Output vs "
+        f"({model['reference']}): relative L2 distance of the output from eager PyTorch's (bf16 rounding "
+        "through the stack)."
+    )
+    lines = ["", "## Compiled model: forward+backward", "", about, ""]
+    if not model["variants"]:
+        return lines + [f"Not measured: {model['reason']}"]
+    ok = {v["variant"]: v for v in model["variants"] if v["status"] == "ok"}
+    header = (
+        f"| variant | ms/step | tokens/s | speed-up vs ({model['baseline']}) | compile s | fullgraph | "
+        f"output vs ({model['reference']}) |"
+    )
+    lines += [
+        header,
+        "|---|--:|--:|--:|--:|:-:|--:|",
+        *(_model_row(v, ok.get(model["baseline"])) for v in model["variants"]),
+    ]
+    notes = [
+        f"- ({v['variant']}) fullgraph=True raised, timed with graph breaks allowed: {v['fullgraph_reason']}"
+        for v in model["variants"]
+        if v.get("fullgraph_reason")
+    ]
+    notes += [
+        f"- ({v['variant']}) {v['status']}: {v['reason']}" for v in model["variants"] if v["status"] != "ok"
+    ]
+    return lines + ([""] + notes if notes else [])
+
+
 def markdown(results: dict) -> str:
-    """The results as markdown: stamp, ceiling, one table per (dtype, mode), the latency table, failures."""
+    """The results as markdown: stamp, ceiling, one table per (dtype, mode), the latency table, the
+    compiled-model table, failures. Results saved before a table's mode existed have none of it."""
     ceiling, names = results["ceiling"], implementation_order(results)
-    moved = ", ".join(f"{mode} {n}·M·N" for mode, n in TENSORS_MOVED.items())
+    measured = {r["mode"] for r in results["results"]}
+    moved = ", ".join(f"{mode} {n}·M·N" for mode, n in TENSORS_MOVED.items() if mode in measured)
     lines = [
         f"# RMSNorm benchmark: {results['stamp']['gpu']}",
         "",
@@ -140,15 +204,25 @@ def markdown(results: dict) -> str:
         f"M·N = 2^27, except M = {LONG_ROW_M} for the longest rows.",
     ]
     absent = [f"{n} ({i['reason']})" for n, i in results["implementations"].items() if not i["present"]]
+    absent += [
+        f"{n}'s add_rms_norm ({i['add_reason']})"
+        for n, i in results["implementations"].items()
+        if i.get("add_present") is False
+    ]
     if absent:
         lines += ["", "Absent: " + "; ".join(absent) + "."]
+    add_noted = False
     for dtype in dict.fromkeys(r["dtype"] for r in results["results"]):
         for mode in THROUGHPUT_MODES:
             records = [r for r in results["results"] if r["dtype"] == dtype and r["mode"] == mode]
             if records:
-                lines += ["", f"## {dtype} {mode}", "", *_throughput_table(records, names)]
-                if mode == THROUGHPUT_MODES[-1]:
+                title = MODE_TITLES.get(mode, mode)
+                lines += ["", f"## {dtype} {title}", "", *_throughput_table(records, names)]
+                if mode == FORWARD_BACKWARD:
                     lines += ["", _repeats_note(records)]
+                if mode == ADD_FORWARD and not add_noted:
+                    lines += ["", ADD_FORWARD_NOTE]
+                    add_noted = True
     if results["latency"]:
         r0 = results["latency"][0]
         lines += [
@@ -159,6 +233,8 @@ def markdown(results: dict) -> str:
             "",
             *_latency_table(results["latency"], names),
         ]
+    if results.get("model"):
+        lines += _model_section(results["model"])
     failures = _failures(results)
     if failures:
         lines += ["", "## Not measured", "", *failures]

@@ -1,11 +1,13 @@
 """The throughput sweep: for each dtype and row length, check every implementation, then time each mode.
 
 A shape is checked against the float64 reference first; an implementation that is wrong or raises there
-is recorded and not timed. Every other failure is recorded too, and the sweep goes on.
+is recorded and not timed. Every other failure is recorded too, and the sweep goes on. add-forward has its
+own inputs (x and residual), reference and check, and times the implementations that have an add+norm.
 """
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from typing import Callable
@@ -13,19 +15,21 @@ from typing import Callable
 import torch
 
 from bench.cases import (
+    ADD_FORWARD,
     BACKWARD,
     EPS,
     FORWARD,
     FORWARD_BACKWARD,
     FORWARD_BACKWARD_REPEATS,
+    NORM_MODES,
     STABLE_SPREAD_POINTS,
     bytes_moved,
     rows_for,
 )
-from bench.correctness import CheckOutcome, check, reference
+from bench.correctness import CheckOutcome, add_reference, check, check_add, reference
 from bench.errors import first_line
 from bench.implementations import Implementation
-from bench.inputs import random_case, release_memory, torch_dtype
+from bench.inputs import random_add_case, random_case, release_memory, torch_dtype
 from bench.timing import median_ms
 
 # Device memory a shape needs at its peak, per element of x, besides x's own tensors: the float64
@@ -34,10 +38,17 @@ from bench.timing import median_ms
 REFERENCE_BYTES_PER_ELEMENT = 96
 # x, dy, y, dx and one more for an implementation's own copies, in x's dtype.
 CASE_TENSORS = 5
+# add-forward's reference is forward only: y and residual_out in float64, the fp32 sum and the float64
+# row math on the way, then two float64 temporaries per comparison: about six float64 tensors.
+ADD_REFERENCE_BYTES_PER_ELEMENT = 48
+# x, residual, y, residual_out and one more for an implementation's own copies, in x's dtype.
+ADD_CASE_TENSORS = 5
 
 
-def _shape_bytes(rows: int, n: int, dtype: torch.dtype) -> int:
-    return rows * n * (REFERENCE_BYTES_PER_ELEMENT + CASE_TENSORS * dtype.itemsize)
+def _memory_shortfall(rows: int, n: int, per_element: int) -> str | None:
+    """Why a case of ``per_element`` bytes per element of [rows, n] does not fit in free memory, or None."""
+    free, need = torch.cuda.mem_get_info()[0], rows * n * per_element
+    return f"needs ~{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free" if need > free else None
 
 
 def _timed_ms(fn, mode: str, x: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor) -> list[float]:
@@ -55,9 +66,16 @@ def _timed_ms(fn, mode: str, x: torch.Tensor, weight: torch.Tensor, dy: torch.Te
     ]
 
 
+def _add_timed_ms(add_fn, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor) -> list[float]:
+    """Median ms of one add+norm call without grad, as a one-value list like _timed_ms's."""
+    with torch.no_grad():
+        return [median_ms(lambda: add_fn(x, residual, weight, EPS))]
+
+
 def _measure(
-    impl: Implementation, mode: str, tensors, outcome: CheckOutcome, record: dict, ceiling_gbps: float
+    timed: Callable[[], list[float]], outcome: CheckOutcome, record: dict, ceiling_gbps: float
 ) -> dict:
+    """Fill ``record`` with the check's outcome and, when it passed, the times ``timed()`` measures."""
     record.update(
         check=outcome.status,
         status=outcome.status,
@@ -69,7 +87,7 @@ def _measure(
     if outcome.status != "ok":
         return record
     try:
-        repeats = _timed_ms(impl.fn, mode, *tensors)
+        repeats = timed()
     except Exception as exc:  # e.g. out of memory while timing: recorded, the sweep goes on
         record.update(status="failed", reason=first_line(exc))
         return record
@@ -93,6 +111,34 @@ def _cell(record: dict) -> str:
     )
 
 
+def _record(impl: Implementation, mode: str, dtype: str, rows: int, n: int, **fields) -> dict:
+    return {
+        "impl": impl.name,
+        "group": impl.group,
+        "mode": mode,
+        "dtype": dtype,
+        "rows": rows,
+        "n": n,
+        "bytes": bytes_moved(mode, rows, n, dtype),
+        **fields,
+    }
+
+
+def _skipped(
+    impls: list[Implementation], modes: tuple[str, ...], dtype: str, rows: int, n: int, reason: str, log
+) -> list[dict]:
+    log(f"{dtype} N={n} M={rows} {', '.join(modes)}: skipped, {reason}")
+    return [
+        _record(impl, mode, dtype, rows, n, check=None, status="skipped", reason=reason)
+        for mode in modes
+        for impl in impls
+    ]
+
+
+def _log_mode(records: list[dict], dtype: str, n: int, rows: int, mode: str, log) -> None:
+    log(f"{dtype} N={n} M={rows} {mode}: " + " | ".join(f"{r['impl']} {_cell(r)}" for r in records))
+
+
 def _check_all(
     impls: list[Implementation], tensors, training: bool, forward: bool
 ) -> dict[tuple[str, str], CheckOutcome]:
@@ -108,6 +154,61 @@ def _check_all(
     return outcomes
 
 
+def _norm_records(
+    impls: list[Implementation], dtype: str, n: int, modes: tuple[str, ...], ceiling_gbps: float, log
+) -> list[dict]:
+    """rms_norm's modes on one (dtype, N): check every implementation, then time each mode."""
+    rows = rows_for(n)
+    shortfall = _memory_shortfall(
+        rows, n, REFERENCE_BYTES_PER_ELEMENT + CASE_TENSORS * torch_dtype(dtype).itemsize
+    )
+    if shortfall:
+        return _skipped(impls, modes, dtype, rows, n, shortfall, log)
+    try:
+        tensors = random_case(rows, n, torch_dtype(dtype))
+        outcomes = _check_all(
+            impls, tensors, BACKWARD in modes or FORWARD_BACKWARD in modes, FORWARD in modes
+        )
+    except torch.OutOfMemoryError as exc:
+        return _skipped(impls, modes, dtype, rows, n, first_line(exc), log)
+    records = []
+    for mode in modes:
+        for impl in impls:
+            outcome = outcomes[impl.name, FORWARD if mode == FORWARD else "training"]
+            timed = functools.partial(_timed_ms, impl.fn, mode, *tensors)
+            records.append(_measure(timed, outcome, _record(impl, mode, dtype, rows, n), ceiling_gbps))
+        _log_mode(records[-len(impls) :], dtype, n, rows, mode, log)
+    return records
+
+
+def _add_records(impls: list[Implementation], dtype: str, n: int, ceiling_gbps: float, log) -> list[dict]:
+    """add-forward on one (dtype, N): check every add+norm against one float64 reference, then time it."""
+    rows, modes = rows_for(n), (ADD_FORWARD,)
+    shortfall = _memory_shortfall(
+        rows, n, ADD_REFERENCE_BYTES_PER_ELEMENT + ADD_CASE_TENSORS * torch_dtype(dtype).itemsize
+    )
+    if shortfall:
+        return _skipped(impls, modes, dtype, rows, n, shortfall, log)
+    try:
+        x, residual, weight = random_add_case(rows, n, torch_dtype(dtype))
+        ref = add_reference(x, residual, weight, EPS)
+        outcomes = {impl.name: check_add(impl.add_fn, x, residual, weight, EPS, ref) for impl in impls}
+        del ref  # its float64 tensors are not needed while timing
+    except torch.OutOfMemoryError as exc:
+        return _skipped(impls, modes, dtype, rows, n, first_line(exc), log)
+    records = [
+        _measure(
+            functools.partial(_add_timed_ms, impl.add_fn, x, residual, weight),
+            outcomes[impl.name],
+            _record(impl, ADD_FORWARD, dtype, rows, n),
+            ceiling_gbps,
+        )
+        for impl in impls
+    ]
+    _log_mode(records, dtype, n, rows, ADD_FORWARD, log)
+    return records
+
+
 def measure_shape(
     impls: list[Implementation],
     dtype: str,
@@ -118,74 +219,39 @@ def measure_shape(
 ) -> list[dict]:
     """Check and time every implementation on one (dtype, N) in every throughput mode; one record each.
 
-    ``log`` receives one line per mode. Records carry status "ok", "wrong", "failed" or "skipped" with
-    the reason, the check's errors in ulps, and for "ok" ms, gbps and pct_of_ceiling.
+    add-forward covers only the implementations with an add+norm. ``log`` receives one line per mode.
+    Records carry status "ok", "wrong", "failed" or "skipped" with the reason, the check's errors in
+    ulps, and for "ok" ms, gbps and pct_of_ceiling.
     """
-    rows = rows_for(n)
-
-    def record(impl: Implementation, mode: str, **fields) -> dict:
-        return {
-            "impl": impl.name,
-            "group": impl.group,
-            "mode": mode,
-            "dtype": dtype,
-            "rows": rows,
-            "n": n,
-            "bytes": bytes_moved(mode, rows, n, dtype),
-            **fields,
-        }
-
-    def skipped(reason: str) -> list[dict]:
-        log(f"{dtype} N={n} M={rows}: skipped, {reason}")
-        return [
-            record(impl, mode, check=None, status="skipped", reason=reason)
-            for mode in modes
-            for impl in impls
-        ]
-
-    free, need = torch.cuda.mem_get_info()[0], _shape_bytes(rows, n, torch_dtype(dtype))
-    if need > free:
-        return skipped(f"needs ~{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free")
-    try:
-        tensors = random_case(rows, n, torch_dtype(dtype))
-        outcomes = _check_all(
-            impls, tensors, BACKWARD in modes or FORWARD_BACKWARD in modes, FORWARD in modes
-        )
-    except torch.OutOfMemoryError as exc:
-        return skipped(first_line(exc))
     records = []
-    for mode in modes:
-        for impl in impls:
-            outcome = outcomes[impl.name, FORWARD if mode == FORWARD else "training"]
-            records.append(_measure(impl, mode, tensors, outcome, record(impl, mode), ceiling_gbps))
-        log(
-            f"{dtype} N={n} M={rows} {mode}: "
-            + " | ".join(f"{r['impl']} {_cell(r)}" for r in records[-len(impls) :])
-        )
+    norm_modes = tuple(m for m in modes if m in NORM_MODES)
+    if norm_modes:
+        records += _norm_records(impls, dtype, n, norm_modes, ceiling_gbps, log)
+    adders = [impl for impl in impls if impl.add_fn is not None]
+    if ADD_FORWARD in modes and adders:
+        records += _add_records(adders, dtype, n, ceiling_gbps, log)
     return records
 
 
 def sweep(
     impls: list[Implementation],
-    dtypes: tuple[str, ...],
-    ns: tuple[int, ...],
-    modes: tuple[str, ...],
+    plan: list[tuple[str, int, tuple[str, ...]]],
     ceiling_gbps: float,
     results: list[dict],
     checkpoint: Callable[[], None],
     log: Callable[[str], None],
 ) -> None:
-    """Measure every (dtype, N), appending records to ``results`` and calling ``checkpoint`` after each.
+    """Measure every (dtype, N, modes) of ``plan`` (cases.shape_plan), appending records to ``results``
+    and calling ``checkpoint`` after each shape.
 
     Logs one line per (dtype, N, mode), prefixed with the shape's index and the time left at the pace so
     far; frees the shape's tensors and compiled graphs between shapes.
     """
-    shapes = [(dtype, n) for dtype in dtypes for n in ns]
     start = time.perf_counter()
-    for done, (dtype, n) in enumerate(shapes):
+    for done, (dtype, n, modes) in enumerate(plan):
         elapsed = time.perf_counter() - start
-        left = f", ~{elapsed / done * (len(shapes) - done) / 60:.1f} min left" if done else ""
-        prefix = f"[{done + 1}/{len(shapes)}{left}] "
+        left = f", ~{elapsed / done * (len(plan) - done) / 60:.1f} min left" if done else ""
+        prefix = f"[{done + 1}/{len(plan)}{left}] "
         results.extend(
             measure_shape(
                 impls, dtype, n, modes, ceiling_gbps, lambda line, prefix=prefix: log(prefix + line)

@@ -1,0 +1,67 @@
+"""Side-by-side timings of Triton launch-configuration candidates, to choose triton_kernels' constants.
+
+`python -m bench.tune_triton` sets each candidate's constants on rmsnorm.triton_kernels, clears its
+configuration cache, and times the bf16 forward (rms_norm and add_rms_norm) and backward at
+M·N = 2^27 against the copy ceiling of the same run. It prints one table; the choice and the numbers
+behind it go to bench/NOTES.md and to the comments beside the constants.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+import rmsnorm
+from bench.cases import ELEMENTS
+from bench.timing import copy_ceiling, median_ms
+from rmsnorm import triton_kernels
+
+NS = (1024, 4096, 8192, 16384, 32768)
+# fp32 elements a thread holds in a row tile, and the warps a program may have.
+ELEMENTS_PER_THREAD = (16, 32, 64)
+MAX_NUM_WARPS = (8, 16, 32)
+# Persistent backward programs per SM, tried at the default tile configuration.
+BWD_PROGRAMS_PER_SM = (2, 4, 8)
+
+
+def _configure(elements_per_thread: int, max_warps: int, bwd_programs: int) -> None:
+    triton_kernels.ELEMENTS_PER_THREAD = elements_per_thread
+    triton_kernels.MAX_NUM_WARPS = max_warps
+    triton_kernels.BWD_PROGRAMS_PER_SM = bwd_programs
+    triton_kernels.tile_config.cache_clear()
+
+
+def _percent(ms: float, tensors: int, x: torch.Tensor, ceiling_gbps: float) -> float:
+    return 100 * tensors * x.numel() * x.element_size() / ms / 1e6 / ceiling_gbps
+
+
+def main() -> None:
+    ceiling = copy_ceiling()["gbps"]
+    print(f"copy ceiling {ceiling:.0f} GB/s; bf16, M*N = 2^27; % of the ceiling", flush=True)
+    defaults = (triton_kernels.ELEMENTS_PER_THREAD, triton_kernels.MAX_NUM_WARPS, triton_kernels.BWD_PROGRAMS_PER_SM)
+    print("N | elems/thread | max warps | bwd programs/SM | fwd | add fwd | bwd", flush=True)
+    for n in NS:
+        x = torch.randn(ELEMENTS // n, n, device="cuda", dtype=torch.bfloat16)
+        residual, dy = torch.randn_like(x), torch.randn_like(x)
+        w = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+        _, rstd = torch.ops.rmsnorm.rms_norm_fwd_triton(x, w, 0.0, 1e-6)
+        for elements, warps, programs in itertools.chain(
+            ((e, m, defaults[2]) for e, m in itertools.product(ELEMENTS_PER_THREAD, MAX_NUM_WARPS)),
+            ((defaults[0], defaults[1], p) for p in BWD_PROGRAMS_PER_SM if n <= triton_kernels.BWD_MAX_TILE_N),
+        ):
+            _configure(elements, warps, programs)
+            fwd = median_ms(lambda: torch.ops.rmsnorm.rms_norm_fwd_triton(x, w, 0.0, 1e-6))
+            add = median_ms(lambda: torch.ops.rmsnorm.add_rms_norm_fwd_triton(x, residual, w, 0.0, 1e-6))
+            bwd = median_ms(lambda: torch.ops.rmsnorm.rms_norm_bwd_triton(dy, x, None, w, 0.0, rstd, True))
+            print(
+                f"{n} | {elements} | {warps} | {programs} | {_percent(fwd, 2, x, ceiling):.1f} | "
+                f"{_percent(add, 4, x, ceiling):.1f} | {_percent(bwd, 3, x, ceiling):.1f}",
+                flush=True,
+            )
+    _configure(*defaults)
+
+
+if __name__ == "__main__":
+    assert rmsnorm.available_backends()[0] == "triton", "needs a CUDA GPU"
+    main()
