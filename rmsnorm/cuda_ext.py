@@ -1,4 +1,4 @@
-"""Build, cache and load the CUDA extension in csrc/, and call its ops.
+"""Build, cache and load the CUDA extension in csrc/, whose ops then appear as torch.ops.rmsnorm_cuda.*.
 
 The extension is compiled on first use with torch.utils.cpp_extension (ninja) for the architectures
 of the visible GPUs, into a directory whose name hashes the sources, the flags, the architectures

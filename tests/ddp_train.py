@@ -25,15 +25,15 @@ LEARNING_RATE = 0.1
 
 
 class Block(torch.nn.Module):
-    """Pre-norm transformer block; attention is stood in for by a Linear."""
+    """Pre-norm transformer block; attention is stood in for by a Linear. test_compile.py uses it too."""
 
-    def __init__(self, backend: str):
+    def __init__(self, d_model: int, backend: str):
         super().__init__()
-        self.norm1 = rmsnorm.RMSNorm(D_MODEL, eps=1e-6, backend=backend)
-        self.mix = torch.nn.Linear(D_MODEL, D_MODEL)
-        self.norm2 = rmsnorm.RMSNorm(D_MODEL, eps=1e-6, backend=backend)
+        self.norm1 = rmsnorm.RMSNorm(d_model, eps=1e-6, backend=backend)
+        self.mix = torch.nn.Linear(d_model, d_model)
+        self.norm2 = rmsnorm.RMSNorm(d_model, eps=1e-6, backend=backend)
         self.mlp = torch.nn.Sequential(
-            torch.nn.Linear(D_MODEL, 4 * D_MODEL), torch.nn.GELU(), torch.nn.Linear(4 * D_MODEL, D_MODEL)
+            torch.nn.Linear(d_model, 4 * d_model), torch.nn.GELU(), torch.nn.Linear(4 * d_model, d_model)
         )
         self.backend = backend
 
@@ -61,7 +61,7 @@ def main() -> None:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
 
     torch.manual_seed(0)
-    model = Block(args.backend).to(device)
+    model = Block(D_MODEL, args.backend).to(device)
     inputs = torch.randn(STEPS, GLOBAL_BATCH, SEQUENCE, D_MODEL, device=device)
     targets = torch.randn(STEPS, GLOBAL_BATCH, SEQUENCE, D_MODEL, device=device)
     share = GLOBAL_BATCH // world

@@ -5,6 +5,7 @@ import torch
 
 from rmsnorm import add_rms_norm, rms_norm
 from tests.conftest import DEVICE, ON_GPU
+from tests.inputs import randn, random_weight
 from tests.numerics import check_rms_norm
 
 DTYPES = (torch.float16, torch.float32, torch.bfloat16)
@@ -12,14 +13,6 @@ DTYPES = (torch.float16, torch.float32, torch.bfloat16)
 # for half types), the split rows beyond, and odd widths that take the scalar paths.
 WIDTHS = (1, 3, 64, 127, 1024, 4097, 8192, 12288, 65537) if ON_GPU else (1, 3, 64, 127, 1024, 4097, 12288)
 ROWS = 37 if ON_GPU else 3
-
-
-def randn(*shape, dtype, scale=1.0):
-    return (torch.randn(*shape, device=DEVICE) * scale).to(dtype)
-
-
-def random_weight(n, dtype, mean=1.0):
-    return (mean + 0.5 * torch.randn(n, device=DEVICE)).to(dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from rmsnorm import rms_norm
 from tests.conftest import DEVICE, ON_GPU
+from tests.inputs import randn, random_weight
 from tests.numerics import check_rms_norm
 
 DTYPES = (torch.float16, torch.float32, torch.bfloat16)
@@ -21,15 +22,6 @@ HIDDEN_SIZES = (256, 512, 1024, 2048) if ON_GPU else (256, 1024)
 # on the GPU also the widest rows promised (2^20).
 ODD_SIZES = (1, 3, 127, 4097, 12288, 65537) + ((2**20,) if ON_GPU else ())
 ODD_SIZE_ROWS = 37 if ON_GPU else 2
-
-
-def randn(*shape, dtype, scale=1.0):
-    return (torch.randn(*shape, dtype=torch.float32, device=DEVICE) * scale).to(dtype)
-
-
-def random_weight(n, dtype):
-    """Weights around 1 with a spread, as trained RMSNorm weights look; never all ones."""
-    return (1.0 + 0.5 * torch.randn(n, device=DEVICE)).to(dtype)
 
 
 class TestRMSNormCorrectness:
