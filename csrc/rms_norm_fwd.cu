@@ -36,10 +36,11 @@ namespace {
 // 8 Vecs spilled. Rows longer than 1024 threads x 4 Vecs (32K halves, 16K floats) go to the
 // looped kernel.
 constexpr int kFwdMaxItems = 4;
-// One row per block aims at this many threads (fewer items per thread while the row allows it):
-// 256-thread blocks leave several blocks resident per SM and keep the reduction to 8 warps.
-// First guess, to be tuned by the benchmark.
-constexpr int kFwdPreferredThreadsPerRow = 256;
+// One row per block aims at this many threads, more items per thread before more threads: at
+// 2048 bf16 elements 256 threads of one Vec each reached 77% of copy, 64 threads of 4 Vecs 96%
+// (more bytes in flight per thread, less reduction per byte); 128 and 64 tie elsewhere
+// (bench/tune_cuda.py, bench/NOTES.md v0.4).
+constexpr int kFwdPreferredThreadsPerRow = 128;
 // Rows of at most one warp share a block of this many threads (128 / threads_per_row rows).
 // First guess, to be tuned by the benchmark.
 constexpr int kFwdSubWarpBlockThreads = 128;
@@ -165,6 +166,15 @@ __global__ void __launch_bounds__(kMaxBlockThreads, 1) rms_norm_fwd_kernel(
     for (int i = 0; i < ITEMS; ++i) {
       x_chunks[i] = load_input<ALIGNED, VEC>(x_row, residual_row, first_col + i * col_step, end);
     }
+    // residual_out is final before the reduction: storing it now keeps the memory system busy
+    // while the block reduces, instead of doubling the burst of stores after it. In a loop of its
+    // own: a store between two loads would keep the compiler from issuing the loads together.
+    if (residual_row != nullptr) {
+#pragma unroll
+      for (int i = 0; i < ITEMS; ++i) {
+        store_vec<ALIGNED>(residual_out + load_row * n, first_col + i * col_step, end, x_chunks[i]);
+      }
+    }
     float sum_sq = 0.0f;
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) sum_sq = add_squares(sum_sq, x_chunks[i]);
@@ -175,9 +185,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads, 1) rms_norm_fwd_kernel(
     T* y_row = y + row * n;
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
-      const int col = first_col + i * col_step;
-      if (residual_row != nullptr) store_vec<ALIGNED>(residual_out + row * n, col, n, x_chunks[i]);
-      store_normalized<ALIGNED>(y_row, x_chunks[i], weight, weight_offset, col, n, row_rstd);
+      store_normalized<ALIGNED>(y_row, x_chunks[i], weight, weight_offset, first_col + i * col_step, n, row_rstd);
     }
   }
 }

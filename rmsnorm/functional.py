@@ -75,6 +75,17 @@ def _normalized_shape(x: torch.Tensor, normalized_shape, weight: torch.Tensor | 
     return shape
 
 
+def _is_finite(value) -> bool:
+    # Comparisons, not math.isfinite: under torch.compile(dynamic=True) a float argument arrives as
+    # a symbolic float, which comparisons handle (as guards) and math.isfinite does not.
+    return value == value and value not in (math.inf, -math.inf)
+
+
+def _as_float(value):
+    """A Python int or float as float; a symbolic float (torch.compile, dynamic=True) unchanged."""
+    return float(value) if isinstance(value, numbers.Integral) else value
+
+
 def _check_args(x, normalized_shape, weight, eps, weight_offset, backend) -> tuple[int, ...]:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
@@ -91,11 +102,11 @@ def _check_args(x, normalized_shape, weight, eps, weight_offset, backend) -> tup
     if eps is not None:
         if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
             raise TypeError(f"eps must be a real number or None, got {eps!r}")
-        if not math.isfinite(eps) or eps < 0:
+        if not _is_finite(eps) or eps < 0:
             raise ValueError(f"eps must be finite and >= 0, got {eps}")
     if isinstance(weight_offset, bool) or not isinstance(weight_offset, numbers.Real):
         raise TypeError(f"weight_offset must be a real number, got {weight_offset!r}")
-    if not math.isfinite(weight_offset):
+    if not _is_finite(weight_offset):
         raise ValueError(f"weight_offset must be finite, got {weight_offset}")
     if weight_offset != 0 and weight is None:
         raise ValueError("weight_offset needs a weight: it is added to the weight")
@@ -123,13 +134,30 @@ def _require_kernel_dtypes(backend: str, x_dtype: torch.dtype, w_dtype: torch.dt
         raise TypeError(f"the {backend} backend supports float32, float16 and bfloat16; got {got}")
 
 
-def _auto_backend(device_type: str, x_dtype: torch.dtype, w_dtype: torch.dtype | None) -> str:
+# Row widths from which "auto" prefers triton to cuda, per op, where the H100 benchmark has triton
+# ahead beyond run-to-run noise (bench/NOTES.md v0.4): add_rms_norm's forward above 8192, where the
+# CUDA register kernel holds 1 or 2 row blocks per SM (94% and 92% of copy at 16384 and 32768,
+# triton 99% and 98%). A function of N alone, so a row's backend, and bits, never depend on M.
+_AUTO_TRITON_FROM_WIDTH = {"add_rms_norm": 8193}
+
+
+def _auto_prefers_triton(op: str, n: int) -> bool:
+    """Whether "auto" should take triton over cuda for `op` on rows of n elements."""
+    width = _AUTO_TRITON_FROM_WIDTH.get(op)
+    # A branch, not a returned comparison: under torch.compile with a dynamic row width it becomes
+    # a guard on the width and a constant here, which _resolve_backend needs.
+    if width is not None and n >= width:
+        return True
+    return False
+
+
+def _auto_backend(device_type: str, x_dtype: torch.dtype, w_dtype: torch.dtype | None, prefer_triton: bool) -> str:
     global _warned_cuda_fallback
     if device_type != "cuda" or not _kernel_dtypes_ok(x_dtype, w_dtype):
         return "torch"
     try:
         cuda_ext.load()
-        return "cuda"
+        return "triton" if prefer_triton else "cuda"
     except RuntimeError as error:
         if not _warned_cuda_fallback:
             _warned_cuda_fallback = True
@@ -141,14 +169,19 @@ def _auto_backend(device_type: str, x_dtype: torch.dtype, w_dtype: torch.dtype |
 # once while tracing and keeps its answer, instead of tracing the build, the warning or the
 # environment lookup into the graph.
 @torch.compiler.assume_constant_result
-def _resolve_backend(backend: str, device_type: str, x_dtype: torch.dtype, w_dtype: torch.dtype | None) -> str:
-    """The backend that will run this call; raises if an explicitly named one cannot."""
+def _resolve_backend(
+    backend: str, device_type: str, x_dtype: torch.dtype, w_dtype: torch.dtype | None, prefer_triton: bool = False
+) -> str:
+    """The backend that will run this call; raises if an explicitly named one cannot.
+
+    prefer_triton: "auto" takes triton even where cuda loads (see _auto_prefers_triton).
+    """
     if backend == "auto" and os.environ.get(BACKEND_ENV_VAR):
         backend = os.environ[BACKEND_ENV_VAR]
         if backend not in BACKENDS:
             raise ValueError(f"${BACKEND_ENV_VAR} must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
     if backend == "auto":
-        return _auto_backend(device_type, x_dtype, w_dtype)
+        return _auto_backend(device_type, x_dtype, w_dtype, prefer_triton)
     if backend == "triton":
         _require_kernel_dtypes(backend, x_dtype, w_dtype)
         if device_type == "cpu":
@@ -201,21 +234,22 @@ def rms_norm(
     weight_offset: added to the weight in fp32: y = xhat * (weight + weight_offset); Gemma uses
         1.0 with a zero-initialised weight. Needs a weight when nonzero.
     backend: "triton", "cuda", "torch" (the reference) or "auto" (the environment variable
-        RMSNORM_BACKEND overrides it; otherwise cuda, falling back to triton, on CUDA tensors and the
-        reference elsewhere).
+        RMSNORM_BACKEND overrides it; otherwise, on CUDA tensors, the faster kernel backend for this
+        op and row width, cuda falling back to triton, and the reference elsewhere).
 
     Returns y, contiguous, with x's shape and dtype; math in fp32 with one rounding at the end.
     Differentiable in x and weight.
     """
     shape = _check_args(x, normalized_shape, weight, eps, weight_offset, backend)
-    eps = float(default_eps(x.dtype) if eps is None else eps)
-    name = _resolve_backend(backend, x.device.type, x.dtype, None if weight is None else weight.dtype)
+    eps = _as_float(default_eps(x.dtype) if eps is None else eps)
+    n = math.prod(shape)
+    w_dtype = None if weight is None else weight.dtype
+    name = _resolve_backend(backend, x.device.type, x.dtype, w_dtype, _auto_prefers_triton("rms_norm", n))
     _log_call("rms_norm", name, x)
     if name == "torch" or x.numel() == 0:
         return rms_norm_reference(x, shape, weight, eps, weight_offset=weight_offset).contiguous()
-    n = math.prod(shape)
     fwd_op, _ = ops.forward_ops(name)
-    y, _rstd = fwd_op(as_rows(x, n), _flat_weight(weight, n), float(weight_offset), eps)
+    y, _rstd = fwd_op(as_rows(x, n), _flat_weight(weight, n), _as_float(weight_offset), eps)
     return y.view(x.shape)
 
 
@@ -247,15 +281,16 @@ def add_rms_norm(
         raise ValueError(f"residual must be on x's device {x.device}, got {residual.device}")
     if residual.dtype != x.dtype:
         raise TypeError(f"residual must have x's dtype {x.dtype}, got {residual.dtype}")
-    eps = float(default_eps(x.dtype) if eps is None else eps)
-    name = _resolve_backend(backend, x.device.type, x.dtype, None if weight is None else weight.dtype)
+    eps = _as_float(default_eps(x.dtype) if eps is None else eps)
+    n = math.prod(shape)
+    w_dtype = None if weight is None else weight.dtype
+    name = _resolve_backend(backend, x.device.type, x.dtype, w_dtype, _auto_prefers_triton("add_rms_norm", n))
     _log_call("add_rms_norm", name, x)
     if name == "torch" or x.numel() == 0:
         y, residual_out = add_rms_norm_reference(x, residual, shape, weight, eps, weight_offset=weight_offset)
         return y.contiguous(), residual_out.contiguous()
-    n = math.prod(shape)
     _, add_fwd_op = ops.forward_ops(name)
     y, residual_out, _rstd = add_fwd_op(
-        as_rows(x, n), as_rows(residual, n), _flat_weight(weight, n), float(weight_offset), eps
+        as_rows(x, n), as_rows(residual, n), _flat_weight(weight, n), _as_float(weight_offset), eps
     )
     return y.view(x.shape), residual_out.view(x.shape)

@@ -58,6 +58,24 @@ def test_compiled_op_is_bitwise_eager(kernel_backend):
         assert torch.equal(eager, compiled)
 
 
+def test_dynamic_shapes_and_scalars(kernel_backend):
+    """dynamic=True: the row width, eps and weight_offset arrive symbolic; still one graph, still eager's bits.
+
+    Widths on both sides of the auto backend's switch for add_rms_norm (functional._AUTO_TRITON_FROM_WIDTH).
+    """
+
+    def step(x, residual, w, eps, offset):
+        y, residual_out = rmsnorm.add_rms_norm(x, residual, w, eps, weight_offset=offset, backend=kernel_backend)
+        return rmsnorm.rms_norm(y, None, w, eps, weight_offset=offset, backend=kernel_backend), residual_out
+
+    compiled = torch.compile(step, fullgraph=True, dynamic=True)
+    for n, eps, offset in ((96, 1e-6, 0.0), (200, 1e-5, 1.0), (8200, 0, 0.5)):
+        x, residual = torch.randn(3, n, device=DEVICE), torch.randn(3, n, device=DEVICE)
+        w = torch.randn(n, device=DEVICE)
+        for eager, traced in zip(step(x, residual, w, eps, offset), compiled(x, residual, w, eps, offset)):
+            assert torch.equal(eager, traced), f"N={n}"
+
+
 def test_transformer_block_compiles_fullgraph(kernel_backend):
     torch.manual_seed(0)
     block = Block(128, kernel_backend).to(DEVICE)

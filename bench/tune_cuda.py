@@ -1,0 +1,131 @@
+"""Side-by-side timings of CUDA launch-configuration candidates, to choose csrc's constants.
+
+`python -m bench.tune_cuda` compiles one build of the extension per candidate, each from a copy of
+csrc/ whose `constexpr` constants named in CANDIDATES are rewritten, all builds in parallel. Two
+builds cannot share a process (each registers the torch.ops.rmsnorm_cuda namespace), so every
+candidate is timed in a child process of its own, at M·N = 2^27, bf16, against the copy ceiling of
+that process. It prints one table; the choice and the numbers behind it go to bench/NOTES.md and to
+the comments beside the constants.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+NS = (1024, 2048, 4096, 8192, 16384, 32768)
+# label -> {constant name in csrc/*.cu: value written in its place}; {} is csrc as it is.
+CANDIDATES: dict[str, dict[str, str]] = {
+    "64 threads a row preferred": {"kFwdPreferredThreadsPerRow": "64"},
+    "128 threads a row preferred (as is)": {},
+    "256 threads a row preferred": {"kFwdPreferredThreadsPerRow": "256"},
+}
+
+
+def _rewrite(sources: Path, overrides: dict[str, str]) -> None:
+    for name, value in overrides.items():
+        pattern = re.compile(rf"(constexpr\s+\w+\s+{name}\s*=\s*)[^;]+;")
+        hits = [p for p in sources.glob("*.cu") if pattern.search(p.read_text())]
+        if len(hits) != 1:
+            raise SystemExit(f"constant {name} found in {len(hits)} files of csrc/, expected one")
+        hits[0].write_text(pattern.sub(rf"\g<1>{value};", hits[0].read_text()))
+
+
+def _build(index: int, overrides: dict[str, str], root: Path) -> Path:
+    """Compile one candidate in a child process (cpp_extension.load imports the library it builds)."""
+    from rmsnorm import cuda_ext
+
+    sources = root / f"csrc{index}"
+    shutil.copytree(cuda_ext.source_dir(), sources)
+    _rewrite(sources, overrides)
+    build_dir = root / f"build{index}"
+    build_dir.mkdir()
+    name = f"rmsnorm_cuda_tune{index}"
+    script = (
+        "import torch\nfrom torch.utils import cpp_extension\nfrom rmsnorm import cuda_ext\n"
+        f"cpp_extension.load(name={name!r}, sources=[str(p) for p in cuda_ext._sources(__import__('pathlib').Path({str(sources)!r}))],"
+        f" extra_cflags=list(cuda_ext._CXX_FLAGS), extra_cuda_cflags=list(cuda_ext._NVCC_FLAGS),"
+        f" extra_include_paths=[{str(sources)!r}], build_directory={str(build_dir)!r}, is_python_module=False)\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True)
+    return build_dir / f"{name}.so"
+
+
+def _time(library: str) -> None:
+    """Child process: load one build and print `N fwd add bwd` in % of the copy ceiling."""
+    import torch
+
+    from bench.cases import ELEMENTS
+    from bench.timing import copy_ceiling
+
+    torch.ops.load_library(library)
+    ops = torch.ops.rmsnorm_cuda
+    ceiling = copy_ceiling()["gbps"]
+
+    def percent(ms: float, tensors: int) -> float:
+        return 100 * tensors * ELEMENTS * 2 / ms / 1e6 / ceiling  # 2 bytes a bf16 element
+
+    for n in NS:
+        print(
+            n,
+            *(f"{percent(ms, tensors):.1f}" for ms, tensors in _time_width(ops, n)),
+            flush=True,
+        )
+
+
+def _time_width(ops, n: int) -> list[tuple[float, int]]:
+    """(median ms, tensors moved) of the forward, the add forward and the backward at width n."""
+    import torch
+
+    from bench.cases import ELEMENTS
+    from bench.timing import median_ms
+
+    x = torch.randn(ELEMENTS // n, n, device="cuda", dtype=torch.bfloat16)
+    residual, dy = torch.randn_like(x), torch.randn_like(x)
+    w = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+    _, rstd = ops.rms_norm_fwd(x, w, 0.0, 1e-6)
+    return [
+        (median_ms(lambda: ops.rms_norm_fwd(x, w, 0.0, 1e-6)), 2),
+        (median_ms(lambda: ops.add_rms_norm_fwd(x, residual, w, 0.0, 1e-6)), 4),
+        (median_ms(lambda: ops.rms_norm_bwd(dy, x, None, w, 0.0, rstd, True)), 3),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--time", metavar="LIBRARY", help=argparse.SUPPRESS)  # the child's entry
+    args = parser.parse_args()
+    if args.time:
+        _time(args.time)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        with ThreadPoolExecutor(len(CANDIDATES)) as pool:
+            libraries = list(
+                pool.map(
+                    lambda item: _build(*item, Path(tmp)),
+                    enumerate(CANDIDATES.values()),
+                )
+            )
+        print(
+            "bf16, M*N = 2^27; % of the copy ceiling measured in each candidate's process",
+            flush=True,
+        )
+        print("candidate | N | fwd | add fwd | bwd", flush=True)
+        for label, library in zip(CANDIDATES, libraries):
+            result = subprocess.run(
+                [sys.executable, "-m", "bench.tune_cuda", "--time", str(library)],
+                capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            for line in result.stdout.split("\n"):
+                if line.strip():
+                    print(f"{label} | " + " | ".join(line.split()), flush=True)
+
+
+if __name__ == "__main__":
+    main()
