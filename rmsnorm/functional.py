@@ -71,7 +71,8 @@ def _normalized_shape(x: torch.Tensor, normalized_shape, weight: torch.Tensor | 
     if len(shape) == 0:
         raise ValueError("normalized_shape must name at least one dim, got ()")
     if len(shape) > x.dim() or tuple(x.shape[x.dim() - len(shape) :]) != shape:
-        raise ValueError(f"normalized_shape {shape} must match the trailing dims of x, got x of shape {tuple(x.shape)}")
+        what = "normalized_shape" if normalized_shape is not None or weight is None else "weight's shape"
+        raise ValueError(f"{what} {shape} must match the trailing dims of x, got x of shape {tuple(x.shape)}")
     return shape
 
 
@@ -117,6 +118,8 @@ def _check_args(x, normalized_shape, weight, eps, weight_offset, backend) -> tup
 
 def as_rows(t: torch.Tensor, n: int) -> torch.Tensor:
     """t as [rows, n] with a unit column stride; a view when one exists (any row stride), else a copy."""
+    if t.dim() == 2 and t.shape[1] == n and (n <= 1 or t.stride(1) == 1):
+        return t  # already rows: no view to make (a view costs microseconds of host time per call)
     try:
         rows = t.view(-1, n)
     except RuntimeError:  # the leading dims cannot be merged into one stride
@@ -207,6 +210,18 @@ def _log_call(op: str, backend: str, x: torch.Tensor) -> None:
         logger.debug("%s: backend=%s shape=%s dtype=%s", op, backend, tuple(x.shape), x.dtype)
 
 
+def _through_operators(*tensors: torch.Tensor | None) -> bool:
+    """Whether the call must go through our torch operators rather than straight to the kernels.
+
+    They are needed where something watches the call: torch.compile tracing it, a dispatch mode
+    (FakeTensorMode, FlopCounterMode, ...) or autograd recording it. A plain eager call with no
+    input requiring grad (inference) skips their host cost: same kernels, same bits.
+    """
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0:
+        return True
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def _flat_weight(weight: torch.Tensor | None, n: int) -> torch.Tensor | None:
     """The weight as the kernels take it: 1-D and contiguous (autograd sees the reshape)."""
     if weight is not None and (weight.dim() != 1 or not weight.is_contiguous()):
@@ -248,9 +263,9 @@ def rms_norm(
     _log_call("rms_norm", name, x)
     if name == "torch" or x.numel() == 0:
         return rms_norm_reference(x, shape, weight, eps, weight_offset=weight_offset).contiguous()
-    fwd_op, _ = ops.forward_ops(name)
+    fwd_op, _ = ops.forward_ops(name) if _through_operators(x, weight) else ops.untracked_forward_ops(name)
     y, _rstd = fwd_op(as_rows(x, n), _flat_weight(weight, n), _as_float(weight_offset), eps)
-    return y.view(x.shape)
+    return y if y.shape == x.shape else y.view(x.shape)
 
 
 def add_rms_norm(
@@ -289,8 +304,10 @@ def add_rms_norm(
     if name == "torch" or x.numel() == 0:
         y, residual_out = add_rms_norm_reference(x, residual, shape, weight, eps, weight_offset=weight_offset)
         return y.contiguous(), residual_out.contiguous()
-    _, add_fwd_op = ops.forward_ops(name)
+    _, add_fwd_op = ops.forward_ops(name) if _through_operators(x, residual, weight) else ops.untracked_forward_ops(name)
     y, residual_out, _rstd = add_fwd_op(
         as_rows(x, n), as_rows(residual, n), _flat_weight(weight, n), _as_float(weight_offset), eps
     )
+    if y.shape == x.shape:
+        return y, residual_out
     return y.view(x.shape), residual_out.view(x.shape)

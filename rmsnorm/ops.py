@@ -14,6 +14,8 @@ graphs take the kernels as they are.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
@@ -31,8 +33,7 @@ def _no_dweight(x: torch.Tensor) -> torch.Tensor:
 # interprets (TRITON_INTERPRET), so it is imported on first use, not with rmsnorm.
 
 
-@torch.library.custom_op("rmsnorm::rms_norm_fwd_triton", mutates_args=())
-def rms_norm_fwd_triton(
+def _rms_norm_fwd_triton(
     x: torch.Tensor, weight: torch.Tensor | None, weight_offset: float, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     from . import triton_kernels
@@ -41,13 +42,18 @@ def rms_norm_fwd_triton(
     return y, rstd
 
 
-@torch.library.custom_op("rmsnorm::add_rms_norm_fwd_triton", mutates_args=())
-def add_rms_norm_fwd_triton(
+def _add_rms_norm_fwd_triton(
     x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None, weight_offset: float, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     from . import triton_kernels
 
     return triton_kernels.rms_norm_fwd(unit_column_stride(x), unit_column_stride(residual), weight, weight_offset, eps)
+
+
+rms_norm_fwd_triton = torch.library.custom_op("rmsnorm::rms_norm_fwd_triton", mutates_args=())(_rms_norm_fwd_triton)
+add_rms_norm_fwd_triton = torch.library.custom_op("rmsnorm::add_rms_norm_fwd_triton", mutates_args=())(
+    _add_rms_norm_fwd_triton
+)
 
 
 @torch.library.custom_op("rmsnorm::rms_norm_bwd_triton", mutates_args=())
@@ -148,3 +154,30 @@ def forward_ops(backend: str):
     if backend == "triton":
         return torch.ops.rmsnorm.rms_norm_fwd_triton, torch.ops.rmsnorm.add_rms_norm_fwd_triton
     return torch.ops.rmsnorm_cuda.rms_norm_fwd, torch.ops.rmsnorm_cuda.add_rms_norm_fwd
+
+
+def _below_autograd(op):
+    def call(*args):
+        with torch._C._AutoDispatchBelowAutograd():
+            return op(*args)
+
+    return call
+
+
+@functools.cache
+def _untracked_cuda_ops():
+    return (
+        _below_autograd(torch.ops.rmsnorm_cuda.rms_norm_fwd.default),
+        _below_autograd(torch.ops.rmsnorm_cuda.add_rms_norm_fwd.default),
+    )
+
+
+def untracked_forward_ops(backend: str):
+    """forward_ops without the torch operator layers autograd needs, for eager calls with nothing to record.
+
+    The same kernels and bits, minus their host cost: the Triton functions themselves, the CUDA ops
+    dispatched below their (Python) autograd kernel. Never under torch.compile, which needs the ops.
+    """
+    if backend == "triton":
+        return _rms_norm_fwd_triton, _add_rms_norm_fwd_triton
+    return _untracked_cuda_ops()

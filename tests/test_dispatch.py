@@ -79,3 +79,31 @@ def test_triton_logs_its_configuration(caplog):
         rmsnorm.rms_norm(x, backend="triton")
     assert "triton rms_norm_fwd: M=3 N=100" in caplog.text
     assert "TileConfig(block_m=" in caplog.text
+
+
+@pytest.mark.parametrize("op", ["rms_norm", "add_rms_norm"])
+def test_inference_calls_skip_the_operators_with_the_same_bits(backend, op, monkeypatch):
+    """No input requires grad: the kernels are called without the torch operator layers, same bits."""
+    if backend == "torch":
+        pytest.skip("the reference has no operators to skip")
+    x, residual = torch.randn(5, 300, device=DEVICE), torch.randn(5, 300, device=DEVICE)
+    w = torch.randn(300, device=DEVICE)
+
+    def call():
+        if op == "rms_norm":
+            return (rmsnorm.rms_norm(x, None, w, backend=backend),)
+        return rmsnorm.add_rms_norm(x, residual, w, backend=backend)
+
+    untracked = call()
+    with torch.no_grad():
+        untracked_no_grad = call()
+    w.requires_grad_()
+    tracked = call()
+    assert tracked[0].requires_grad and not untracked[0].requires_grad
+    for a, b, c in zip(untracked, untracked_no_grad, tracked):
+        assert torch.equal(a, b) and torch.equal(a, c.detach())
+    # ...and the operators are what a tracked call runs: a spy on the untracked path sees none.
+    calls = []
+    monkeypatch.setattr(rmsnorm.ops, "untracked_forward_ops", lambda name: calls.append(name))
+    call()
+    assert calls == []

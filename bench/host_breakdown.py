@@ -1,0 +1,90 @@
+"""Where the host time of one small call goes: each layer of rms_norm timed on its own.
+
+`python -m bench.host_breakdown` times, per call, bf16 x of [1, 4096] without grad (the decode case
+of the latency table), from F.rms_norm to the raw Triton launch: the whole call, the validation,
+the backend choice, the torch operator (with and without autograd's Python kernel above it), the
+Triton host wrapper, and the bare kernel launch. The GPU work per call is a few microseconds, so
+the wall time of a long run of calls is the host's. Prints one table (microseconds per call).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+import rmsnorm
+from rmsnorm import functional, ops, triton_kernels
+
+CALLS = 3000
+N = 4096
+EPS = 1e-6
+
+
+def host_us(fn: Callable[[], object]) -> float:
+    """Wall microseconds per call over CALLS calls, after as many untimed ones; best of three."""
+    for _ in range(CALLS):
+        fn()
+    torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(CALLS):
+            fn()
+        torch.cuda.synchronize()
+        best = min(best, (time.perf_counter() - start) / CALLS * 1e6)
+    return best
+
+
+def layers() -> dict[str, Callable[[], object]]:
+    x = torch.randn(1, N, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(N, device="cuda", dtype=torch.bfloat16)
+    y = torch.empty_like(x)
+    rstd = torch.empty(1, device="cuda")
+    cfg = triton_kernels.tile_config(N, triton_kernels.FWD_MAX_TILE_N)
+    cases = {
+        "F.rms_norm": lambda: F.rms_norm(x, (N,), w, EPS),
+        "torch.empty x2 (the outputs)": lambda: (torch.empty_like(x), torch.empty(1, device="cuda")),
+        "rms_norm: validation (_check_args)": lambda: functional._check_args(x, None, w, EPS, 0.0, "cuda"),
+        "rms_norm: backend choice (_resolve_backend)": lambda: functional._resolve_backend(
+            "auto", "cuda", x.dtype, w.dtype, False
+        ),
+        "rms_norm: as_rows": lambda: functional.as_rows(x, N),
+        "triton: raw kernel launch": lambda: triton_kernels.rms_norm_fwd_kernel[(1, 1)](
+            x, x, w, y, y, rstd, N, N, 1, N, EPS, 0.0,
+            HAS_RESIDUAL=False, HAS_WEIGHT=True, RSTD_GIVEN=False, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+            num_warps=cfg.num_warps,
+        ),  # fmt: skip
+        "triton: host wrapper (triton_kernels.rms_norm_fwd)": lambda: triton_kernels.rms_norm_fwd(
+            x, None, w, 0.0, EPS
+        ),
+        "triton: torch op (custom_op)": lambda: torch.ops.rmsnorm.rms_norm_fwd_triton(x, w, 0.0, EPS),
+        "triton: rms_norm(backend='triton')": lambda: rmsnorm.rms_norm(x, (N,), w, EPS, backend="triton"),
+    }
+    if "cuda" in rmsnorm.available_backends():
+        rmsnorm.cuda_ext.load()
+        op = torch.ops.rmsnorm_cuda.rms_norm_fwd.default
+
+        def below_autograd():
+            with torch._C._AutoDispatchBelowAutograd():
+                return op(x, w, 0.0, EPS)
+
+        cases |= {
+            "cuda: torch op (C++ kernel + Python autograd kernel)": lambda: op(x, w, 0.0, EPS),
+            "cuda: torch op below autograd": below_autograd,
+            "cuda: rms_norm(backend='cuda')": lambda: rmsnorm.rms_norm(x, (N,), w, EPS, backend="cuda"),
+        }
+    cases["forward_ops lookup"] = lambda: ops.forward_ops("triton")
+    return cases
+
+
+def main() -> None:
+    print(f"host time per call, bf16 [1, {N}], no grad inputs; {torch.cuda.get_device_name()}", flush=True)
+    for name, fn in layers().items():
+        print(f"{host_us(fn):8.1f} us  {name}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
