@@ -75,7 +75,7 @@ setup(
     install_requires=["torch>=2.4", "triton>=3.0", "ninja"],
     extras_require={
         # numpy < 2.4: Triton 3.6's CPU interpreter converts one-element arrays to int, which numpy 2.4 refuses.
-        "test": ["pytest", "numpy<2.4"],
+        "test": ["pytest", "hypothesis", "numpy<2.4"],
         "bench": ["matplotlib"],
     },
     cmdclass={"build_py": BuildPy, "develop": Develop},
