@@ -47,20 +47,20 @@ def layers() -> dict[str, Callable[[], object]]:
     cases = {
         "F.rms_norm": lambda: F.rms_norm(x, (N,), w, EPS),
         "torch.empty x2 (the outputs)": lambda: (torch.empty_like(x), torch.empty(1, device="cuda")),
-        "rms_norm: validation (_check_args)": lambda: functional._check_args(x, None, w, EPS, 0.0, "cuda"),
+        "rms_norm: validation (_check_args)": lambda: functional._check_args(x, None, w, EPS, 0.0, "cuda", "fp32"),
         "rms_norm: backend choice (_resolve_backend)": lambda: functional._resolve_backend(
             "auto", "cuda", x.dtype, w.dtype, False
         ),
         "rms_norm: as_rows": lambda: functional.as_rows(x, N),
         "triton: raw kernel launch": lambda: triton_kernels.rms_norm_fwd_kernel[(1, 1)](
             x, x, w, y, y, rstd, N, N, 1, N, EPS, 0.0,
-            HAS_RESIDUAL=False, HAS_WEIGHT=True, RSTD_GIVEN=False, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+            HAS_RESIDUAL=False, HAS_WEIGHT=True, RSTD_GIVEN=False, ROUND_XHAT=False, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
             num_warps=cfg.num_warps,
         ),  # fmt: skip
         "triton: host wrapper (triton_kernels.rms_norm_fwd)": lambda: triton_kernels.rms_norm_fwd(
             x, None, w, 0.0, EPS
         ),
-        "triton: torch op (custom_op)": lambda: torch.ops.rmsnorm.rms_norm_fwd_triton(x, w, 0.0, EPS),
+        "triton: torch op (custom_op)": lambda: torch.ops.rmsnorm.rms_norm_fwd_triton(x, w, 0.0, EPS, False),
         "triton: rms_norm(backend='triton')": lambda: rmsnorm.rms_norm(x, (N,), w, EPS, backend="triton"),
     }
     if "cuda" in rmsnorm.available_backends():
@@ -69,10 +69,10 @@ def layers() -> dict[str, Callable[[], object]]:
 
         def below_autograd():
             with torch._C._AutoDispatchBelowAutograd():
-                return op(x, w, 0.0, EPS)
+                return op(x, w, 0.0, EPS, False)
 
         cases |= {
-            "cuda: torch op (C++ kernel + Python autograd kernel)": lambda: op(x, w, 0.0, EPS),
+            "cuda: torch op (C++ kernel + Python autograd kernel)": lambda: op(x, w, 0.0, EPS, False),
             "cuda: torch op below autograd": below_autograd,
             "cuda: rms_norm(backend='cuda')": lambda: rmsnorm.rms_norm(x, (N,), w, EPS, backend="cuda"),
         }

@@ -89,11 +89,11 @@ def _time_width(ops, n: int) -> list[tuple[float, int]]:
     x = torch.randn(ELEMENTS // n, n, device="cuda", dtype=torch.bfloat16)
     residual, dy = torch.randn_like(x), torch.randn_like(x)
     w = torch.randn(n, device="cuda", dtype=torch.bfloat16)
-    _, rstd = ops.rms_norm_fwd(x, w, 0.0, 1e-6)
+    _, rstd = ops.rms_norm_fwd(x, w, 0.0, 1e-6, False)
     return [
-        (median_ms(lambda: ops.rms_norm_fwd(x, w, 0.0, 1e-6)), 2),
-        (median_ms(lambda: ops.add_rms_norm_fwd(x, residual, w, 0.0, 1e-6)), 4),
-        (median_ms(lambda: ops.rms_norm_bwd(dy, x, None, w, 0.0, rstd, True)), 3),
+        (median_ms(lambda: ops.rms_norm_fwd(x, w, 0.0, 1e-6, False)), 2),
+        (median_ms(lambda: ops.add_rms_norm_fwd(x, residual, w, 0.0, 1e-6, False)), 4),
+        (median_ms(lambda: ops.rms_norm_bwd(dy, x, None, w, 0.0, rstd, True, False)), 3),
     ]
 
 

@@ -45,15 +45,15 @@ def main() -> None:
         x = torch.randn(ELEMENTS // n, n, device="cuda", dtype=torch.bfloat16)
         residual, dy = torch.randn_like(x), torch.randn_like(x)
         w = torch.randn(n, device="cuda", dtype=torch.bfloat16)
-        _, rstd = torch.ops.rmsnorm.rms_norm_fwd_triton(x, w, 0.0, 1e-6)
+        _, rstd = torch.ops.rmsnorm.rms_norm_fwd_triton(x, w, 0.0, 1e-6, False)
         for elements, warps, programs in itertools.chain(
             ((e, m, defaults[2]) for e, m in itertools.product(ELEMENTS_PER_THREAD, MAX_NUM_WARPS)),
             ((defaults[0], defaults[1], p) for p in BWD_PROGRAMS_PER_SM if n <= triton_kernels.BWD_MAX_TILE_N),
         ):
             _configure(elements, warps, programs)
-            fwd = median_ms(lambda: torch.ops.rmsnorm.rms_norm_fwd_triton(x, w, 0.0, 1e-6))
-            add = median_ms(lambda: torch.ops.rmsnorm.add_rms_norm_fwd_triton(x, residual, w, 0.0, 1e-6))
-            bwd = median_ms(lambda: torch.ops.rmsnorm.rms_norm_bwd_triton(dy, x, None, w, 0.0, rstd, True))
+            fwd = median_ms(lambda: torch.ops.rmsnorm.rms_norm_fwd_triton(x, w, 0.0, 1e-6, False))
+            add = median_ms(lambda: torch.ops.rmsnorm.add_rms_norm_fwd_triton(x, residual, w, 0.0, 1e-6, False))
+            bwd = median_ms(lambda: torch.ops.rmsnorm.rms_norm_bwd_triton(dy, x, None, w, 0.0, rstd, True, False))
             print(
                 f"{n} | {elements} | {warps} | {programs} | {_percent(fwd, 2, x, ceiling):.1f} | "
                 f"{_percent(add, 4, x, ceiling):.1f} | {_percent(bwd, 3, x, ceiling):.1f}",

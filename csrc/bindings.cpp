@@ -74,7 +74,7 @@ int64_t row_stride_or_zero(const c10::optional<at::Tensor>& t) { return t.has_va
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rms_norm_fwd_rows(const at::Tensor& x,
                                                                  const c10::optional<at::Tensor>& residual,
                                                                  const c10::optional<at::Tensor>& weight,
-                                                                 double weight_offset, double eps) {
+                                                                 double weight_offset, double eps, bool round_xhat) {
   check_rows(x, "x");
   if (residual.has_value()) check_like_x(*residual, "residual", x);
   check_weight(weight, weight_offset, x);
@@ -94,7 +94,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rms_norm_fwd_rows(const at::Tenso
           reinterpret_cast<const T*>(x.data_ptr()), x.stride(0), data_or_null<T>(residual),
           row_stride_or_zero(residual), data_or_null<W>(weight), static_cast<float>(weight_offset),
           reinterpret_cast<T*>(y.data_ptr()), res_out, rstd.data_ptr<float>(), rows, n, static_cast<float>(eps),
-          current_stream(x));
+          round_xhat, current_stream(x));
       C10_CUDA_CHECK(status);
     });
   });
@@ -103,9 +103,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rms_norm_fwd_rows(const at::Tenso
 
 // x: [rows, n]; returns y [rows, n] (x's dtype, contiguous) and rstd [rows] (fp32).
 std::tuple<at::Tensor, at::Tensor> rms_norm_fwd_cuda(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
-                                                     double weight_offset, double eps) {
+                                                     double weight_offset, double eps, bool round_xhat) {
   at::Tensor y, rstd;
-  std::tie(y, std::ignore, rstd) = rms_norm_fwd_rows(x, c10::nullopt, weight, weight_offset, eps);
+  std::tie(y, std::ignore, rstd) = rms_norm_fwd_rows(x, c10::nullopt, weight, weight_offset, eps, round_xhat);
   return {y, rstd};
 }
 
@@ -113,8 +113,9 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_fwd_cuda(const at::Tensor& x, const 
 // values y normalizes), both [rows, n] contiguous in x's dtype, and rstd [rows] (fp32).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> add_rms_norm_fwd_cuda(const at::Tensor& x, const at::Tensor& residual,
                                                                      const c10::optional<at::Tensor>& weight,
-                                                                     double weight_offset, double eps) {
-  return rms_norm_fwd_rows(x, residual, weight, weight_offset, eps);
+                                                                     double weight_offset, double eps,
+                                                                     bool round_xhat) {
+  return rms_norm_fwd_rows(x, residual, weight, weight_offset, eps, round_xhat);
 }
 
 // dy, x, dresidual_out: [rows, n]; returns dx [rows, n] (contiguous, dresidual_out added when given)
@@ -122,7 +123,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> add_rms_norm_fwd_cuda(const at::T
 std::tuple<at::Tensor, at::Tensor> rms_norm_bwd_cuda(const at::Tensor& dy, const at::Tensor& x,
                                                      const c10::optional<at::Tensor>& dresidual_out,
                                                      const c10::optional<at::Tensor>& weight, double weight_offset,
-                                                     const at::Tensor& rstd, bool needs_dweight) {
+                                                     const at::Tensor& rstd, bool needs_dweight, bool round_xhat) {
   check_rows(x, "x");
   check_like_x(dy, "dy", x);
   if (dresidual_out.has_value()) check_like_x(*dresidual_out, "dresidual_out", x);
@@ -149,7 +150,7 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_bwd_cuda(const at::Tensor& dy, const
       const cudaError_t status = rmsnorm::rms_norm_bwd<T, W>(
           reinterpret_cast<const T*>(dy.data_ptr()), dy.stride(0), reinterpret_cast<const T*>(x.data_ptr()),
           x.stride(0), data_or_null<T>(dresidual_out), row_stride_or_zero(dresidual_out), data_or_null<W>(weight),
-          static_cast<float>(weight_offset), rstd.data_ptr<float>(), reinterpret_cast<T*>(dx.data_ptr()), dw,
+          static_cast<float>(weight_offset), round_xhat, rstd.data_ptr<float>(), reinterpret_cast<T*>(dx.data_ptr()), dw,
           workspace.data_ptr<float>(), rows, n, num_sms, current_stream(x));
       C10_CUDA_CHECK(status);
     });
@@ -160,13 +161,16 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_bwd_cuda(const at::Tensor& dy, const
 }  // namespace
 
 TORCH_LIBRARY(rmsnorm_cuda, m) {
-  m.def("rms_norm_fwd(Tensor x, Tensor? weight, float weight_offset, float eps) -> (Tensor y, Tensor rstd)");
+  // round_xhat: casting_mode "llama", x * rstd rounded to x's dtype before the weight.
   m.def(
-      "add_rms_norm_fwd(Tensor x, Tensor residual, Tensor? weight, float weight_offset, float eps)"
+      "rms_norm_fwd(Tensor x, Tensor? weight, float weight_offset, float eps, bool round_xhat)"
+      " -> (Tensor y, Tensor rstd)");
+  m.def(
+      "add_rms_norm_fwd(Tensor x, Tensor residual, Tensor? weight, float weight_offset, float eps, bool round_xhat)"
       " -> (Tensor y, Tensor residual_out, Tensor rstd)");
   m.def(
       "rms_norm_bwd(Tensor dy, Tensor x, Tensor? dresidual_out, Tensor? weight, float weight_offset, Tensor rstd,"
-      " bool needs_dweight) -> (Tensor dx, Tensor dweight)");
+      " bool needs_dweight, bool round_xhat) -> (Tensor dx, Tensor dweight)");
 }
 
 TORCH_LIBRARY_IMPL(rmsnorm_cuda, CUDA, m) {

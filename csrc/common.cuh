@@ -220,10 +220,16 @@ cudaError_t dispatch_items(int items, F&& launch) {
   return cudaErrorInvalidConfiguration;  // tile_row never returns another items count
 }
 
+// Calls launch(std::bool_constant<flag>{}): a runtime flag made a template constant.
+template <typename F>
+cudaError_t dispatch_bool(bool flag, F&& launch) {
+  return flag ? launch(std::true_type{}) : launch(std::false_type{});
+}
+
 // Calls launch(std::bool_constant<aligned>{}).
 template <typename F>
 cudaError_t dispatch_aligned(bool aligned, F&& launch) {
-  return aligned ? launch(std::true_type{}) : launch(std::false_type{});
+  return dispatch_bool(aligned, launch);
 }
 
 // Whether p is a multiple of `bytes` (a power of two).

@@ -15,7 +15,8 @@
 
 namespace rmsnorm {
 
-// y = x * rstd * (weight + weight_offset), with rstd = 1 / sqrt(mean(x^2) + eps) per row.
+// y = x * rstd * (weight + weight_offset), with rstd = 1 / sqrt(mean(x^2) + eps) per row; with
+// round_xhat, x * rstd is rounded to T before the weight multiplies it (Hugging Face's Llama).
 // With a residual (add_rms_norm), the row normalized is r = x + residual, added in fp32 and rounded
 // to T, which is also written to residual_out: y is then bitwise rms_norm(residual_out).
 template <typename T, typename W>
@@ -32,6 +33,7 @@ cudaError_t rms_norm_fwd(
     int64_t rows,
     int64_t n,
     float eps,
+    bool round_xhat,                // casting_mode "llama": x * rstd rounded to T before the weight
     cudaStream_t stream);
 
 // fp32 elements of scratch memory rms_norm_bwd needs: its dweight partial sums when dweight is
@@ -53,6 +55,8 @@ cudaError_t rms_norm_bwd(
     int64_t dresidual_out_row_stride,  //   added to dx; or nullptr
     const W* weight,                   // [n], or nullptr for no weight
     float weight_offset,               // added to every weight in fp32; ignored without a weight
+    bool round_xhat,                   // the forward rounded xhat to T (casting_mode "llama"): dweight sums
+                                       //   dy * that rounded xhat
     const float* rstd,                 // [rows], from rms_norm_fwd
     T* dx,                             // [rows, n], contiguous
     W* dweight,                        // [n], or nullptr when not needed

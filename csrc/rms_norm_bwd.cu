@@ -161,13 +161,16 @@ __device__ __forceinline__ Vec<T, VEC> dx_of(const Vec<T, VEC>& x, const Vec<flo
   return dx;
 }
 
-// sums += dy * xhat over the chunk: the dweight terms of one row.
+// sums += dy * xhat over the chunk: the dweight terms of one row. round_xhat: xhat as the
+// forward multiplied the weight by it, rounded to T (casting_mode "llama").
 template <int VEC, typename T>
 __device__ __forceinline__ void add_dweight_terms(Vec<float, VEC>& sums, const Vec<T, VEC>& x, const Vec<T, VEC>& dy,
-                                                  float rstd) {
+                                                  float rstd, bool round_xhat) {
 #pragma unroll
   for (int k = 0; k < VEC; ++k) {
-    sums.v[k] = __fmaf_rn(to_float(dy.v[k]), __fmul_rn(to_float(x.v[k]), rstd), sums.v[k]);
+    float xhat = __fmul_rn(to_float(x.v[k]), rstd);
+    if (round_xhat) xhat = to_float(from_float<T>(xhat));
+    sums.v[k] = __fmaf_rn(to_float(dy.v[k]), xhat, sums.v[k]);
   }
 }
 
@@ -188,6 +191,7 @@ __global__ void __launch_bounds__(kBwdMaxBlockThreads, 1) rms_norm_bwd_kernel(
     int64_t dresidual_out_row_stride,      //   added to dx, or nullptr
     const W* __restrict__ weight,          // [n], or nullptr for no weight
     float weight_offset,                   // added to the weight
+    bool round_xhat,                       // dweight sums dy * xhat rounded to T (casting_mode "llama")
     const float* __restrict__ rstd,        // [rows], from the forward
     T* __restrict__ dx,                    // [rows, n], contiguous
     float* __restrict__ dweight_partials,  // [gridDim.x, n], contiguous; nullptr: no dweight
@@ -231,7 +235,7 @@ __global__ void __launch_bounds__(kBwdMaxBlockThreads, 1) rms_norm_bwd_kernel(
       const int col = first_col + i * col_step;
       const Vec<float, VEC> g = weighted_grad<ALIGNED>(dy_chunks[i], weight, weight_offset, col, end);
       dot = add_xhat_dot_g(dot, x_chunks[i], g, row_rstd);
-      if (with_dweight) add_dweight_terms(dweight_sums[i], x_chunks[i], dy_chunks[i], row_rstd);
+      if (with_dweight) add_dweight_terms(dweight_sums[i], x_chunks[i], dy_chunks[i], row_rstd, round_xhat);
     }
     const float c = __fdiv_rn(block_reduce_sum(dot, threads_per_row), static_cast<float>(n));
     if (!in_range) continue;
@@ -318,6 +322,7 @@ __global__ void __launch_bounds__(kColumnsBlockThreads, kColumnsBlocksPerSm) rms
     int64_t dresidual_out_row_stride,      //   added to dx, or nullptr
     const W* __restrict__ weight,          // [n], or nullptr for no weight
     float weight_offset,                   // added to the weight
+    bool round_xhat,                       // dweight sums dy * xhat rounded to T (casting_mode "llama")
     const float* __restrict__ rstd,        // [rows], from the forward
     const float* __restrict__ row_c,       // [rows], from rms_norm_bwd_row_dot_kernel
     T* __restrict__ dx,                    // [rows, n], contiguous
@@ -340,7 +345,7 @@ __global__ void __launch_bounds__(kColumnsBlockThreads, kColumnsBlocksPerSm) rms
       const T* dresidual_row =
           dresidual_out != nullptr ? dresidual_out + row * dresidual_out_row_stride : nullptr;
       store_vec<ALIGNED>(dx + row * n, col, n, dx_of<ALIGNED>(x_chunk, g, row_rstd, row_c[row], dresidual_row, col, n));
-      if (dweight_partials != nullptr) add_dweight_terms(sums, x_chunk, dy_chunk, row_rstd);
+      if (dweight_partials != nullptr) add_dweight_terms(sums, x_chunk, dy_chunk, row_rstd, round_xhat);
     }
     if (dweight_partials != nullptr) store_vec<ALIGNED>(dweight_partials + int64_t{blockIdx.y} * n, col, n, sums);
   }
@@ -384,8 +389,9 @@ __global__ void __launch_bounds__(kReduceColumns * kReduceSlices, 1) rms_norm_bw
 template <typename T, typename W, bool ALIGNED>
 cudaError_t launch_bwd_columns(const T* dy, int64_t dy_row_stride, const T* x, int64_t x_row_stride,
                                const T* dresidual_out, int64_t dresidual_out_row_stride, const W* weight,
-                               float weight_offset, const float* rstd, T* dx, float* dweight_partials, float* row_c,
-                               int64_t rows, int64_t n, int num_sms, cudaStream_t stream) {
+                               float weight_offset, bool round_xhat, const float* rstd, T* dx,
+                               float* dweight_partials, float* row_c, int64_t rows, int64_t n, int num_sms,
+                               cudaStream_t stream) {
   rms_norm_bwd_row_dot_kernel<T, W, ALIGNED><<<std::min(rows, kMaxGridX), kLoopedBlockThreads, 0, stream>>>(
       dy, dy_row_stride, x, x_row_stride, weight, weight_offset, rstd, row_c, rows, n);
   const cudaError_t status = cudaGetLastError();
@@ -394,8 +400,8 @@ cudaError_t launch_bwd_columns(const T* dy, int64_t dy_row_stride, const T* x, i
   const dim3 grid(static_cast<unsigned>(std::min(column_blocks(n, sizeof(T)), kMaxGridX)),
                   static_cast<unsigned>(slices.count));
   rms_norm_bwd_columns_kernel<T, W, ALIGNED><<<grid, kColumnsBlockThreads, 0, stream>>>(
-      dy, dy_row_stride, x, x_row_stride, dresidual_out, dresidual_out_row_stride, weight, weight_offset, rstd, row_c,
-      dx, dweight_partials, rows, n, slices.rows_per_slice);
+      dy, dy_row_stride, x, x_row_stride, dresidual_out, dresidual_out_row_stride, weight, weight_offset, round_xhat,
+      rstd, row_c, dx, dweight_partials, rows, n, slices.rows_per_slice);
   return cudaGetLastError();
 }
 
@@ -427,8 +433,8 @@ int64_t rms_norm_bwd_workspace_elems(int64_t rows, int64_t n, bool needs_dweight
 template <typename T, typename W>
 cudaError_t rms_norm_bwd(const T* dy, int64_t dy_row_stride, const T* x, int64_t x_row_stride,
                          const T* dresidual_out, int64_t dresidual_out_row_stride, const W* weight, float weight_offset,
-                         const float* rstd, T* dx, W* dweight, float* workspace, int64_t rows, int64_t n, int num_sms,
-                         cudaStream_t stream) {
+                         bool round_xhat, const float* rstd, T* dx, W* dweight, float* workspace, int64_t rows,
+                         int64_t n, int num_sms, cudaStream_t stream) {
   if (rows < 0 || n < 0 || num_sms < 1) return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
   if (rows == 0) return dweight == nullptr ? cudaSuccess : cudaMemsetAsync(dweight, 0, n * sizeof(W), stream);
@@ -453,16 +459,16 @@ cudaError_t rms_norm_bwd(const T* dy, int64_t dy_row_stride, const T* x, int64_t
     constexpr bool ALIGNED = decltype(aligned_tag)::value;
     if (config.tiling.items == 0) {
       return launch_bwd_columns<T, W, ALIGNED>(dy, dy_row_stride, x, x_row_stride, dresidual_out,
-                                               dresidual_out_row_stride, weight, offset, rstd, dx, partials, row_c,
-                                               rows, n, num_sms, stream);
+                                               dresidual_out_row_stride, weight, offset, round_xhat, rstd, dx,
+                                               partials, row_c, rows, n, num_sms, stream);
     }
     return dispatch_items<kBwdMaxAccumulators / VEC>(config.tiling.items, [&](auto items_tag) {
       constexpr int ITEMS = decltype(items_tag)::value;
       const size_t group_partials_bytes =
           partials != nullptr && config.rows_per_block > 1 ? config.rows_per_block * n * sizeof(float) : 0;
       rms_norm_bwd_kernel<T, W, ITEMS, ALIGNED><<<partial_rows, config.block_threads, group_partials_bytes, stream>>>(
-          dy, dy_row_stride, x, x_row_stride, dresidual_out, dresidual_out_row_stride, weight, offset, rstd, dx,
-          partials, rows, static_cast<int>(n), config.tiling.threads_per_row);
+          dy, dy_row_stride, x, x_row_stride, dresidual_out, dresidual_out_row_stride, weight, offset, round_xhat, rstd,
+          dx, partials, rows, static_cast<int>(n), config.tiling.threads_per_row);
       return cudaGetLastError();
     });
   });
@@ -476,7 +482,7 @@ template int64_t rms_norm_bwd_workspace_elems<__nv_bfloat16>(int64_t, int64_t, b
 
 #define RMSNORM_INSTANTIATE_BWD(T, W)                                                                        \
   template cudaError_t rms_norm_bwd<T, W>(const T*, int64_t, const T*, int64_t, const T*, int64_t, const W*, float, \
-                                          const float*, T*, W*, float*, int64_t, int64_t, int, cudaStream_t);
+                                          bool, const float*, T*, W*, float*, int64_t, int64_t, int, cudaStream_t);
 RMSNORM_INSTANTIATE_BWD(float, float)
 RMSNORM_INSTANTIATE_BWD(float, __half)
 RMSNORM_INSTANTIATE_BWD(float, __nv_bfloat16)

@@ -45,7 +45,7 @@ constexpr int kFwdPreferredThreadsPerRow = 128;
 // First guess, to be tuned by the benchmark.
 constexpr int kFwdSubWarpBlockThreads = 128;
 
-// Whether rms_norm_fwd_kernel<T, W, ITEMS, ALIGNED> adds a residual. Not with 4 Vecs of a 2-byte
+// Whether rms_norm_fwd_kernel<T, W, ITEMS, ALIGNED, *> adds a residual. Not with 4 Vecs of a 2-byte
 // T unaligned: there x and residual arrive one element per register, and their 64 loads in flight
 // spilled under the 64-register cap (ptxas -v, sm_90 most), whether the residual was a runtime
 // option or a template flag. Those rows go to rms_norm_fwd_looped_kernel with the register
@@ -104,22 +104,29 @@ __device__ __forceinline__ Vec<T, VEC> load_input(const T* x_row, const T* resid
   return in;
 }
 
+// x * rstd, rounded to T and back when round_xhat (casting_mode "llama").
+template <typename T>
+__device__ __forceinline__ float normalized(T x, float rstd, bool round_xhat) {
+  const float xhat = __fmul_rn(to_float(x), rstd);
+  return round_xhat ? to_float(from_float<T>(xhat)) : xhat;
+}
+
 // Stores y = (x * rstd) * (weight + weight_offset) for the chunk of row y_row at col (elements
 // past n are skipped). weight == nullptr: y = x * rstd.
 template <bool ALIGNED, int VEC, typename T, typename W, typename Index>
 __device__ __forceinline__ void store_normalized(T* y_row, const Vec<T, VEC>& x, const W* weight, float weight_offset,
-                                                 Index col, Index n, float rstd) {
+                                                 bool round_xhat, Index col, Index n, float rstd) {
   Vec<T, VEC> y;
   if (weight != nullptr) {
     const Vec<W, VEC> w = load_vec<ALIGNED, VEC>(weight, col, n);
 #pragma unroll
     for (int k = 0; k < VEC; ++k) {
       const float scale = __fadd_rn(to_float(w.v[k]), weight_offset);
-      y.v[k] = from_float<T>(__fmul_rn(__fmul_rn(to_float(x.v[k]), rstd), scale));
+      y.v[k] = from_float<T>(__fmul_rn(normalized(x.v[k], rstd, round_xhat), scale));
     }
   } else {
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) y.v[k] = from_float<T>(__fmul_rn(to_float(x.v[k]), rstd));
+    for (int k = 0; k < VEC; ++k) y.v[k] = from_float<T>(normalized(x.v[k], rstd, round_xhat));
   }
   store_vec<ALIGNED>(y_row, col, n, y);
 }
@@ -128,7 +135,10 @@ __device__ __forceinline__ void store_normalized(T* y_row, const Vec<T, VEC>& x,
 // [g * R, g * R + R), R = blockDim.x / threads_per_row, thread t of the block working on row
 // g * R + t / threads_per_row. Thread j = t % threads_per_row of a row holds the row's chunks
 // j, j + threads_per_row, ..., (ITEMS of them; chunk c is elements [c * VEC, c * VEC + VEC)).
-template <typename T, typename W, int ITEMS, bool ALIGNED>
+//
+// ROUND_XHAT (casting_mode "llama") is a template flag here, a runtime one in the looped kernel:
+// as a runtime branch it made the unaligned 2-byte 4-Vec instantiations spill (ptxas -v).
+template <typename T, typename W, int ITEMS, bool ALIGNED, bool ROUND_XHAT>
 __global__ void __launch_bounds__(kMaxBlockThreads, 1) rms_norm_fwd_kernel(
     const T* __restrict__ x,         // [rows, n], row i at x + i * x_row_stride
     int64_t x_row_stride,            // elements between consecutive rows of x
@@ -185,7 +195,8 @@ __global__ void __launch_bounds__(kMaxBlockThreads, 1) rms_norm_fwd_kernel(
     T* y_row = y + row * n;
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
-      store_normalized<ALIGNED>(y_row, x_chunks[i], weight, weight_offset, first_col + i * col_step, n, row_rstd);
+      store_normalized<ALIGNED>(y_row, x_chunks[i], weight, weight_offset, ROUND_XHAT, first_col + i * col_step, n,
+                                row_rstd);
     }
   }
 }
@@ -209,7 +220,8 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
     float* __restrict__ rstd,        // [rows]
     int64_t rows,
     int64_t n,
-    float eps) {
+    float eps,
+    bool round_xhat) {
   constexpr int VEC = kVecElems<T>;
   const int64_t first_col = int64_t{threadIdx.x} * VEC;
   const int64_t col_step = int64_t{blockDim.x} * VEC;
@@ -229,7 +241,7 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
     for (int64_t col = first_col; col < n; col += col_step) {
       const Vec<T, VEC> in = load_input<ALIGNED, VEC>(x_row, residual_row, col, n);
       if (residual_row != nullptr) store_vec<ALIGNED>(residual_out + row * n, col, n, in);
-      store_normalized<ALIGNED>(y_row, in, weight, weight_offset, col, n, row_rstd);
+      store_normalized<ALIGNED>(y_row, in, weight, weight_offset, round_xhat, col, n, row_rstd);
     }
   }
 }
@@ -243,7 +255,7 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
 template <typename T, typename W>
 cudaError_t rms_norm_fwd(const T* x, int64_t x_row_stride, const T* residual, int64_t residual_row_stride,
                          const W* weight, float weight_offset, T* y, T* residual_out, float* rstd, int64_t rows,
-                         int64_t n, float eps, cudaStream_t stream) {
+                         int64_t n, float eps, bool round_xhat, cudaStream_t stream) {
   if (rows < 0 || n < 0 || (residual == nullptr) != (residual_out == nullptr)) return cudaErrorInvalidValue;
   if (rows == 0 || n == 0) return cudaSuccess;
   constexpr int VEC = kVecElems<T>;
@@ -263,7 +275,8 @@ cudaError_t rms_norm_fwd(const T* x, int64_t x_row_stride, const T* residual, in
     constexpr bool ALIGNED = decltype(aligned_tag)::value;
     const auto launch_looped = [&](int block_threads) {
       rms_norm_fwd_looped_kernel<T, W, ALIGNED><<<std::min(rows, kMaxGridX), block_threads, 0, stream>>>(
-          x, x_row_stride, residual, residual_row_stride, weight, offset, y, residual_out, rstd, rows, n, eps);
+          x, x_row_stride, residual, residual_row_stride, weight, offset, y, residual_out, rstd, rows, n, eps,
+          round_xhat);
       return cudaGetLastError();
     };
     if (config.tiling.items == 0) return launch_looped(config.block_threads);
@@ -277,17 +290,20 @@ cudaError_t rms_norm_fwd(const T* x, int64_t x_row_stride, const T* residual, in
         if (residual != nullptr) return launch_looped(config.tiling.threads_per_row);
       }
       const int64_t grid = std::min(ceil_div(rows, config.rows_per_block), kMaxGridX);
-      rms_norm_fwd_kernel<T, W, ITEMS, ALIGNED><<<grid, config.block_threads, 0, stream>>>(
-          x, x_row_stride, residual, residual_row_stride, weight, offset, y, residual_out, rstd, rows,
-          static_cast<int>(n), eps, config.tiling.threads_per_row);
-      return cudaGetLastError();
+      return dispatch_bool(round_xhat, [&](auto round_tag) {
+        rms_norm_fwd_kernel<T, W, ITEMS, ALIGNED, decltype(round_tag)::value>
+            <<<grid, config.block_threads, 0, stream>>>(x, x_row_stride, residual, residual_row_stride, weight, offset,
+                                                        y, residual_out, rstd, rows, static_cast<int>(n), eps,
+                                                        config.tiling.threads_per_row);
+        return cudaGetLastError();
+      });
     });
   });
 }
 
 #define RMSNORM_INSTANTIATE_FWD(T, W)                                                                   \
   template cudaError_t rms_norm_fwd<T, W>(const T*, int64_t, const T*, int64_t, const W*, float, T*, T*, \
-                                          float*, int64_t, int64_t, float, cudaStream_t);
+                                          float*, int64_t, int64_t, float, bool, cudaStream_t);
 RMSNORM_INSTANTIATE_FWD(float, float)
 RMSNORM_INSTANTIATE_FWD(float, __half)
 RMSNORM_INSTANTIATE_FWD(float, __nv_bfloat16)

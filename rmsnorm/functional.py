@@ -16,7 +16,7 @@ import warnings
 import torch
 
 from . import cuda_ext, ops
-from .reference import add_rms_norm_reference, default_eps, rms_norm_reference
+from .reference import CASTING_MODES, add_rms_norm_reference, default_eps, rms_norm_reference
 
 logger = logging.getLogger("rmsnorm")
 
@@ -94,7 +94,7 @@ def _as_float(value):
     return value if type(value) is float else float(value) if isinstance(value, numbers.Integral) else value
 
 
-def _check_args(x, normalized_shape, weight, eps, weight_offset, backend) -> tuple[int, ...]:
+def _check_args(x, normalized_shape, weight, eps, weight_offset, backend, casting_mode) -> tuple[int, ...]:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     _check_dtype(x, "x")
@@ -120,6 +120,8 @@ def _check_args(x, normalized_shape, weight, eps, weight_offset, backend) -> tup
         raise ValueError("weight_offset needs a weight: it is added to the weight")
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+    if not isinstance(casting_mode, str) or casting_mode not in CASTING_MODES:
+        raise ValueError(f"casting_mode must be one of {', '.join(map(repr, CASTING_MODES))}, got {casting_mode!r}")
     return shape
 
 
@@ -243,6 +245,7 @@ def rms_norm(
     eps: float | None = None,
     *,
     weight_offset: float = 0.0,
+    casting_mode: str = "fp32",
     backend: str = "auto",
 ) -> torch.Tensor:
     """RMSNorm over the trailing dims of x, as torch.nn.functional.rms_norm.
@@ -255,23 +258,27 @@ def rms_norm(
         which is what torch.nn.functional.rms_norm does.
     weight_offset: added to the weight in fp32: y = xhat * (weight + weight_offset); Gemma uses
         1.0 with a zero-initialised weight. Needs a weight when nonzero.
+    casting_mode: "fp32" (all math in fp32, one rounding at the end, as F.rms_norm and Hugging
+        Face's GemmaRMSNorm) or "llama" (x * rstd rounded to x's dtype before the weight, as Hugging
+        Face's LlamaRMSNorm: `weight * hidden_states.to(input_dtype)`).
     backend: "triton", "cuda", "torch" (the reference) or "auto" (the environment variable
         RMSNORM_BACKEND overrides it; otherwise, on CUDA tensors, the faster kernel backend for this
         op and row width, cuda falling back to triton, and the reference elsewhere).
 
-    Returns y, contiguous, with x's shape and dtype; math in fp32 with one rounding at the end.
+    Returns y, contiguous, with x's shape and dtype; math in fp32, rounded as casting_mode says.
     Differentiable in x and weight.
     """
-    shape = _check_args(x, normalized_shape, weight, eps, weight_offset, backend)
+    shape = _check_args(x, normalized_shape, weight, eps, weight_offset, backend, casting_mode)
     eps = _as_float(default_eps(x.dtype) if eps is None else eps)
     n = math.prod(shape)
     w_dtype = None if weight is None else weight.dtype
     name = _resolve_backend(backend, x.device.type, x.dtype, w_dtype, _auto_prefers_triton("rms_norm", n))
     _log_call("rms_norm", name, x)
     if name == "torch" or x.numel() == 0:
-        return rms_norm_reference(x, shape, weight, eps, weight_offset=weight_offset).contiguous()
+        return rms_norm_reference(x, shape, weight, eps, None, weight_offset, casting_mode).contiguous()
     fwd_op, _ = ops.forward_ops(name) if _through_operators(x, weight) else ops.untracked_forward_ops(name)
-    y, _rstd = fwd_op(as_rows(x, n), _flat_weight(weight, n), _as_float(weight_offset), eps)
+    round_xhat = casting_mode == "llama"
+    y, _rstd = fwd_op(as_rows(x, n), _flat_weight(weight, n), _as_float(weight_offset), eps, round_xhat)
     return y if y.shape == x.shape else y.view(x.shape)
 
 
@@ -282,6 +289,7 @@ def add_rms_norm(
     eps: float | None = None,
     *,
     weight_offset: float = 0.0,
+    casting_mode: str = "fp32",
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The pre-norm transformer step: residual_out = x + residual, y = rms_norm(residual_out), fused.
@@ -289,14 +297,14 @@ def add_rms_norm(
     x, residual: the same shape, dtype and device, any strides; the sum is taken in fp32 and stored
         in residual's dtype, and y normalizes residual_out as stored, over weight.shape (or the
         last dim without a weight).
-    weight, eps, weight_offset, backend: as in rms_norm.
+    weight, eps, weight_offset, casting_mode, backend: as in rms_norm.
 
     Returns (y, residual_out), both contiguous with x's shape; one pass over the data on the kernel
     backends. Differentiable in x, residual and weight, also when a gradient arrives on residual_out.
     """
     if not isinstance(residual, torch.Tensor):
         raise TypeError(f"residual must be a torch.Tensor, got {type(residual).__name__}")
-    shape = _check_args(x, None, weight, eps, weight_offset, backend)
+    shape = _check_args(x, None, weight, eps, weight_offset, backend, casting_mode)
     if residual.shape != x.shape:
         raise ValueError(f"residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}")
     if residual.device != x.device:
@@ -309,12 +317,13 @@ def add_rms_norm(
     name = _resolve_backend(backend, x.device.type, x.dtype, w_dtype, _auto_prefers_triton("add_rms_norm", n))
     _log_call("add_rms_norm", name, x)
     if name == "torch" or x.numel() == 0:
-        y, residual_out = add_rms_norm_reference(x, residual, shape, weight, eps, weight_offset=weight_offset)
+        y, residual_out = add_rms_norm_reference(x, residual, shape, weight, eps, None, weight_offset, casting_mode)
         return y.contiguous(), residual_out.contiguous()
     _, add_fwd_op = ops.forward_ops(name) if _through_operators(x, residual, weight) else ops.untracked_forward_ops(name)
     y, residual_out, _rstd = add_fwd_op(
-        as_rows(x, n), as_rows(residual, n), _flat_weight(weight, n), _as_float(weight_offset), eps
-    )
+        as_rows(x, n), as_rows(residual, n), _flat_weight(weight, n), _as_float(weight_offset), eps,
+        casting_mode == "llama",
+    )  # fmt: skip
     if y.shape == x.shape:
         return y, residual_out
     return y.view(x.shape), residual_out.view(x.shape)

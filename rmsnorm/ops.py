@@ -1,11 +1,12 @@
 """Our kernels as torch operators: schemas, fake implementations and autograd.
 
 Each kernel backend has three ops on rows, [rows, n] tensors with a contiguous last dim:
-  rms_norm_fwd(x, weight?, weight_offset, eps) -> (y, rstd)
-  add_rms_norm_fwd(x, residual, weight?, weight_offset, eps) -> (y, residual_out, rstd)
-  rms_norm_bwd(dy, x, dresidual_out?, weight?, weight_offset, rstd, needs_dweight) -> (dx, dweight)
-where rstd is fp32 [rows], residual_out = x + residual in residual's dtype, and dweight is an empty
-tensor when it was not asked for (schemas have no optional outputs). The Triton ops are defined here
+  rms_norm_fwd(x, weight?, weight_offset, eps, round_xhat) -> (y, rstd)
+  add_rms_norm_fwd(x, residual, weight?, weight_offset, eps, round_xhat) -> (y, residual_out, rstd)
+  rms_norm_bwd(dy, x, dresidual_out?, weight?, weight_offset, rstd, needs_dweight, round_xhat) -> (dx, dweight)
+where rstd is fp32 [rows], residual_out = x + residual in residual's dtype, dweight is an empty
+tensor when it was not asked for (schemas have no optional outputs), and round_xhat is
+casting_mode "llama": x * rstd rounded to x's dtype before the weight. The Triton ops are defined here
 with torch.library.custom_op; the CUDA ops are declared by csrc/bindings.cpp (TORCH_LIBRARY
 rmsnorm_cuda) and get their fake implementations and autograd here, once cuda_ext has loaded them.
 Real operators with fake implementations are what lets torch.compile(fullgraph=True) and CUDA
@@ -34,20 +35,27 @@ def _no_dweight(x: torch.Tensor) -> torch.Tensor:
 
 
 def _rms_norm_fwd_triton(
-    x: torch.Tensor, weight: torch.Tensor | None, weight_offset: float, eps: float
+    x: torch.Tensor, weight: torch.Tensor | None, weight_offset: float, eps: float, round_xhat: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     from . import triton_kernels
 
-    y, _, rstd = triton_kernels.rms_norm_fwd(unit_column_stride(x), None, weight, weight_offset, eps)
+    y, _, rstd = triton_kernels.rms_norm_fwd(unit_column_stride(x), None, weight, weight_offset, eps, round_xhat)
     return y, rstd
 
 
 def _add_rms_norm_fwd_triton(
-    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None, weight_offset: float, eps: float
+    x: torch.Tensor,
+    residual: torch.Tensor,
+    weight: torch.Tensor | None,
+    weight_offset: float,
+    eps: float,
+    round_xhat: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     from . import triton_kernels
 
-    return triton_kernels.rms_norm_fwd(unit_column_stride(x), unit_column_stride(residual), weight, weight_offset, eps)
+    return triton_kernels.rms_norm_fwd(
+        unit_column_stride(x), unit_column_stride(residual), weight, weight_offset, eps, round_xhat
+    )
 
 
 rms_norm_fwd_triton = torch.library.custom_op("rmsnorm::rms_norm_fwd_triton", mutates_args=())(_rms_norm_fwd_triton)
@@ -65,12 +73,13 @@ def rms_norm_bwd_triton(
     weight_offset: float,
     rstd: torch.Tensor,
     needs_dweight: bool,
+    round_xhat: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     from . import triton_kernels
 
     dres = None if dresidual_out is None else unit_column_stride(dresidual_out)
     dx, dweight = triton_kernels.rms_norm_bwd(
-        unit_column_stride(dy), unit_column_stride(x), dres, weight, weight_offset, rstd, needs_dweight
+        unit_column_stride(dy), unit_column_stride(x), dres, weight, weight_offset, rstd, needs_dweight, round_xhat
     )
     return dx, dweight if dweight is not None else _no_dweight(x)
 
@@ -78,15 +87,15 @@ def rms_norm_bwd_triton(
 # --- fake implementations and autograd, shared by both backends ---------------------------------
 
 
-def _fake_rms_norm_fwd(x, weight, weight_offset, eps):
+def _fake_rms_norm_fwd(x, weight, weight_offset, eps, round_xhat):
     return x.new_empty(x.shape), x.new_empty(x.shape[0], dtype=torch.float32)
 
 
-def _fake_add_rms_norm_fwd(x, residual, weight, weight_offset, eps):
+def _fake_add_rms_norm_fwd(x, residual, weight, weight_offset, eps, round_xhat):
     return x.new_empty(x.shape), residual.new_empty(x.shape), x.new_empty(x.shape[0], dtype=torch.float32)
 
 
-def _fake_rms_norm_bwd(dy, x, dresidual_out, weight, weight_offset, rstd, needs_dweight):
+def _fake_rms_norm_bwd(dy, x, dresidual_out, weight, weight_offset, rstd, needs_dweight, round_xhat):
     dweight = weight.new_empty(x.shape[1]) if needs_dweight and weight is not None else _no_dweight(x)
     return x.new_empty(x.shape), dweight
 
@@ -101,14 +110,15 @@ def _autograd_for(bwd_op):
     def setup_context(ctx, inputs, output) -> None:
         has_residual = len(output) == 3
         if has_residual:
-            _x, residual, weight, weight_offset, _eps = inputs
+            _x, residual, weight, weight_offset, _eps, round_xhat = inputs
             _y, normalized, rstd = output
             ctx.residual_dtype = residual.dtype
         else:
-            normalized, weight, weight_offset, _eps = inputs
+            normalized, weight, weight_offset, _eps, round_xhat = inputs
             _y, rstd = output
         ctx.has_residual = has_residual
         ctx.weight_offset = weight_offset
+        ctx.round_xhat = round_xhat
         ctx.save_for_backward(normalized, weight, rstd)
         # A gradient that does not arrive (residual_out unused) stays None instead of a zero tensor.
         ctx.set_materialize_grads(False)
@@ -121,11 +131,13 @@ def _autograd_for(bwd_op):
         if dy is None:
             dy = torch.zeros_like(normalized)
         dres = None if dresidual_out is None else unit_column_stride(dresidual_out)
-        dx, dweight = bwd_op(unit_column_stride(dy), normalized, dres, weight, ctx.weight_offset, rstd, needs_dweight)
+        dx, dweight = bwd_op(
+            unit_column_stride(dy), normalized, dres, weight, ctx.weight_offset, rstd, needs_dweight, ctx.round_xhat
+        )
         dweight = dweight if needs_dweight else None
         if ctx.has_residual:
-            return dx, dx.to(ctx.residual_dtype), dweight, None, None
-        return dx, dweight, None, None
+            return dx, dx.to(ctx.residual_dtype), dweight, None, None, None
+        return dx, dweight, None, None, None
 
     return setup_context, backward
 

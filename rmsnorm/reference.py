@@ -14,6 +14,14 @@ def default_eps(dtype: torch.dtype) -> float:
     return torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).eps
 
 
+# How the normalized x meets the weight:
+#   "fp32":  y = round(xhat * (w + offset)), all in fp32: one rounding at the end, as
+#            torch.nn.functional.rms_norm and Hugging Face's GemmaRMSNorm do;
+#   "llama": y = round(round(xhat) * (w + offset)): xhat is first rounded to x's dtype, as Hugging
+#            Face's LlamaRMSNorm does (`self.weight * hidden_states.to(input_dtype)`).
+CASTING_MODES = ("fp32", "llama")
+
+
 def rms_norm_reference(
     x: torch.Tensor,
     normalized_shape: tuple[int, ...],
@@ -21,13 +29,18 @@ def rms_norm_reference(
     eps: float | None = None,
     compute_dtype: torch.dtype | None = None,
     weight_offset: float = 0.0,
+    casting_mode: str = "fp32",
+    xhat_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """RMSNorm over the trailing ``normalized_shape`` dims of ``x``, written out in PyTorch.
 
     Math runs in ``compute_dtype`` (default: float32, or float64 for float64 inputs); the result is
     rounded once, to ``x.dtype``, unless ``compute_dtype`` is given, in which case it is returned in
     ``compute_dtype`` unrounded (tests compare kernels against the float64 result). The weight is
-    scaled as weight + weight_offset. Differentiable through ordinary PyTorch autograd.
+    scaled as weight + weight_offset. casting_mode "llama" rounds x * rstd to ``xhat_dtype`` (default
+    x's dtype; tests pass the dtype of the inputs they upcast) before the weight (see CASTING_MODES),
+    also in ``compute_dtype``. Differentiable through ordinary PyTorch autograd, the rounding passing
+    gradients through unchanged (not rounded).
     """
     out_dtype = x.dtype if compute_dtype is None else compute_dtype
     if compute_dtype is None:
@@ -38,6 +51,10 @@ def rms_norm_reference(
     xc = x.to(compute_dtype)
     rstd = torch.rsqrt(xc.pow(2).mean(dim=dims, keepdim=True) + eps)
     y = xc * rstd
+    if casting_mode == "llama":
+        # Rounded forward, gradient passed through exactly: written as y.to(dtype), autograd would
+        # round the gradient to that dtype too, which the kernels do not.
+        y = y + (y.to(xhat_dtype or x.dtype).to(compute_dtype) - y).detach()
     if weight is not None:
         y = y * (weight.to(compute_dtype) + weight_offset)
     return y.to(out_dtype)
@@ -51,10 +68,11 @@ def add_rms_norm_reference(
     eps: float | None = None,
     compute_dtype: torch.dtype | None = None,
     weight_offset: float = 0.0,
+    casting_mode: str = "fp32",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(rms_norm_reference(residual_out), residual_out), residual_out = x + residual summed in fp32
     (float64 for float64 inputs) and rounded to residual's dtype, which y then normalizes."""
     sum_dtype = torch.float64 if torch.float64 in (x.dtype, residual.dtype) else torch.float32
     residual_out = (x.to(sum_dtype) + residual.to(sum_dtype)).to(residual.dtype)
-    y = rms_norm_reference(residual_out, normalized_shape, weight, eps, compute_dtype, weight_offset)
+    y = rms_norm_reference(residual_out, normalized_shape, weight, eps, compute_dtype, weight_offset, casting_mode)
     return y, residual_out

@@ -62,6 +62,7 @@ def rms_norm_fwd_kernel(
     HAS_RESIDUAL: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
     RSTD_GIVEN: tl.constexpr,  # rows wider than one tile: rms_norm_rstd_kernel already computed rstd
+    ROUND_XHAT: tl.constexpr,  # casting_mode "llama": x * rstd rounded to y's dtype before the weight
     BLOCK_M: tl.constexpr,  # rows per program
     BLOCK_N: tl.constexpr,  # columns per program: a power of two >= N unless RSTD_GIVEN
 ):
@@ -86,6 +87,8 @@ def rms_norm_fwd_kernel(
         rstd = tl.div_rn(1.0, tl.sqrt_rn(mean_square + eps))
         tl.store(rstd_ptr + rows, rstd, mask=row_mask)
     y = x * rstd[:, None]
+    if ROUND_XHAT:
+        y = y.to(y_ptr.dtype.element_ty).to(tl.float32)
     if HAS_WEIGHT:
         w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32) + weight_offset
         y = y * w[None, :]
@@ -138,6 +141,7 @@ def rms_norm_bwd_kernel(
     HAS_WEIGHT: tl.constexpr,
     COMPUTE_DW: tl.constexpr,
     DOT_GIVEN: tl.constexpr,  # rows wider than one tile: rms_norm_bwd_dot_kernel already computed dot
+    ROUND_XHAT: tl.constexpr,  # casting_mode "llama": dweight sums dy * xhat rounded to x's dtype
     BLOCK_M: tl.constexpr,  # rows per tile
     BLOCK_N: tl.constexpr,  # columns per program: a power of two >= N unless DOT_GIVEN
 ):
@@ -172,7 +176,10 @@ def rms_norm_bwd_kernel(
             dx += tl.load(dres_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         tl.store(dx_ptr + rows[:, None] * N + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mask)
         if COMPUTE_DW:
-            dw_acc += dy * x_hat
+            if ROUND_XHAT:
+                dw_acc += dy * x_hat.to(x_ptr.dtype.element_ty).to(tl.float32)
+            else:
+                dw_acc += dy * x_hat
     if COMPUTE_DW:
         tl.store(dw_partial_ptr + pid * N + cols, tl.sum(dw_acc, axis=0), mask=col_mask)
 
@@ -294,11 +301,13 @@ def rms_norm_fwd(
     weight: torch.Tensor | None,
     weight_offset: float,
     eps: float,
+    round_xhat: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Forward of RMSNorm over the rows of x, or of x + residual (add_rms_norm).
 
     x, residual: [M, N] with contiguous last dims and any row strides; weight: [N] or None, scaled
-    as weight + weight_offset. Returns y ([M, N], contiguous, x's dtype), residual_out (x + residual,
+    as weight + weight_offset; round_xhat: x * rstd rounded to x's dtype before the weight
+    (casting_mode "llama"). Returns y ([M, N], contiguous, x's dtype), residual_out (x + residual,
     [M, N], contiguous, residual's dtype; None without a residual) and rstd ([M], fp32).
     """
     m, n = x.shape
@@ -322,7 +331,7 @@ def rms_norm_fwd(
         rms_norm_fwd_kernel[grid](
             x, res, w, y, res_out, rstd, x.stride(0), res.stride(0), m, n, eps, weight_offset,
             HAS_RESIDUAL=residual is not None, HAS_WEIGHT=weight is not None, RSTD_GIVEN=cfg.split_rows,
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
+            ROUND_XHAT=round_xhat, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
         )  # fmt: skip
     return y, residual_out, rstd
 
@@ -335,13 +344,15 @@ def rms_norm_bwd(
     weight_offset: float,
     rstd: torch.Tensor,
     needs_dweight: bool,
+    round_xhat: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Backward of RMSNorm over the rows of x (for add_rms_norm, x is residual_out).
 
     dy, x, dresidual_out: [M, N] with contiguous last dims and any row strides; dresidual_out, the
     gradient arriving on add_rms_norm's residual_out, is added to dx (None: nothing to add);
-    weight: [N] or None; rstd: [M] fp32. Returns dx ([M, N], contiguous, x's dtype) and dweight
-    ([N], weight's dtype) or None.
+    weight: [N] or None; rstd: [M] fp32; round_xhat: the forward rounded x * rstd before the weight
+    (casting_mode "llama"), so dweight sums dy times that rounded value. Returns dx ([M, N],
+    contiguous, x's dtype) and dweight ([N], weight's dtype) or None.
     """
     m, n = x.shape
     _check_n(n)
@@ -372,7 +383,8 @@ def rms_norm_bwd(
         rms_norm_bwd_kernel[(programs, col_blocks)](
             dy, x, dres, w, rstd, dot, dx, dw_partial, dy.stride(0), x.stride(0), dres.stride(0), m, n, weight_offset,
             HAS_DRESIDUAL=dresidual_out is not None, HAS_WEIGHT=weight is not None, COMPUTE_DW=compute_dw,
-            DOT_GIVEN=cfg.split_rows, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
+            DOT_GIVEN=cfg.split_rows, ROUND_XHAT=round_xhat, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+            num_warps=cfg.num_warps,
         )  # fmt: skip
         if compute_dw:
             rms_norm_dw_reduce_kernel[(triton.cdiv(n, DW_REDUCE_BLOCK_N),)](

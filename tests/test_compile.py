@@ -26,13 +26,16 @@ def op_samples(backend):
     bwd = torch.ops.rmsnorm.rms_norm_bwd_triton if backend == "triton" else torch.ops.rmsnorm_cuda.rms_norm_bwd
     x, residual, dy = (torch.randn(5, 64, device=DEVICE) for _ in range(3))
     w = torch.randn(64, device=DEVICE)
-    _, rstd = fwd(x, w, 0.0, 1e-6)
+    _, rstd = fwd(x, w, 0.0, 1e-6, False)
     return [
-        (fwd, (x.requires_grad_(), w.requires_grad_(), 0.0, 1e-6)),
-        (fwd, (x, None, 0.0, 1e-6)),
-        (add_fwd, (x, residual.requires_grad_(), w, 1.0, 1e-6)),
-        (bwd, (dy, x.detach(), None, w.detach(), 0.0, rstd, True)),
-        (bwd, (dy, x.detach(), residual.detach(), None, 0.0, rstd, False)),
+        (fwd, (x.requires_grad_(), w.requires_grad_(), 0.0, 1e-6, False)),
+        (fwd, (x, None, 0.0, 1e-6, False)),
+        (fwd, (x, w, 1.0, 1e-6, True)),
+        (add_fwd, (x, residual.requires_grad_(), w, 1.0, 1e-6, False)),
+        (add_fwd, (x, residual, w, 0.0, 1e-6, True)),
+        (bwd, (dy, x.detach(), None, w.detach(), 0.0, rstd, True, False)),
+        (bwd, (dy, x.detach(), None, w.detach(), 0.0, rstd, True, True)),
+        (bwd, (dy, x.detach(), residual.detach(), None, 0.0, rstd, False, False)),
     ]
 
 

@@ -118,6 +118,9 @@ def test_patch_swaps_every_rmsnorm_and_keeps_weights(backend, dtype):
     assert rmsnorm.patch(model, backend=backend) == 3
     assert isinstance(model.torch_norm, rmsnorm.RMSNorm) and isinstance(model.llama_norm, rmsnorm.RMSNorm)
     assert isinstance(model.blocks[0][1], rmsnorm.RMSNorm) and model.blocks[0][1].weight_offset == 1.0
+    # Llama rounds xhat before the weight (found by a 16-bit probe, even for an fp32 model); Gemma does not.
+    assert model.llama_norm.casting_mode == "llama" and model.llama_norm.weight_offset == 0.0
+    assert model.blocks[0][1].casting_mode == "fp32" and model.torch_norm.casting_mode == "fp32"
     assert isinstance(model.other, NotANorm)
     assert model.llama_norm.eps == 1e-6 and model.torch_norm.eps == 1e-5
     for name, p in model.named_parameters():
