@@ -294,13 +294,14 @@ def add_rms_norm(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The pre-norm transformer step: residual_out = x + residual, y = rms_norm(residual_out), fused.
 
-    x, residual: the same shape, dtype and device, any strides; the sum is taken in fp32 and stored
-        in residual's dtype, and y normalizes residual_out as stored, over weight.shape (or the
-        last dim without a weight).
+    x, residual: the same shape and device, any strides; residual has x's dtype, or float32 beside
+        float16/bfloat16 x (an fp32 residual stream: not on the cuda backend, "auto" then takes
+        triton). The sum is taken in fp32 and stored in residual's dtype, and y normalizes
+        residual_out as stored, over weight.shape (or the last dim without a weight).
     weight, eps, weight_offset, casting_mode, backend: as in rms_norm.
 
-    Returns (y, residual_out), both contiguous with x's shape; one pass over the data on the kernel
-    backends. Differentiable in x, residual and weight, also when a gradient arrives on residual_out.
+    Returns (y, residual_out), both contiguous with x's shape, y in x's dtype and residual_out in
+    residual's; one pass over the data on the kernel backends. Differentiable in x, residual and weight, also when a gradient arrives on residual_out.
     """
     if not isinstance(residual, torch.Tensor):
         raise TypeError(f"residual must be a torch.Tensor, got {type(residual).__name__}")
@@ -309,12 +310,22 @@ def add_rms_norm(
         raise ValueError(f"residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}")
     if residual.device != x.device:
         raise ValueError(f"residual must be on x's device {x.device}, got {residual.device}")
-    if residual.dtype != x.dtype:
-        raise TypeError(f"residual must have x's dtype {x.dtype}, got {residual.dtype}")
+    wider_residual = residual.dtype == torch.float32 and x.dtype in (torch.float16, torch.bfloat16)
+    if residual.dtype != x.dtype and not wider_residual:
+        raise TypeError(
+            f"residual must have x's dtype {x.dtype}, or float32 beside float16/bfloat16 x (an fp32 residual "
+            f"stream), got {residual.dtype}"
+        )
     eps = _as_float(default_eps(x.dtype) if eps is None else eps)
     n = math.prod(shape)
     w_dtype = None if weight is None else weight.dtype
-    name = _resolve_backend(backend, x.device.type, x.dtype, w_dtype, _auto_prefers_triton("add_rms_norm", n))
+    if wider_residual and backend == "cuda":
+        raise TypeError(
+            f"the cuda backend needs residual in x's dtype {x.dtype}; the triton and torch backends take an fp32 "
+            "residual stream"
+        )
+    prefer_triton = wider_residual or _auto_prefers_triton("add_rms_norm", n)
+    name = _resolve_backend(backend, x.device.type, x.dtype, w_dtype, prefer_triton)
     _log_call("add_rms_norm", name, x)
     if name == "torch" or x.numel() == 0:
         y, residual_out = add_rms_norm_reference(x, residual, shape, weight, eps, None, weight_offset, casting_mode)

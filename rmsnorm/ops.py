@@ -112,7 +112,7 @@ def _autograd_for(bwd_op):
         if has_residual:
             _x, residual, weight, weight_offset, _eps, round_xhat = inputs
             _y, normalized, rstd = output
-            ctx.residual_dtype = residual.dtype
+            ctx.x_dtype, ctx.residual_dtype = _x.dtype, residual.dtype
         else:
             normalized, weight, weight_offset, _eps, round_xhat = inputs
             _y, rstd = output
@@ -136,7 +136,8 @@ def _autograd_for(bwd_op):
         )
         dweight = dweight if needs_dweight else None
         if ctx.has_residual:
-            return dx, dx.to(ctx.residual_dtype), dweight, None, None, None
+            # dx is in residual_out's dtype, the residual's: x's may be narrower (an fp32 residual stream).
+            return dx.to(ctx.x_dtype), dx.to(ctx.residual_dtype), dweight, None, None, None
         return dx, dweight, None, None, None
 
     return setup_context, backward

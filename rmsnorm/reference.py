@@ -71,8 +71,12 @@ def add_rms_norm_reference(
     casting_mode: str = "fp32",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(rms_norm_reference(residual_out), residual_out), residual_out = x + residual summed in fp32
-    (float64 for float64 inputs) and rounded to residual's dtype, which y then normalizes."""
+    (float64 for float64 inputs) and rounded to residual's dtype, which y then normalizes.
+
+    y has x's dtype, also when the residual stream is wider (an fp32 residual beside bf16 x); "llama"
+    casting rounds x * rstd to y's dtype.
+    """
     sum_dtype = torch.float64 if torch.float64 in (x.dtype, residual.dtype) else torch.float32
     residual_out = (x.to(sum_dtype) + residual.to(sum_dtype)).to(residual.dtype)
-    y = rms_norm_reference(residual_out, normalized_shape, weight, eps, compute_dtype, weight_offset, casting_mode)
-    return y, residual_out
+    y = rms_norm_reference(residual_out, normalized_shape, weight, eps, compute_dtype, weight_offset, casting_mode, x.dtype)
+    return (y if compute_dtype is not None else y.to(x.dtype)), residual_out

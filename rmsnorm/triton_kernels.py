@@ -176,8 +176,8 @@ def rms_norm_bwd_kernel(
             dx += tl.load(dres_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         tl.store(dx_ptr + rows[:, None] * N + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mask)
         if COMPUTE_DW:
-            if ROUND_XHAT:
-                dw_acc += dy * x_hat.to(x_ptr.dtype.element_ty).to(tl.float32)
+            if ROUND_XHAT:  # rounded to y's dtype, which dy has (x's may be wider: an fp32 residual stream)
+                dw_acc += dy * x_hat.to(dy_ptr.dtype.element_ty).to(tl.float32)
             else:
                 dw_acc += dy * x_hat
     if COMPUTE_DW:

@@ -159,7 +159,7 @@ def check_rms_norm(
     normalized64 = normalized.detach().to(torch.float64).requires_grad_(backward)
     w64 = None if weight is None else weight.detach().to(torch.float64).requires_grad_(backward)
     y64 = rms_norm_reference(
-        normalized64, normalized_shape, w64, eps_value, torch.float64, weight_offset, casting_mode, normalized.dtype
+        normalized64, normalized_shape, w64, eps_value, torch.float64, weight_offset, casting_mode, x.dtype
     )
     y_tolerance = rounding * ulp(y64.detach(), x.dtype) + reduction_units(n) * FP32_UNIT * y64.detach().abs()
     # casting_mode "llama": one ulp of x * rstd where the kernel's fp32 value may round the other way.
@@ -167,11 +167,11 @@ def check_rms_norm(
     if casting_mode == "llama":
         rstd64 = torch.rsqrt(normalized64.detach().pow(2).mean(dim=dims, keepdim=True) + eps_value)
         xhat64 = normalized64.detach() * rstd64
-        xhat_ulp = ulp(xhat64, normalized.dtype)
+        xhat_ulp = ulp(xhat64, x.dtype)  # "llama" rounds x * rstd to y's dtype, x's
         if rounding == 1.0:  # the interpreter truncates: any element may land one ulp away
             near_boundary = torch.ones_like(xhat64, dtype=torch.bool)
         else:
-            to_boundary = ((xhat64 - xhat64.to(normalized.dtype).to(torch.float64)).abs() - xhat_ulp / 2).abs()
+            to_boundary = ((xhat64 - xhat64.to(x.dtype).to(torch.float64)).abs() - xhat_ulp / 2).abs()
             near_boundary = to_boundary <= (reduction_units(n) + FP32_ELEMENTWISE_UNITS) * FP32_UNIT * xhat64.abs()
         xhat_flip = torch.where(near_boundary, xhat_ulp, 0.0)
         scale = (w64.detach() + weight_offset).abs() if w64 is not None else 1.0

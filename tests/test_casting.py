@@ -60,7 +60,7 @@ def test_llama_casting_without_weight_is_fp32_casting(backend):
 )
 @pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16), ids=str)
 def test_matches_hugging_face(backend, formula, casting_mode, weight_offset, weight_mean, dtype):
-    """Every element within one ulp of Hugging Face's output, the rest bitwise, and no bias.
+    """Elements within one ulp of Hugging Face's output (a rare Llama rounding flip aside), most bitwise, no bias.
 
     The sum of squares and rsqrt are computed in another order than PyTorch's, so exact equality
     everywhere is not the bar; the share of elements that differ is printed and must stay small, and
@@ -77,7 +77,18 @@ def test_matches_hugging_face(backend, formula, casting_mode, weight_offset, wei
     theirs = formula(x, weight, eps).double()
     one_ulp = ulp(theirs, dtype)
     diff = ours - theirs
-    assert (diff.abs() <= one_ulp).all(), f"worst {(diff.abs() / one_ulp).max().item():.2f} ulp"
+    # Llama rounds xhat before the weight: where our xhat and theirs straddle a rounding boundary
+    # (rsqrt against 1 / sqrt, another summation order), the outputs differ by |w| ulps of xhat, up
+    # to 2 ulps of y for |w| < 2. Those must be rare; every other element is within one ulp.
+    allowed = one_ulp
+    if casting_mode == "llama":
+        x64 = x.double()
+        xhat_ulp = ulp(x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + eps), dtype)
+        # the flip, plus both sides rounding the product to nearest: up to half an ulp each
+        allowed = torch.maximum(one_ulp, (weight.double() + weight_offset).abs() * xhat_ulp + one_ulp)
+    assert (diff.abs() <= allowed).all(), f"worst {(diff.abs() / one_ulp).max().item():.2f} ulp"
+    beyond_one_ulp = (diff.abs() > one_ulp).double().mean().item()
+    assert beyond_one_ulp < 1e-3, f"{100 * beyond_one_ulp:.3f}% of elements more than one ulp away"
     differ = (diff != 0).double().mean().item()
     bias = (diff / one_ulp).mean().item()
     print(f"{backend} {formula.__name__} {dtype}: {100 * differ:.2f}% of elements not bitwise equal, mean {bias:+.4f} ulp")
