@@ -44,13 +44,17 @@ def test_opcheck(kernel_backend):
         torch.library.opcheck(op, args)
 
 
-def test_compiled_op_is_bitwise_eager(kernel_backend):
+@pytest.mark.parametrize("casting_mode, dtype", [("fp32", torch.float32), ("llama", torch.bfloat16)])
+def test_compiled_op_is_bitwise_eager(kernel_backend, casting_mode, dtype):
     def step(x, residual, w):
-        y, residual_out = rmsnorm.add_rms_norm(x, residual, w, 1e-6, backend=kernel_backend)
-        return rmsnorm.rms_norm(y, (y.shape[-1],), w, 1e-6, backend=kernel_backend), residual_out
+        y, residual_out = rmsnorm.add_rms_norm(x, residual, w, 1e-6, casting_mode=casting_mode, backend=kernel_backend)
+        return (
+            rmsnorm.rms_norm(y, (y.shape[-1],), w, 1e-6, casting_mode=casting_mode, backend=kernel_backend),
+            residual_out,
+        )
 
-    x, residual = torch.randn(2, 9, 256, device=DEVICE), torch.randn(2, 9, 256, device=DEVICE)
-    w = torch.randn(256, device=DEVICE)
+    x, residual = (torch.randn(2, 9, 256, device=DEVICE).to(dtype) for _ in range(2))
+    w = torch.randn(256, device=DEVICE).to(dtype)
     results = []
     for fn in (step, torch.compile(step, fullgraph=True)):
         leaves = [t.clone().requires_grad_() for t in (x, residual, w)]
