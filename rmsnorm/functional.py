@@ -301,7 +301,8 @@ def add_rms_norm(
     weight, eps, weight_offset, casting_mode, backend: as in rms_norm.
 
     Returns (y, residual_out), both contiguous with x's shape, y in x's dtype and residual_out in
-    residual's; one pass over the data on the kernel backends. Differentiable in x, residual and weight, also when a gradient arrives on residual_out.
+    residual's; one pass over the data on the kernel backends. Differentiable in x, residual and
+    weight, also when a gradient arrives on residual_out.
     """
     if not isinstance(residual, torch.Tensor):
         raise TypeError(f"residual must be a torch.Tensor, got {type(residual).__name__}")
