@@ -320,13 +320,13 @@ def add_rms_norm(
     eps = _as_float(default_eps(x.dtype) if eps is None else eps)
     n = math.prod(shape)
     w_dtype = None if weight is None else weight.dtype
-    if wider_residual and backend == "cuda":
+    prefer_triton = wider_residual or _auto_prefers_triton("add_rms_norm", n)
+    name = _resolve_backend(backend, x.device.type, x.dtype, w_dtype, prefer_triton)
+    if wider_residual and name == "cuda":  # named, or set by $RMSNORM_BACKEND
         raise TypeError(
             f"the cuda backend needs residual in x's dtype {x.dtype}; the triton and torch backends take an fp32 "
             "residual stream"
         )
-    prefer_triton = wider_residual or _auto_prefers_triton("add_rms_norm", n)
-    name = _resolve_backend(backend, x.device.type, x.dtype, w_dtype, prefer_triton)
     _log_call("add_rms_norm", name, x)
     if name == "torch" or x.numel() == 0:
         y, residual_out = add_rms_norm_reference(x, residual, shape, weight, eps, None, weight_offset, casting_mode)
