@@ -16,7 +16,13 @@ import warnings
 import torch
 
 from . import cuda_ext, ops
-from .reference import CASTING_MODES, add_rms_norm_reference, default_eps, rms_norm_reference
+from .reference import (
+    CASTING_MODES,
+    add_rms_norm_reference,
+    default_eps,
+    quantize_fp8_reference,
+    rms_norm_reference,
+)
 
 logger = logging.getLogger("rmsnorm")
 
@@ -125,15 +131,87 @@ def _check_args(x, normalized_shape, weight, eps, weight_offset, backend, castin
     return shape
 
 
-def as_rows(t: torch.Tensor, n: int) -> torch.Tensor:
-    """t as [rows, n] with a unit column stride; a view when one exists (any row stride), else a copy."""
+# Leading dims the kernels take with their own strides: enough for a per-head view of a fused QKV
+# projection, qkv[..., :H * D].view(B, S, H, D), whose B and S merge, and more.
+MAX_LEAD_DIMS = 4
+
+
+def _merged_lead(t: torch.Tensor, normalized_dims: int) -> list[int]:
+    """The leading dims of t (all but the trailing normalized_dims), with size-1 dims dropped and
+    neighbours merged where their strides allow, as Tensor.view would merge them."""
+    sizes: list[int] = []
+    strides: list[int] = []
+    lead = t.dim() - normalized_dims
+    for size, stride in zip(t.shape[:lead], t.stride()[:lead]):
+        if size == 1:
+            continue
+        if sizes and strides[-1] == stride * size:
+            sizes[-1] *= size
+            strides[-1] = stride
+        else:
+            sizes.append(size)
+            strides.append(stride)
+    return sizes or [1]
+
+
+def _trailing_contiguous(t: torch.Tensor, normalized_dims: int) -> bool:
+    """Whether the trailing normalized_dims dims of t are one contiguous run of memory."""
+    expected = 1
+    for size, stride in zip(reversed(t.shape[t.dim() - normalized_dims :]), reversed(t.stride())):
+        if size != 1 and stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def as_rows(t: torch.Tensor, n: int, normalized_dims: int = 1) -> torch.Tensor:
+    """t as [*lead, n] with a unit column stride and at most MAX_LEAD_DIMS leading dims.
+
+    A 2-D view when one exists (any row stride); else a view keeping the leading dims that cannot
+    merge (a per-head slice of a fused projection); else a contiguous copy. The trailing
+    normalized_dims dims of t are the n elements of a row. Decided from sizes and strides, not by
+    trying views: under torch.compile a failed view is an error, not an exception to catch.
+    """
     if t.dim() == 2 and t.shape[1] == n and (n <= 1 or t.stride(1) == 1):
         return t  # already rows: no view to make (a view costs microseconds of host time per call)
-    try:
-        rows = t.view(-1, n)
-    except RuntimeError:  # the leading dims cannot be merged into one stride
+    if not _trailing_contiguous(t, normalized_dims):
         return t.reshape(-1, n).contiguous()
-    return ops.unit_column_stride(rows)
+    lead = _merged_lead(t, normalized_dims)
+    if len(lead) == 1:
+        return t.view(-1, n)
+    if len(lead) > MAX_LEAD_DIMS:
+        return t.reshape(-1, n).contiguous()
+    return t.view(*lead, n)
+
+
+def _as_matching_rows(x: torch.Tensor, residual: torch.Tensor, n: int, normalized_dims: int):
+    """as_rows of x and residual, of one shape as the kernels require: where their layouts differ,
+    the one with more leading dims gives its shape to the other, as a view where that one is 2-D
+    (splitting its rows is always a view), else as a copy."""
+    x_rows, res_rows = as_rows(x, n, normalized_dims), as_rows(residual, n, normalized_dims)
+    if x_rows.shape == res_rows.shape:
+        return x_rows, res_rows
+    if x_rows.dim() < res_rows.dim():
+        res_rows, x_rows = _as_matching_rows(residual, x, n, normalized_dims)
+        return x_rows, res_rows
+    if res_rows.dim() == 2:
+        return x_rows, res_rows.view(x_rows.shape)
+    return x_rows, res_rows.contiguous().view(x_rows.shape)
+
+
+def _check_residual(x: torch.Tensor, residual: torch.Tensor) -> bool:
+    """Checks residual beside x; returns whether it is a wider (fp32) residual stream."""
+    if residual.shape != x.shape:
+        raise ValueError(f"residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}")
+    if residual.device != x.device:
+        raise ValueError(f"residual must be on x's device {x.device}, got {residual.device}")
+    wider_residual = residual.dtype == torch.float32 and x.dtype in (torch.float16, torch.bfloat16)
+    if residual.dtype != x.dtype and not wider_residual:
+        raise TypeError(
+            f"residual must have x's dtype {x.dtype}, or float32 beside float16/bfloat16 x (an fp32 residual "
+            f"stream), got {residual.dtype}"
+        )
+    return wider_residual
 
 
 def _kernel_dtypes_ok(x_dtype: torch.dtype, w_dtype: torch.dtype | None) -> bool:
@@ -251,7 +329,9 @@ def rms_norm(
     """RMSNorm over the trailing dims of x, as torch.nn.functional.rms_norm.
 
     x: [..., *normalized_shape], float32, float16, bfloat16 (or float64 on the torch backend), any
-        strides (a view of [rows, N] with contiguous last dim runs without a copy).
+        strides. Read in place, without a copy, when the normalized dims are contiguous and the
+        leading dims merge into at most four strided dims: any [rows, N] view, and per-head views
+        such as q = qkv[..., :H * D].view(B, S, H, D) normalized over (D,) (QK-norm).
     normalized_shape: the trailing dims to normalize over; default weight.shape, else x.shape[-1:].
     weight: tensor of shape normalized_shape, on x's device, of any supported floating dtype, or None.
     eps: added to the mean square; None means the fp32 machine epsilon (float64's for float64 x),
@@ -278,7 +358,8 @@ def rms_norm(
         return rms_norm_reference(x, shape, weight, eps, None, weight_offset, casting_mode).contiguous()
     fwd_op, _ = ops.forward_ops(name) if _through_operators(x, weight) else ops.untracked_forward_ops(name)
     round_xhat = casting_mode == "llama"
-    y, _rstd = fwd_op(as_rows(x, n), _flat_weight(weight, n), _as_float(weight_offset), eps, round_xhat)
+    rows = as_rows(x, n, len(shape))
+    y, _rstd = fwd_op(rows, _flat_weight(weight, n), _as_float(weight_offset), eps, round_xhat)
     return y if y.shape == x.shape else y.view(x.shape)
 
 
@@ -307,16 +388,7 @@ def add_rms_norm(
     if not isinstance(residual, torch.Tensor):
         raise TypeError(f"residual must be a torch.Tensor, got {type(residual).__name__}")
     shape = _check_args(x, None, weight, eps, weight_offset, backend, casting_mode)
-    if residual.shape != x.shape:
-        raise ValueError(f"residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}")
-    if residual.device != x.device:
-        raise ValueError(f"residual must be on x's device {x.device}, got {residual.device}")
-    wider_residual = residual.dtype == torch.float32 and x.dtype in (torch.float16, torch.bfloat16)
-    if residual.dtype != x.dtype and not wider_residual:
-        raise TypeError(
-            f"residual must have x's dtype {x.dtype}, or float32 beside float16/bfloat16 x (an fp32 residual "
-            f"stream), got {residual.dtype}"
-        )
+    wider_residual = _check_residual(x, residual)
     eps = _as_float(default_eps(x.dtype) if eps is None else eps)
     n = math.prod(shape)
     w_dtype = None if weight is None else weight.dtype
@@ -332,10 +404,123 @@ def add_rms_norm(
         y, residual_out = add_rms_norm_reference(x, residual, shape, weight, eps, None, weight_offset, casting_mode)
         return y.contiguous(), residual_out.contiguous()
     _, add_fwd_op = ops.forward_ops(name) if _through_operators(x, residual, weight) else ops.untracked_forward_ops(name)
+    x_rows, res_rows = _as_matching_rows(x, residual, n, len(shape))
     y, residual_out, _rstd = add_fwd_op(
-        as_rows(x, n), as_rows(residual, n), _flat_weight(weight, n), _as_float(weight_offset), eps,
-        casting_mode == "llama",
-    )  # fmt: skip
+        x_rows, res_rows, _flat_weight(weight, n), _as_float(weight_offset), eps, casting_mode == "llama"
+    )
     if y.shape == x.shape:
         return y, residual_out
     return y.view(x.shape), residual_out.view(x.shape)
+
+
+QUANT_DTYPES = (torch.float8_e4m3fn,)
+
+
+def _check_quant_args(x: torch.Tensor, scale, scale_ub, out_dtype) -> None:
+    if out_dtype not in QUANT_DTYPES:
+        raise TypeError(f"out_dtype must be torch.float8_e4m3fn, the one fp8 format written here; got {out_dtype}")
+    for name, t in (("scale", scale), ("scale_ub", scale_ub)):
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a float32 tensor of one element, or None; got {type(t).__name__}")
+        if t.dtype != torch.float32:
+            raise TypeError(f"{name} must be a float32 tensor, got {t.dtype}")
+        if t.numel() != 1:
+            raise ValueError(f"{name} must hold one element, got shape {tuple(t.shape)}")
+        if t.device != x.device:
+            raise ValueError(f"{name} must be on x's device {x.device}, got {t.device}")
+    if scale is not None and scale_ub is not None:
+        raise ValueError("scale_ub bounds the dynamic per-row scales; it cannot be given with a static scale")
+
+
+def _quant(
+    x, residual, weight, eps, scale, scale_ub, out_dtype, weight_offset, casting_mode, backend
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """rms_norm_quant and add_rms_norm_quant: (y_q, residual_out or None, scale)."""
+    shape = _check_args(x, None, weight, eps, weight_offset, backend, casting_mode)
+    _check_quant_args(x, scale, scale_ub, out_dtype)
+    if residual is not None:
+        _check_residual(x, residual)
+    eps = _as_float(default_eps(x.dtype) if eps is None else eps)
+    n, k = math.prod(shape), len(shape)
+    if n == 0 and scale is None:
+        raise ValueError("dynamic scales need rows of at least one element: a row of zero elements has no maximum")
+    w_dtype = None if weight is None else weight.dtype
+    name = _resolve_backend(backend, x.device.type, x.dtype, w_dtype, _auto_prefers_triton("rms_norm_quant", n))
+    _log_call("rms_norm_quant", name, x)
+    if name == "torch" or x.numel() == 0:
+        if residual is None:
+            y, residual_out = rms_norm_reference(x, shape, weight, eps, None, weight_offset, casting_mode), None
+        else:
+            y, residual_out = add_rms_norm_reference(x, residual, shape, weight, eps, None, weight_offset, casting_mode)
+            residual_out = residual_out.contiguous()
+        y_q, scale = quantize_fp8_reference(y, k, scale, scale_ub)
+        return y_q.contiguous(), residual_out, scale
+    if residual is None:
+        x_rows, res_rows = as_rows(x, n, k), None
+    else:
+        x_rows, res_rows = _as_matching_rows(x, residual, n, k)
+    round_xhat = casting_mode == "llama"
+    y_q, residual_out, row_scale = ops.quant_op(name)(
+        x_rows, res_rows, _flat_weight(weight, n), _as_float(weight_offset), eps, round_xhat, scale, scale_ub
+    )
+    if scale is None:
+        scale = row_scale.view(*x.shape[: x.dim() - k], *(1,) * k)
+    return y_q.view(x.shape), None if residual is None else residual_out.view(x.shape), scale
+
+
+def rms_norm_quant(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    eps: float | None = None,
+    *,
+    scale: torch.Tensor | None = None,
+    scale_ub: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.float8_e4m3fn,
+    weight_offset: float = 0.0,
+    casting_mode: str = "fp32",
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """rms_norm followed by fp8 quantization, fused: one pass over x, y never stored in x's dtype.
+
+    y is rms_norm(x, weight.shape (x.shape[-1:] without a weight), weight, eps, weight_offset=...,
+    casting_mode=...) as rms_norm returns it, rounded to x's dtype; then
+      static (scale, a float32 tensor of one element, given): y_q = saturate(y / scale);
+      dynamic (scale None): each row's scale is max|y_row| / 448, the row maximum first clamped to
+        scale_ub when given (a float32 tensor of one element, as vLLM's per-token quantization),
+        and floored at 1 / (448 * 512) so that an all-zero row divides by a positive number;
+        y_q = saturate(y / row scale).
+    The quotient is an IEEE fp32 division, saturated to +-448 (Inf too), rounded to nearest even
+    to out_dtype (float8_e4m3fn, the one format supported); NaN stays NaN, and a row holding a NaN
+    gets a NaN scale. Forward only: not differentiable.
+
+    Returns (y_q, scale): y_q contiguous with x's shape; scale the given tensor (static), or the
+    row scales, float32 of shape x.shape with the normalized dims as 1 (x.shape[:-1] + (1,)).
+    """
+    y_q, _, scale = _quant(x, None, weight, eps, scale, scale_ub, out_dtype, weight_offset, casting_mode, backend)
+    return y_q, scale
+
+
+def add_rms_norm_quant(
+    x: torch.Tensor,
+    residual: torch.Tensor,
+    weight: torch.Tensor | None,
+    eps: float | None = None,
+    *,
+    scale: torch.Tensor | None = None,
+    scale_ub: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.float8_e4m3fn,
+    weight_offset: float = 0.0,
+    casting_mode: str = "fp32",
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """add_rms_norm followed by fp8 quantization, fused: residual_out = x + residual, y_q = quantized rms_norm(residual_out).
+
+    x, residual: as in add_rms_norm (residual in x's dtype, or an fp32 residual stream); the
+    quantization as in rms_norm_quant. Returns (y_q, residual_out, scale), residual_out contiguous
+    with x's shape in residual's dtype. Forward only.
+    """
+    if not isinstance(residual, torch.Tensor):
+        raise TypeError(f"residual must be a torch.Tensor, got {type(residual).__name__}")
+    return _quant(x, residual, weight, eps, scale, scale_ub, out_dtype, weight_offset, casting_mode, backend)

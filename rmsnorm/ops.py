@@ -1,12 +1,19 @@
 """Our kernels as torch operators: schemas, fake implementations and autograd.
 
-Each kernel backend has three ops on rows, [rows, n] tensors with a contiguous last dim:
+Each kernel backend has four ops on rows: [*lead, n] tensors with 1 to 4 leading dims of any
+strides and a contiguous last dim (a 2-D [rows, n] view, or a per-head view of a fused QKV
+projection), read in place:
   rms_norm_fwd(x, weight?, weight_offset, eps, round_xhat) -> (y, rstd)
   add_rms_norm_fwd(x, residual, weight?, weight_offset, eps, round_xhat) -> (y, residual_out, rstd)
   rms_norm_bwd(dy, x, dresidual_out?, weight?, weight_offset, rstd, needs_dweight, round_xhat) -> (dx, dweight)
-where rstd is fp32 [rows], residual_out = x + residual in residual's dtype, dweight is an empty
-tensor when it was not asked for (schemas have no optional outputs), and round_xhat is
-casting_mode "llama": x * rstd rounded to x's dtype before the weight. The Triton ops are defined here
+  rms_norm_quant_fwd(x, residual?, weight?, weight_offset, eps, round_xhat, scale?, scale_ub?)
+      -> (y_q, residual_out, row_scale)
+where y, residual_out and dx are contiguous in x's shape, rstd is fp32 of shape lead,
+residual_out = x + residual in residual's dtype, round_xhat is casting_mode "llama" (x * rstd
+rounded to x's dtype before the weight), and outputs that do not apply are empty tensors
+(schemas have no optional outputs): dweight when it was not asked for, residual_out without a
+residual, row_scale with a static scale. y_q is float8_e4m3fn; row_scale, fp32 of shape lead + (1,),
+holds the dynamic per-row scales. The quant op is forward only. The Triton ops are defined here
 with torch.library.custom_op; the CUDA ops are declared by csrc/bindings.cpp (TORCH_LIBRARY
 rmsnorm_cuda) and get their fake implementations and autograd here, once cuda_ext has loaded them.
 Real operators with fake implementations are what lets torch.compile(fullgraph=True) and CUDA
@@ -21,8 +28,8 @@ import torch
 
 
 def unit_column_stride(t: torch.Tensor) -> torch.Tensor:
-    """t, [rows, n], with a contiguous last dim: itself when it has one (any row stride), else a copy."""
-    return t if t.shape[1] <= 1 or t.stride(1) == 1 else t.contiguous()
+    """t, [*lead, n], with a contiguous last dim: itself when it has one (any other strides), else a copy."""
+    return t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
 
 
 def _no_dweight(x: torch.Tensor) -> torch.Tensor:
@@ -84,20 +91,50 @@ def rms_norm_bwd_triton(
     return dx, dweight if dweight is not None else _no_dweight(x)
 
 
+@torch.library.custom_op("rmsnorm::rms_norm_quant_fwd_triton", mutates_args=())
+def rms_norm_quant_fwd_triton(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    weight_offset: float,
+    eps: float,
+    round_xhat: bool,
+    scale: torch.Tensor | None,
+    scale_ub: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from . import triton_kernels
+
+    res = None if residual is None else unit_column_stride(residual)
+    y_q, residual_out, row_scale = triton_kernels.rms_norm_quant_fwd(
+        unit_column_stride(x), res, weight, weight_offset, eps, round_xhat, scale, scale_ub
+    )
+    # Separate empty tensors: an op's outputs may not alias one another (x.new_empty(0).float() is
+    # the same tensor for fp32 x).
+    residual_out = x.new_empty(0) if residual_out is None else residual_out
+    return y_q, residual_out, x.new_empty(0, dtype=torch.float32) if row_scale is None else row_scale
+
+
 # --- fake implementations and autograd, shared by both backends ---------------------------------
 
 
 def _fake_rms_norm_fwd(x, weight, weight_offset, eps, round_xhat):
-    return x.new_empty(x.shape), x.new_empty(x.shape[0], dtype=torch.float32)
+    return x.new_empty(x.shape), x.new_empty(x.shape[:-1], dtype=torch.float32)
 
 
 def _fake_add_rms_norm_fwd(x, residual, weight, weight_offset, eps, round_xhat):
-    return x.new_empty(x.shape), residual.new_empty(x.shape), x.new_empty(x.shape[0], dtype=torch.float32)
+    return x.new_empty(x.shape), residual.new_empty(x.shape), x.new_empty(x.shape[:-1], dtype=torch.float32)
 
 
 def _fake_rms_norm_bwd(dy, x, dresidual_out, weight, weight_offset, rstd, needs_dweight, round_xhat):
-    dweight = weight.new_empty(x.shape[1]) if needs_dweight and weight is not None else _no_dweight(x)
+    dweight = weight.new_empty(x.shape[-1]) if needs_dweight and weight is not None else _no_dweight(x)
     return x.new_empty(x.shape), dweight
+
+
+def _fake_rms_norm_quant_fwd(x, residual, weight, weight_offset, eps, round_xhat, scale, scale_ub):
+    y_q = x.new_empty(x.shape, dtype=torch.float8_e4m3fn)
+    residual_out = x.new_empty(0) if residual is None else residual.new_empty(x.shape)
+    row_scale_shape = (0,) if scale is not None else (*x.shape[:-1], 1)
+    return y_q, residual_out, x.new_empty(row_scale_shape, dtype=torch.float32)
 
 
 def _autograd_for(bwd_op):
@@ -145,10 +182,12 @@ def _autograd_for(bwd_op):
 
 def _register(namespace: str, suffix: str) -> None:
     ops = getattr(torch.ops, namespace)
-    names = {kind: f"{namespace}::{kind}{suffix}" for kind in ("rms_norm_fwd", "add_rms_norm_fwd", "rms_norm_bwd")}
+    kinds = ("rms_norm_fwd", "add_rms_norm_fwd", "rms_norm_bwd", "rms_norm_quant_fwd")
+    names = {kind: f"{namespace}::{kind}{suffix}" for kind in kinds}
     torch.library.register_fake(names["rms_norm_fwd"], _fake_rms_norm_fwd)
     torch.library.register_fake(names["add_rms_norm_fwd"], _fake_add_rms_norm_fwd)
     torch.library.register_fake(names["rms_norm_bwd"], _fake_rms_norm_bwd)
+    torch.library.register_fake(names["rms_norm_quant_fwd"], _fake_rms_norm_quant_fwd)
     setup_context, backward = _autograd_for(getattr(ops, f"rms_norm_bwd{suffix}"))
     for kind in ("rms_norm_fwd", "add_rms_norm_fwd"):
         torch.library.register_autograd(names[kind], backward, setup_context=setup_context)
@@ -167,6 +206,13 @@ def forward_ops(backend: str):
     if backend == "triton":
         return torch.ops.rmsnorm.rms_norm_fwd_triton, torch.ops.rmsnorm.add_rms_norm_fwd_triton
     return torch.ops.rmsnorm_cuda.rms_norm_fwd, torch.ops.rmsnorm_cuda.add_rms_norm_fwd
+
+
+def quant_op(backend: str):
+    """rms_norm_quant_fwd of a kernel backend, "triton" or "cuda"."""
+    if backend == "triton":
+        return torch.ops.rmsnorm.rms_norm_quant_fwd_triton
+    return torch.ops.rmsnorm_cuda.rms_norm_quant_fwd
 
 
 def _below_autograd(op):

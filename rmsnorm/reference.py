@@ -80,3 +80,43 @@ def add_rms_norm_reference(
     residual_out = (x.to(sum_dtype) + residual.to(sum_dtype)).to(residual.dtype)
     y = rms_norm_reference(residual_out, normalized_shape, weight, eps, compute_dtype, weight_offset, casting_mode, x.dtype)
     return (y if compute_dtype is not None else y.to(x.dtype)), residual_out
+
+
+# The largest finite float8_e4m3fn (torch.finfo(torch.float8_e4m3fn).max), and vLLM's floor on a
+# dynamic scale, which keeps an all-zero row from dividing zero by zero. The kernels hold the same two.
+FP8_E4M3_MAX = 448.0
+MIN_DYNAMIC_SCALE = 1.0 / (FP8_E4M3_MAX * 512.0)
+
+
+def _divide(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    # Tensor by tensor of one shape: divided by a scalar, PyTorch multiplies by its rounded
+    # reciprocal on the GPU, which is not the IEEE quotient the kernels compute.
+    return torch.div(a, b.expand_as(a).contiguous())
+
+
+def quantize_fp8_reference(
+    y: torch.Tensor,
+    normalized_dims: int = 1,
+    scale: torch.Tensor | None = None,
+    scale_ub: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(saturate(y / scale) as float8_e4m3fn, scale), all in fp32.
+
+    scale: a one-element fp32 tensor (static), returned as given; or None (dynamic): each row's
+    scale, over the trailing normalized_dims dims, is max|y| (clamped to scale_ub when given; NaN
+    when the row holds one) / FP8_E4M3_MAX, at least MIN_DYNAMIC_SCALE, shaped as y with those dims
+    kept as 1. The quotient is clamped to +-FP8_E4M3_MAX, then rounded to nearest even; NaN stays NaN.
+    """
+    yf = y.float()
+    if scale is None:
+        amax = yf.abs().amax(dim=tuple(range(-normalized_dims, 0)), keepdim=True)
+        if scale_ub is not None:
+            ub = scale_ub.float().reshape(())
+            amax = torch.where(amax > ub, ub, amax)
+        row_scale = _divide(amax, torch.full_like(amax, FP8_E4M3_MAX))
+        row_scale = torch.where(row_scale < MIN_DYNAMIC_SCALE, MIN_DYNAMIC_SCALE, row_scale)
+        divisor, returned = row_scale, row_scale
+    else:
+        divisor, returned = scale.float().reshape(()), scale
+    y_q = _divide(yf, divisor).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
+    return y_q, returned

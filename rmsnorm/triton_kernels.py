@@ -1,6 +1,8 @@
 """Triton RMSNorm kernels, their launch configuration, and the functions that launch them.
 
-Rows are [M, N] views with a contiguous last dim and any row stride. Each kernel's launch
+Inputs are [*lead, N] views with a contiguous last dim and one to four leading dims of any
+strides (a 2-D [M, N] view with any row stride, or a per-head view such as
+qkv[..., :H * D].view(B * S, H, D)), read in place; outputs are contiguous. Each kernel's launch
 configuration is a function of N and nothing else, so a row's bits never depend on how many rows
 surround it (batch invariance) and every call on the same input gives the same bits.
 
@@ -26,6 +28,52 @@ import triton.language as tl
 
 logger = logging.getLogger("rmsnorm")
 
+# Quantization of the forward's output (rms_norm_quant): none, one given scale, or one per row.
+NO_QUANT = tl.constexpr(0)
+QUANT_STATIC = tl.constexpr(1)
+QUANT_DYNAMIC = tl.constexpr(2)
+# The largest finite float8_e4m3fn, and vLLM's floor on a dynamic scale, which keeps an all-zero
+# row from dividing zero by zero (the reference, rmsnorm/reference.py, holds the same two numbers).
+FP8_E4M3_MAX = tl.constexpr(448.0)
+MIN_DYNAMIC_SCALE = tl.constexpr(1.0 / (448.0 * 512.0))
+
+
+@triton.jit
+def _row_starts(rows, size1, size2, size3, stride0, stride1, stride2, stride3):
+    """Offsets of rows' first elements in a view [size0, size1, size2, size3, N] with any strides.
+
+    Rows are counted row-major over the four leading dims. A 2-D [M, N] view passes sizes 1, which
+    Triton specialises to the constant 1: the divisions fold away and rows * stride0 remains.
+    """
+    i3 = rows % size3
+    rows = rows // size3
+    i2 = rows % size2
+    rows = rows // size2
+    return (rows // size1) * stride0 + (rows % size1) * stride1 + i2 * stride2 + i3 * stride3
+
+
+@triton.jit
+def _nan_max(a, b):
+    # NaN-propagating, as torch.amax: a row holding a NaN gets a NaN scale, not its finite maximum.
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _dynamic_scale(amax, scale_ub_ptr, HAS_SCALE_UB: tl.constexpr):
+    """A row's fp8 scale from the maximum of |y|: clamped to scale_ub, divided by the fp8 maximum, floored."""
+    if HAS_SCALE_UB:
+        scale_ub = tl.load(scale_ub_ptr)
+        amax = tl.where(amax > scale_ub, scale_ub, amax)  # NaN stays NaN, as torch.clamp
+    scale = tl.div_rn(amax, FP8_E4M3_MAX)
+    return tl.where(scale < MIN_DYNAMIC_SCALE, MIN_DYNAMIC_SCALE, scale)
+
+
+@triton.jit
+def _quantize(y, scale, out_dtype: tl.constexpr):
+    """saturate(y / scale) in out_dtype: IEEE division, then clamped, so that the rounding to fp8 never overflows."""
+    q = tl.clamp(tl.div_rn(y, scale), -FP8_E4M3_MAX, FP8_E4M3_MAX, propagate_nan=tl.PropagateNan.ALL)
+    return q.to(out_dtype, fp_downcast_rounding="rtne")
+
 
 @triton.jit
 def _row_input(
@@ -47,25 +95,30 @@ def _row_input(
 
 @triton.jit(do_not_specialize=["M"])
 def rms_norm_fwd_kernel(
-    x_ptr,  # [M, N] input; row i starts at x_ptr + i * x_row_stride
-    res_ptr,  # [M, N] residual; row i at res_ptr + i * res_row_stride; not read unless HAS_RESIDUAL
+    x_ptr,  # [M, N] input; row i starts at x_ptr + _row_starts(i, sizes, x strides)
+    res_ptr,  # [M, N] residual, laid out by its own strides; not read unless HAS_RESIDUAL
     w_ptr,  # [N] weight; not read unless HAS_WEIGHT
-    y_ptr,  # [M, N] output, contiguous
-    res_out_ptr,  # [M, N] output x + residual, contiguous; not written unless HAS_RESIDUAL
+    y_ptr,  # [M, N] output, contiguous: x's dtype, or fp8 when QUANT
+    res_out_ptr,  # [M, N] output x + residual, contiguous, residual's dtype; not written unless HAS_RESIDUAL
     rstd_ptr,  # [M] fp32 reciprocal RMS: written here, or read when RSTD_GIVEN
-    x_row_stride,  # elements between consecutive rows of x
-    res_row_stride,  # elements between consecutive rows of the residual
-    M,
+    scale_ptr,  # QUANT_STATIC: [1] fp32 scale read; QUANT_DYNAMIC: [M] fp32 row scales written
+    scale_ub_ptr,  # [1] fp32 upper bound of a row's max |y| (QUANT_DYNAMIC); not read unless HAS_SCALE_UB
+    size1, size2, size3,  # leading dims 1..3 of the inputs, [size0, size1, size2, size3, N] (1: absent)
+    x_stride0, x_stride1, x_stride2, x_stride3,  # elements between consecutive indices of each leading dim
+    res_stride0, res_stride1, res_stride2, res_stride3,
+    M,  # rows: the product of the leading dims
     N,
     eps,  # fp32
     weight_offset,  # fp32, added to the weight (Gemma's 1 + w)
     HAS_RESIDUAL: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
     RSTD_GIVEN: tl.constexpr,  # rows wider than one tile: rms_norm_rstd_kernel already computed rstd
-    ROUND_XHAT: tl.constexpr,  # casting_mode "llama": x * rstd rounded to y's dtype before the weight
+    ROUND_XHAT: tl.constexpr,  # casting_mode "llama": x * rstd rounded to x's dtype before the weight
+    QUANT: tl.constexpr,  # NO_QUANT, QUANT_STATIC or QUANT_DYNAMIC (one tile per row only)
+    HAS_SCALE_UB: tl.constexpr,
     BLOCK_M: tl.constexpr,  # rows per program
     BLOCK_N: tl.constexpr,  # columns per program: a power of two >= N unless RSTD_GIVEN
-):
+):  # fmt: skip
     # int64 row indices: row * stride overflows int32 past 2^31 elements.
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -73,10 +126,17 @@ def rms_norm_fwd_kernel(
     col_mask = cols < N
     mask = row_mask[:, None] & col_mask[None, :]
     out_offsets = rows[:, None] * N + cols[None, :]
+    x_starts = _row_starts(rows, size1, size2, size3, x_stride0, x_stride1, x_stride2, x_stride3)
+    res_starts = _row_starts(rows, size1, size2, size3, res_stride0, res_stride1, res_stride2, res_stride3)
     x = _row_input(
-        x_ptr, rows[:, None] * x_row_stride + cols[None, :], res_ptr, rows[:, None] * res_row_stride + cols[None, :],
-        res_out_ptr, out_offsets, mask, HAS_RESIDUAL, STORE_RESIDUAL=True,
+        x_ptr, x_starts[:, None] + cols[None, :], res_ptr, res_starts[:, None] + cols[None, :], res_out_ptr,
+        out_offsets, mask, HAS_RESIDUAL, STORE_RESIDUAL=True,
     )  # fmt: skip
+    # Row statistics are stored through the tile's own 2-D layout, by the threads holding column 0:
+    # a 1-D store of them made Triton route the values through shared memory, where every thread
+    # of the row wrote the same slot (a write-after-write compute-sanitizer's racecheck reports).
+    row_zero = rows[:, None] + 0 * cols[None, :]
+    first_col = row_mask[:, None] & (cols[None, :] == 0)
     if RSTD_GIVEN:
         rstd = tl.load(rstd_ptr + rows, mask=row_mask, other=0.0)
     else:
@@ -85,35 +145,49 @@ def rms_norm_fwd_kernel(
         # N * 1.0: N in fp32, whether it arrived as an int or was specialised to the constant 1.
         mean_square = tl.div_rn(tl.sum(x * x, axis=1), N * 1.0)
         rstd = tl.div_rn(1.0, tl.sqrt_rn(mean_square + eps))
-        tl.store(rstd_ptr + rows, rstd, mask=row_mask)
+        tl.store(rstd_ptr + row_zero, tl.broadcast_to(rstd[:, None], (BLOCK_M, BLOCK_N)), mask=first_col)
     y = x * rstd[:, None]
     if ROUND_XHAT:
-        y = y.to(y_ptr.dtype.element_ty).to(tl.float32)
+        y = y.to(x_ptr.dtype.element_ty).to(tl.float32)
     if HAS_WEIGHT:
         w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32) + weight_offset
         y = y * w[None, :]
-    tl.store(y_ptr + out_offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
+    if QUANT == NO_QUANT:
+        tl.store(y_ptr + out_offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
+    else:
+        # Quantized from y as rms_norm returns it, rounded to x's dtype.
+        y = y.to(x_ptr.dtype.element_ty).to(tl.float32)
+        if QUANT == QUANT_STATIC:
+            scale = tl.load(scale_ptr)
+        else:
+            scale = _dynamic_scale(tl.reduce(tl.abs(y), 1, _nan_max), scale_ub_ptr, HAS_SCALE_UB)
+            tl.store(scale_ptr + row_zero, tl.broadcast_to(scale[:, None], (BLOCK_M, BLOCK_N)), mask=first_col)
+            scale = scale[:, None]
+        tl.store(y_ptr + out_offsets, _quantize(y, scale, y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def rms_norm_rstd_kernel(
-    x_ptr,  # [M, N] input; row i starts at x_ptr + i * x_row_stride
-    res_ptr,  # [M, N] residual; row i at res_ptr + i * res_row_stride; not read unless HAS_RESIDUAL
+    x_ptr,  # [M, N] input, laid out as in rms_norm_fwd_kernel
+    res_ptr,  # [M, N] residual, laid out by its own strides; not read unless HAS_RESIDUAL
     res_out_ptr,  # only its dtype is used: the rounding of x + residual
     rstd_ptr,  # [M] fp32 output: reciprocal RMS of each row
-    x_row_stride,
-    res_row_stride,
+    size1, size2, size3,
+    x_stride0, x_stride1, x_stride2, x_stride3,
+    res_stride0, res_stride1, res_stride2, res_stride3,
     N,
     eps,  # fp32
     HAS_RESIDUAL: tl.constexpr,
     BLOCK_N: tl.constexpr,  # chunk width walked along the row
-):
+):  # fmt: skip
     row = tl.program_id(0).to(tl.int64)
+    x_start = _row_starts(row, size1, size2, size3, x_stride0, x_stride1, x_stride2, x_stride3)
+    res_start = _row_starts(row, size1, size2, size3, res_stride0, res_stride1, res_stride2, res_stride3)
     sum_squares = tl.zeros([BLOCK_N], dtype=tl.float32)
     for start in range(0, N, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         x = _row_input(
-            x_ptr, row * x_row_stride + cols, res_ptr, row * res_row_stride + cols, res_out_ptr, cols, cols < N,
+            x_ptr, x_start + cols, res_ptr, res_start + cols, res_out_ptr, cols, cols < N,
             HAS_RESIDUAL, STORE_RESIDUAL=False,
         )  # fmt: skip
         sum_squares += x * x
@@ -121,19 +195,46 @@ def rms_norm_rstd_kernel(
     tl.store(rstd_ptr + row, tl.div_rn(1.0, tl.sqrt_rn(mean_square + eps)))
 
 
+@triton.jit
+def rms_norm_quantize_rows_kernel(
+    y_ptr,  # [M, N] contiguous: rms_norm's output, in x's dtype
+    y_q_ptr,  # [M, N] contiguous fp8 output
+    scale_ptr,  # [M] fp32 output: each row's scale
+    scale_ub_ptr,  # [1] fp32; not read unless HAS_SCALE_UB
+    N,
+    HAS_SCALE_UB: tl.constexpr,
+    BLOCK_N: tl.constexpr,  # chunk width walked along the row
+):
+    # Dynamic quantization of rows wider than one tile, whose maximum is known only after a whole
+    # walk: a second walk over y (mostly from L2) quantizes.
+    row_start = tl.program_id(0).to(tl.int64) * N
+    amax = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for start in range(0, N, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        y = tl.load(y_ptr + row_start + cols, mask=cols < N, other=0.0).to(tl.float32)
+        amax = _nan_max(amax, tl.abs(y))
+    scale = _dynamic_scale(tl.reduce(amax, 0, _nan_max), scale_ub_ptr, HAS_SCALE_UB)
+    tl.store(scale_ptr + tl.program_id(0), scale)
+    for start in range(0, N, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        y = tl.load(y_ptr + row_start + cols, mask=cols < N, other=0.0).to(tl.float32)
+        tl.store(y_q_ptr + row_start + cols, _quantize(y, scale, y_q_ptr.dtype.element_ty), mask=cols < N)
+
+
 @triton.jit(do_not_specialize=["M"])
 def rms_norm_bwd_kernel(
-    dy_ptr,  # [M, N] incoming gradient; row i starts at dy_ptr + i * dy_row_stride
-    x_ptr,  # [M, N] the normalized input (add_rms_norm: residual_out); row i at x_ptr + i * x_row_stride
+    dy_ptr,  # [M, N] incoming gradient, laid out by its strides (see rms_norm_fwd_kernel)
+    x_ptr,  # [M, N] the normalized input (add_rms_norm: residual_out), laid out by its strides
     dres_ptr,  # [M, N] gradient arriving on residual_out, added to dx; not read unless HAS_DRESIDUAL
     w_ptr,  # [N] weight; not read unless HAS_WEIGHT
     rstd_ptr,  # [M] fp32 reciprocal RMS from the forward
     dot_ptr,  # [M] fp32 sum over the row of xhat * dy * w; read only when DOT_GIVEN
-    dx_ptr,  # [M, N] output, contiguous
+    dx_ptr,  # [M, N] output, contiguous, x's dtype
     dw_partial_ptr,  # [num_programs(0), N] fp32 per-program dweight partial sums; written when COMPUTE_DW
-    dy_row_stride,
-    x_row_stride,
-    dres_row_stride,
+    size1, size2, size3,  # leading dims 1..3, as in rms_norm_fwd_kernel
+    dy_stride0, dy_stride1, dy_stride2, dy_stride3,
+    x_stride0, x_stride1, x_stride2, x_stride3,
+    dres_stride0, dres_stride1, dres_stride2, dres_stride3,
     M,
     N,
     weight_offset,  # fp32, added to the weight
@@ -141,10 +242,10 @@ def rms_norm_bwd_kernel(
     HAS_WEIGHT: tl.constexpr,
     COMPUTE_DW: tl.constexpr,
     DOT_GIVEN: tl.constexpr,  # rows wider than one tile: rms_norm_bwd_dot_kernel already computed dot
-    ROUND_XHAT: tl.constexpr,  # casting_mode "llama": dweight sums dy * xhat rounded to x's dtype
+    ROUND_XHAT: tl.constexpr,  # casting_mode "llama": dweight sums dy * xhat rounded to dy's dtype
     BLOCK_M: tl.constexpr,  # rows per tile
     BLOCK_N: tl.constexpr,  # columns per program: a power of two >= N unless DOT_GIVEN
-):
+):  # fmt: skip
     # Persistent over row tiles: each program keeps its dweight partial in registers across all the
     # tiles it visits, so dweight costs one [programs, N] fp32 write instead of atomics.
     pid = tl.program_id(0).to(tl.int64)  # int64 loop variable: tile * BLOCK_M may pass 2^31
@@ -158,8 +259,10 @@ def rms_norm_bwd_kernel(
         rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         row_mask = rows < M
         mask = row_mask[:, None] & col_mask[None, :]
-        x = tl.load(x_ptr + rows[:, None] * x_row_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        dy = tl.load(dy_ptr + rows[:, None] * dy_row_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        x_starts = _row_starts(rows, size1, size2, size3, x_stride0, x_stride1, x_stride2, x_stride3)
+        dy_starts = _row_starts(rows, size1, size2, size3, dy_stride0, dy_stride1, dy_stride2, dy_stride3)
+        x = tl.load(x_ptr + x_starts[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + dy_starts[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         rstd = tl.load(rstd_ptr + rows, mask=row_mask, other=0.0)
         x_hat = x * rstd[:, None]
         g = dy
@@ -172,8 +275,8 @@ def rms_norm_bwd_kernel(
         mean_dot = tl.div_rn(dot, N * 1.0)
         dx = (g - x_hat * mean_dot[:, None]) * rstd[:, None]
         if HAS_DRESIDUAL:
-            offsets = rows[:, None] * dres_row_stride + cols[None, :]
-            dx += tl.load(dres_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+            dres_starts = _row_starts(rows, size1, size2, size3, dres_stride0, dres_stride1, dres_stride2, dres_stride3)
+            dx += tl.load(dres_ptr + dres_starts[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         tl.store(dx_ptr + rows[:, None] * N + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mask)
         if COMPUTE_DW:
             if ROUND_XHAT:  # rounded to y's dtype, which dy has (x's may be wider: an fp32 residual stream)
@@ -186,26 +289,29 @@ def rms_norm_bwd_kernel(
 
 @triton.jit
 def rms_norm_bwd_dot_kernel(
-    dy_ptr,  # [M, N]; row i starts at dy_ptr + i * dy_row_stride
-    x_ptr,  # [M, N]; row i starts at x_ptr + i * x_row_stride
+    dy_ptr,  # [M, N], laid out by its strides
+    x_ptr,  # [M, N], laid out by its strides
     w_ptr,  # [N]; not read unless HAS_WEIGHT
     rstd_ptr,  # [M] fp32
     dot_ptr,  # [M] fp32 output: sum over the row of xhat * dy * w
-    dy_row_stride,
-    x_row_stride,
+    size1, size2, size3,
+    dy_stride0, dy_stride1, dy_stride2, dy_stride3,
+    x_stride0, x_stride1, x_stride2, x_stride3,
     N,
     weight_offset,  # fp32, added to the weight
     HAS_WEIGHT: tl.constexpr,
     BLOCK_N: tl.constexpr,  # chunk width walked along the row
-):
+):  # fmt: skip
     row = tl.program_id(0).to(tl.int64)
+    x_start = _row_starts(row, size1, size2, size3, x_stride0, x_stride1, x_stride2, x_stride3)
+    dy_start = _row_starts(row, size1, size2, size3, dy_stride0, dy_stride1, dy_stride2, dy_stride3)
     rstd = tl.load(rstd_ptr + row)
     acc = tl.zeros([BLOCK_N], dtype=tl.float32)
     for start in range(0, N, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         mask = cols < N
-        x = tl.load(x_ptr + row * x_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
-        g = tl.load(dy_ptr + row * dy_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + x_start + cols, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(dy_ptr + dy_start + cols, mask=mask, other=0.0).to(tl.float32)
         if HAS_WEIGHT:
             g = g * (tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32) + weight_offset)
         acc += x * rstd * g
@@ -295,6 +401,69 @@ def _on_device_of(t: torch.Tensor):
     return contextlib.nullcontext()
 
 
+def row_layout(t: torch.Tensor) -> tuple[tuple[int, int, int], tuple[int, int, int, int]]:
+    """The kernels' view of t, [*lead, N] with 1 to 4 leading dims: sizes of lead dims 1..3, strides of 0..3.
+
+    Padded on the right with dims of size 1 and stride 0, which change no row's offset.
+    """
+    if t.dim() == 2:
+        return (1, 1, 1), (t.stride(0), 0, 0, 0)
+    pad = 5 - t.dim()
+    return (*t.shape[1:-1], *(1,) * pad), (*t.stride()[:-1], *(0,) * pad)
+
+
+def _check_rows(t: torch.Tensor) -> None:
+    if not 2 <= t.dim() <= 5:
+        raise ValueError(f"the triton kernels take [*lead, N] views with 1 to 4 leading dims, got {t.dim() - 1}")
+
+
+def _forward(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    weight_offset: float,
+    eps: float,
+    round_xhat: bool,
+    y: torch.Tensor,
+    quant: int = NO_QUANT,
+    scale: torch.Tensor | None = None,
+    scale_ub: torch.Tensor | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Launches the forward into y, a contiguous tensor of x's shape; returns residual_out and rstd (lead shape)."""
+    _check_rows(x)
+    n = x.shape[-1]
+    _check_n(n)
+    m = y.numel() // n if n else 0
+    rstd = torch.empty(x.shape[:-1], dtype=torch.float32, device=x.device)
+    residual_out = None if residual is None else torch.empty(x.shape, dtype=residual.dtype, device=x.device)
+    cfg = tile_config(n, FWD_MAX_TILE_N)
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug(
+            "triton rms_norm_fwd: M=%d N=%d x=%s dtype=%s residual=%s quant=%d %s",
+            m, n, tuple(x.shape), x.dtype, residual is not None, quant, cfg,
+        )  # fmt: skip
+    # Stand-ins for absent tensors: never read or written without HAS_RESIDUAL / HAS_WEIGHT / QUANT.
+    res, res_out = (x, y) if residual is None else (residual, residual_out)
+    w = x if weight is None else weight
+    scale = rstd if scale is None else scale
+    sizes, x_strides = row_layout(x)
+    _, res_strides = row_layout(res)
+    with _on_device_of(x):
+        if cfg.split_rows:
+            rms_norm_rstd_kernel[(m,)](
+                x, res, res_out, rstd, *sizes, *x_strides, *res_strides, n, eps,
+                HAS_RESIDUAL=residual is not None, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
+            )  # fmt: skip
+        grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n))
+        rms_norm_fwd_kernel[grid](
+            x, res, w, y, res_out, rstd, scale, x if scale_ub is None else scale_ub, *sizes, *x_strides,
+            *res_strides, m, n, eps, weight_offset, HAS_RESIDUAL=residual is not None, HAS_WEIGHT=weight is not None,
+            RSTD_GIVEN=cfg.split_rows, ROUND_XHAT=round_xhat, QUANT=quant, HAS_SCALE_UB=scale_ub is not None,
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
+        )  # fmt: skip
+    return residual_out, rstd
+
+
 def rms_norm_fwd(
     x: torch.Tensor,
     residual: torch.Tensor | None,
@@ -305,35 +474,52 @@ def rms_norm_fwd(
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Forward of RMSNorm over the rows of x, or of x + residual (add_rms_norm).
 
-    x, residual: [M, N] with contiguous last dims and any row strides; weight: [N] or None, scaled
-    as weight + weight_offset; round_xhat: x * rstd rounded to x's dtype before the weight
-    (casting_mode "llama"). Returns y ([M, N], contiguous, x's dtype), residual_out (x + residual,
-    [M, N], contiguous, residual's dtype; None without a residual) and rstd ([M], fp32).
+    x, residual: [*lead, N] of the same shape, 1 to 4 leading dims, contiguous last dims, any
+    other strides; weight: [N] or None, scaled as weight + weight_offset; round_xhat: x * rstd
+    rounded to x's dtype before the weight (casting_mode "llama"). Returns y (x's shape,
+    contiguous, x's dtype), residual_out (x + residual, x's shape, contiguous, residual's dtype;
+    None without a residual) and rstd (fp32, shape lead).
     """
-    m, n = x.shape
-    _check_n(n)
-    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    rstd = torch.empty((m,), dtype=torch.float32, device=x.device)
-    residual_out = None if residual is None else torch.empty((m, n), dtype=residual.dtype, device=x.device)
-    cfg = tile_config(n, FWD_MAX_TILE_N)
-    if logger.isEnabledFor(logging.DEBUG):
-        logger.debug("triton rms_norm_fwd: M=%d N=%d dtype=%s residual=%s %s", m, n, x.dtype, residual is not None, cfg)
-    # Stand-ins for absent tensors: never read or written without HAS_RESIDUAL / HAS_WEIGHT.
-    res, res_out = (x, y) if residual is None else (residual, residual_out)
-    w = x if weight is None else weight
-    with _on_device_of(x):
-        if cfg.split_rows:
-            rms_norm_rstd_kernel[(m,)](
-                x, res, res_out, rstd, x.stride(0), res.stride(0), n, eps,
-                HAS_RESIDUAL=residual is not None, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
-            )  # fmt: skip
-        grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n))
-        rms_norm_fwd_kernel[grid](
-            x, res, w, y, res_out, rstd, x.stride(0), res.stride(0), m, n, eps, weight_offset,
-            HAS_RESIDUAL=residual is not None, HAS_WEIGHT=weight is not None, RSTD_GIVEN=cfg.split_rows,
-            ROUND_XHAT=round_xhat, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
-        )  # fmt: skip
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    residual_out, rstd = _forward(x, residual, weight, weight_offset, eps, round_xhat, y)
     return y, residual_out, rstd
+
+
+def rms_norm_quant_fwd(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    weight_offset: float,
+    eps: float,
+    round_xhat: bool,
+    scale: torch.Tensor | None,
+    scale_ub: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """rms_norm_fwd's y quantized to float8_e4m3fn: saturate(y / scale), y rounded to x's dtype first.
+
+    scale: [1] fp32 (static), or None: one scale per row, max |y| (clamped to scale_ub, [1] fp32,
+    when given) / 448, floored at MIN_DYNAMIC_SCALE. Returns y_q (x's shape, contiguous),
+    residual_out (as rms_norm_fwd) and the row scales (fp32, shape lead + (1,); None when static).
+    """
+    y_q = torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device)
+    if scale is not None:
+        residual_out, _ = _forward(x, residual, weight, weight_offset, eps, round_xhat, y_q, QUANT_STATIC, scale)
+        return y_q, residual_out, None
+    row_scale = torch.empty((*x.shape[:-1], 1), dtype=torch.float32, device=x.device)
+    n = x.shape[-1]
+    if not tile_config(n, FWD_MAX_TILE_N).split_rows:
+        residual_out, _ = _forward(
+            x, residual, weight, weight_offset, eps, round_xhat, y_q, QUANT_DYNAMIC, row_scale, scale_ub
+        )
+        return y_q, residual_out, row_scale
+    # A row wider than one tile: its maximum is known only after the whole row, so y goes through memory.
+    y, residual_out, _ = rms_norm_fwd(x, residual, weight, weight_offset, eps, round_xhat)
+    with _on_device_of(x):
+        rms_norm_quantize_rows_kernel[(y.numel() // n,)](
+            y, y_q, row_scale, x if scale_ub is None else scale_ub, n, HAS_SCALE_UB=scale_ub is not None,
+            BLOCK_N=SPLIT_BLOCK_N, num_warps=_tile_warps(SPLIT_BLOCK_N),
+        )  # fmt: skip
+    return y_q, residual_out, row_scale
 
 
 def rms_norm_bwd(
@@ -348,16 +534,18 @@ def rms_norm_bwd(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Backward of RMSNorm over the rows of x (for add_rms_norm, x is residual_out).
 
-    dy, x, dresidual_out: [M, N] with contiguous last dims and any row strides; dresidual_out, the
+    dy, x, dresidual_out: [*lead, N] of the same shape, laid out as rms_norm_fwd's inputs; dresidual_out, the
     gradient arriving on add_rms_norm's residual_out, is added to dx (None: nothing to add);
     weight: [N] or None; rstd: [M] fp32; round_xhat: the forward rounded x * rstd before the weight
-    (casting_mode "llama"), so dweight sums dy times that rounded value. Returns dx ([M, N],
+    (casting_mode "llama"), so dweight sums dy times that rounded value. Returns dx (x's shape,
     contiguous, x's dtype) and dweight ([N], weight's dtype) or None.
     """
-    m, n = x.shape
+    _check_rows(x)
+    n = x.shape[-1]
     _check_n(n)
+    m = rstd.numel()
     compute_dw = needs_dweight and weight is not None
-    dx = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     dw = torch.empty((n,), dtype=weight.dtype, device=x.device) if compute_dw else None
     if m == 0:
         return dx, dw.zero_() if compute_dw else None
@@ -367,21 +555,27 @@ def rms_norm_bwd(
     # only, so the dweight summation order is the same on every run.
     programs = min(triton.cdiv(m, cfg.block_m), max(1, _num_sms(x.device) * BWD_PROGRAMS_PER_SM // col_blocks))
     if logger.isEnabledFor(logging.DEBUG):
-        logger.debug("triton rms_norm_bwd: M=%d N=%d dtype=%s %s programs=%d", m, n, x.dtype, cfg, programs)
+        logger.debug(
+            "triton rms_norm_bwd: M=%d N=%d x=%s dtype=%s %s programs=%d", m, n, tuple(x.shape), x.dtype, cfg, programs
+        )
     # Stand-ins for absent tensors: never read without HAS_WEIGHT / DOT_GIVEN / HAS_DRESIDUAL / COMPUTE_DW.
     w = x if weight is None else weight
     dres = dy if dresidual_out is None else dresidual_out
     dot = rstd
     dw_partial = torch.empty((programs, n), dtype=torch.float32, device=x.device) if compute_dw else rstd
+    sizes, x_strides = row_layout(x)
+    _, dy_strides = row_layout(dy)
+    _, dres_strides = row_layout(dres)
     with _on_device_of(x):
         if cfg.split_rows:
             dot = torch.empty((m,), dtype=torch.float32, device=x.device)
             rms_norm_bwd_dot_kernel[(m,)](
-                dy, x, w, rstd, dot, dy.stride(0), x.stride(0), n, weight_offset,
+                dy, x, w, rstd, dot, *sizes, *dy_strides, *x_strides, n, weight_offset,
                 HAS_WEIGHT=weight is not None, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
             )  # fmt: skip
         rms_norm_bwd_kernel[(programs, col_blocks)](
-            dy, x, dres, w, rstd, dot, dx, dw_partial, dy.stride(0), x.stride(0), dres.stride(0), m, n, weight_offset,
+            dy, x, dres, w, rstd, dot, dx, dw_partial, *sizes, *dy_strides, *x_strides, *dres_strides, m, n,
+            weight_offset,
             HAS_DRESIDUAL=dresidual_out is not None, HAS_WEIGHT=weight is not None, COMPUTE_DW=compute_dw,
             DOT_GIVEN=cfg.split_rows, ROUND_XHAT=round_xhat, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
             num_warps=cfg.num_warps,

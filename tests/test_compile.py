@@ -36,6 +36,26 @@ def op_samples(backend):
         (bwd, (dy, x.detach(), None, w.detach(), 0.0, rstd, True, False)),
         (bwd, (dy, x.detach(), None, w.detach(), 0.0, rstd, True, True)),
         (bwd, (dy, x.detach(), residual.detach(), None, 0.0, rstd, False, False)),
+        *head_view_samples(fwd, add_fwd, bwd),
+    ]
+
+
+def head_view_samples(fwd, add_fwd, bwd):
+    """The ops on per-head views ([rows, heads, D] with strides that do not merge) and an fp32
+    residual stream beside bf16 x."""
+    qkv = torch.randn(6, 3 * 4 * 32, device=DEVICE)
+    q, k = qkv[:, : 4 * 32].view(6, 4, 32), qkv[:, 4 * 32 : 8 * 32].view(6, 4, 32)
+    w = torch.randn(32, device=DEVICE)
+    _, rstd = fwd(q, w, 0.0, 1e-6, False)
+    x16, residual32 = torch.randn(5, 64, device=DEVICE).bfloat16(), torch.randn(5, 64, device=DEVICE)
+    w64 = torch.randn(64, device=DEVICE)
+    _, residual_out, rstd32 = add_fwd(x16, residual32, w64, 0.0, 1e-6, False)
+    return [
+        (fwd, (qkv.detach()[:, : 4 * 32].view(6, 4, 32).requires_grad_(), w, 0.0, 1e-6, False)),
+        (add_fwd, (q, k, w, 0.0, 1e-6, False)),
+        (bwd, (torch.randn(6, 4, 32, device=DEVICE), q, k, w, 0.0, rstd, True, False)),
+        (add_fwd, (x16.requires_grad_(), residual32.requires_grad_(), w64, 0.0, 1e-6, True)),
+        (bwd, (torch.randn(5, 64, device=DEVICE).bfloat16(), residual_out, None, w64, 0.0, rstd32, True, True)),
     ]
 
 
@@ -120,3 +140,33 @@ def test_cuda_graph_replay(kernel_backend, n):
         y_eager, residual_eager = rmsnorm.add_rms_norm(x, residual, w, 1e-6, backend=kernel_backend)
         assert torch.equal(residual_out, residual_eager) and torch.equal(y, y_eager)
         assert torch.equal(z, rmsnorm.rms_norm(y_eager, (n,), w, 1e-6, backend=kernel_backend))
+
+
+def test_compiled_qk_norm_is_bitwise_eager(kernel_backend):
+    """QK-norm on per-head views of a fused projection, and an fp32 residual stream, in one graph.
+
+    Each output comes from one of our ops alone: an output used twice would have its two gradients
+    summed by Inductor in fp32 and by eager autograd in bf16, a difference that is not ours.
+    """
+    heads, d = 4, 64
+
+    def step(qkv, x, residual, wq, wk):
+        q = qkv[..., : heads * d].view(*qkv.shape[:-1], heads, d)
+        k = qkv[..., heads * d : 2 * heads * d].view(*qkv.shape[:-1], heads, d)
+        q = rmsnorm.rms_norm(q, (d,), wq, 1e-6, backend=kernel_backend)
+        k = rmsnorm.rms_norm(k, (d,), wk, 1e-6, backend=kernel_backend)
+        y, residual_out = rmsnorm.add_rms_norm(x, residual, None, 1e-6, backend=kernel_backend)
+        return q, k, y, residual_out
+
+    qkv = torch.randn(2, 9, 3 * heads * d, device=DEVICE).bfloat16()
+    x = torch.randn(2, 9, heads * d, device=DEVICE).bfloat16()
+    residual = torch.randn(2, 9, heads * d, device=DEVICE)  # fp32 residual stream beside bf16 x
+    wq, wk = (torch.randn(d, device=DEVICE).bfloat16() for _ in range(2))
+    results = []
+    for fn in (step, torch.compile(step, fullgraph=True)):
+        leaves = [t.clone().requires_grad_() for t in (qkv, x, residual, wq, wk)]
+        outputs = fn(*leaves)
+        grads = torch.autograd.grad(outputs, leaves, [torch.ones_like(o) for o in outputs])
+        results.append((*outputs, *grads))
+    for eager, compiled in zip(*results):
+        assert torch.equal(eager, compiled)
