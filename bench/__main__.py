@@ -23,6 +23,7 @@ from bench import cases
 from bench.estimate import estimate_seconds, measured_first_calls
 from bench.implementations import ADD_REGISTRY, ALL_NAMES, Implementation, load_implementations
 from bench.latency import measure_latency
+from bench.features import measure_features
 from bench.model import measure_model
 from bench.report import markdown, save_json, save_markdown, save_plot
 from bench.stamp import REPO_ROOT, gpu_slug, stamp
@@ -168,6 +169,9 @@ def _measure(
     if cases.MODEL in chosen["modes"]:
         with _phase(results, "model"):
             results["model"] = measure_model(log)
+    if cases.FEATURES in chosen["modes"]:
+        with _phase(results, "features"):
+            results["features"] = measure_features(results["ceiling"]["gbps"], log)
     checkpoint()
     save_plot(results, out)
 

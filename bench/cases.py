@@ -39,9 +39,11 @@ ADD_FORWARD = "add-forward"
 LATENCY = "latency"
 # The compiled-model row of bench.model: a small transformer stack's training step, not a sweep.
 MODEL = "model"
+# bench.features: per-head QK-norm on strided views and the fused fp8 quantization, our backends only.
+FEATURES = "features"
 NORM_MODES = (FORWARD, BACKWARD, FORWARD_BACKWARD)  # rms_norm's throughput modes
 THROUGHPUT_MODES = NORM_MODES + (ADD_FORWARD,)
-MODES = THROUGHPUT_MODES + (LATENCY, MODEL)
+MODES = THROUGHPUT_MODES + (LATENCY, MODEL, FEATURES)
 
 # Table and plot titles of the throughput modes that are not self-explanatory.
 MODE_TITLES = {ADD_FORWARD: "add_rms_norm forward"}
@@ -65,7 +67,7 @@ QUICK_DTYPES = ("bf16",)
 QUICK_NS = (1024, 4096, 16384, 65536)
 # add-forward's: hidden sizes of real models, up to 32768 (no model's hidden size is 65536).
 QUICK_ADD_NS = (1024, 4096, 16384, 32768)
-QUICK_MODES = (FORWARD, FORWARD_BACKWARD, ADD_FORWARD, LATENCY, MODEL)
+QUICK_MODES = (FORWARD, FORWARD_BACKWARD, ADD_FORWARD, LATENCY, MODEL, FEATURES)
 QUICK_IMPLEMENTATIONS = ("ours-triton", "ours-cuda", "ours-auto", "torch-F", "liger", "quack")
 
 

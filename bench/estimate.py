@@ -17,9 +17,14 @@ from bench.cases import (
     LATENCY,
     LATENCY_ROWS,
     MODEL,
+    FEATURES,
 )
 from bench.implementations import Implementation
 from bench.model import ESTIMATED_S as MODEL_S
+
+# bench.features: 16 QK-norm and 36 quant measurements of ~0.05 s, their checks and first calls (Triton
+# JIT of the quant kernels, a few seconds): guessed, not yet measured.
+FEATURES_S = 15.0
 from bench.timing import REP_MS, WARMUP_MS
 
 # Seconds around each measurement besides WARMUP_MS + REP_MS: the untimed first call, the calls that size
@@ -56,6 +61,7 @@ def estimate_seconds(
         "first_calls": first_calls,
         "shape_setup": len(plan) * SHAPE_SETUP_S,
         "model": (MODEL in modes) * MODEL_S,
+        "features": (FEATURES in modes) * FEATURES_S,
     }
     phases["total"] = sum(phases.values())
     return phases

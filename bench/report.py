@@ -187,6 +187,26 @@ def _model_section(model: dict) -> list[str]:
     return lines + ([""] + notes if notes else [])
 
 
+def _features_section(records: list[dict]) -> list[str]:
+    """bench.features' rows: QK-norm on strided views beside contiguous q, and the fp8 quantization."""
+    lines = []
+    titles = {
+        "qk-norm": "Per-head QK-norm: q = qkv[..., :H·D].view(S·B, H, D), D = 128, S·B = 8192, bf16 "
+        "(forward moves 2·M·N, forward+backward 5·M·N elements)",
+        "quant": "Fused fp8 quantization: bf16 in, float8_e4m3fn out, M·N = 2^27 (bytes: rms_norm_quant "
+        "2 + 1, add_rms_norm_quant 2 + 2 + 2 + 1 per element)",
+    }
+    for kind, title in titles.items():
+        rows = [r for r in records if r["kind"] == kind]
+        if not rows:
+            continue
+        lines += ["", f"## {title}", "", "| impl | case | N | rows | GB/s | % of copy |", "|---|---|---|---|---|---|"]
+        for r in rows:
+            cells = f"{r['gbps']:.0f} | {r['pct_of_copy']:.1f}" if r["check"] == "ok" else f"not measured: {r['check']} |"
+            lines.append(f"| {r['impl']} | {r['case']} | {r['n']} | {r['rows']} | {cells} |")
+    return lines
+
+
 def markdown(results: dict) -> str:
     """The results as markdown: stamp, ceiling, one table per (dtype, mode), the latency table, the
     compiled-model table, failures. Results saved before a table's mode existed have none of it."""
@@ -235,6 +255,8 @@ def markdown(results: dict) -> str:
         ]
     if results.get("model"):
         lines += _model_section(results["model"])
+    if results.get("features"):
+        lines += _features_section(results["features"])
     failures = _failures(results)
     if failures:
         lines += ["", "## Not measured", "", *failures]
