@@ -1,6 +1,6 @@
 // Device helpers shared by the RMSNorm kernels: the one vector type with its loads and stores,
-// fp32 conversions, the one block reduction, and the row tiling that both launch configurations
-// are built from. Torch-free.
+// fp32 conversions, the one block reduction (sum or NaN-propagating max), and the row tiling
+// that both launch configurations are built from. Torch-free.
 //
 // Numerics: every kernel computes in fp32. Elementwise products use __fmul_rn / __fsub_rn and
 // sums of products use __fmaf_rn, so that the compiler can neither contract nor approximate
@@ -11,6 +11,7 @@
 // some instantiations at 32 registers (for occupancy) and spilled.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <type_traits>
 
@@ -51,6 +52,11 @@ template <typename T, int N>
 struct alignas(N * sizeof(T) < kVectorBytes ? N * sizeof(T) : kVectorBytes) Vec {
   T v[N];
 };
+
+// The multiple of elements of T that rows must start on for whole-Vec<T, N> loads and stores:
+// the Vec's alignment in elements (N; 4 for the 8 floats of an fp32 residual beside a bf16 chunk).
+template <typename T, int N>
+constexpr int64_t kVecAlignElems = alignof(Vec<T, N>) / sizeof(T);
 
 __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
@@ -131,34 +137,55 @@ __device__ __forceinline__ void store_vec(T* p, Index col, Index end, const Vec<
   }
 }
 
-// Sum over each aligned group of `width` lanes (a power of two <= 32) by a butterfly of xor
-// shuffles. Every lane of the group ends with the same bits: each step adds the same two
-// partial sums, only in swapped operand order, and fp32 addition is commutative. All 32 lanes
-// of the warp must call it.
-__device__ __forceinline__ float warp_reduce_sum(float v, int width) {
-  for (int offset = width / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+// The reductions the kernels take over a row: fp32 sums, and maxima that propagate NaN (fmaxf
+// drops a NaN operand, but a row's amax must be NaN when the row holds one, as torch.amax's is).
+struct SumOp {
+  __device__ __forceinline__ float operator()(float a, float b) const { return a + b; }
+  static constexpr float kIdentity = 0.0f;
+};
+struct NanMaxOp {
+  __device__ __forceinline__ float operator()(float a, float b) const { return (a > b || a != a) ? a : b; }
+  static constexpr float kIdentity = -INFINITY;
+};
+
+// op over each aligned group of `width` lanes (a power of two <= 32) by a butterfly of xor
+// shuffles. Every lane of the group ends with the same bits: each step combines the same two
+// partial results, only in swapped operand order, and both ops are commutative (up to which NaN
+// payload a max keeps). All 32 lanes of the warp must call it.
+template <typename Op>
+__device__ __forceinline__ float warp_reduce(float v, int width, Op op) {
+  for (int offset = width / 2; offset > 0; offset /= 2) v = op(v, __shfl_xor_sync(0xffffffffu, v, offset));
   return v;
 }
 
-// Sum of v over each group of `group_threads` consecutive threads, returned to every thread of
-// the group. group_threads is either a power of two <= 32 (several groups per block: shuffles
-// only) or a multiple of 32 equal to blockDim.x (one group: warp sums, then shared memory).
-// The order of the additions is fixed by group_threads alone. All threads of the block must
-// call it, the same number of times.
-__device__ __forceinline__ float block_reduce_sum(float v, int group_threads) {
-  __shared__ float warp_sums[kMaxWarpsPerBlock];
-  v = warp_reduce_sum(v, group_threads < kWarpSize ? group_threads : kWarpSize);
+// op over v of each group of `group_threads` consecutive threads, returned to every thread of the
+// group. group_threads is either a power of two <= 32 (several groups per block: shuffles only)
+// or a multiple of 32 equal to blockDim.x (one group: warp results, then shared memory). The
+// order of the operations is fixed by group_threads alone. All threads of the block must call
+// it, the same number of times.
+template <typename Op>
+__device__ __forceinline__ float block_reduce(float v, int group_threads, Op op) {
+  __shared__ float warp_results[kMaxWarpsPerBlock];
+  v = warp_reduce(v, group_threads < kWarpSize ? group_threads : kWarpSize, op);
   if (group_threads <= kWarpSize) return v;
   const int warp = threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
-  if (lane == 0) warp_sums[warp] = v;
+  if (lane == 0) warp_results[warp] = v;
   __syncthreads();
-  // Every warp sums the warp sums the same way, so every thread gets the same bits without a
-  // second trip through shared memory.
-  v = lane < group_threads / kWarpSize ? warp_sums[lane] : 0.0f;
-  v = warp_reduce_sum(v, kWarpSize);
-  __syncthreads();  // warp_sums is written again by the next call
+  // Every warp combines the warp results the same way, so every thread gets the same bits
+  // without a second trip through shared memory.
+  v = lane < group_threads / kWarpSize ? warp_results[lane] : Op::kIdentity;
+  v = warp_reduce(v, kWarpSize, op);
+  __syncthreads();  // warp_results is written again by the next call
   return v;
+}
+
+__device__ __forceinline__ float block_reduce_sum(float v, int group_threads) {
+  return block_reduce(v, group_threads, SumOp{});
+}
+
+__device__ __forceinline__ float block_reduce_max(float v, int group_threads) {
+  return block_reduce(v, group_threads, NanMaxOp{});
 }
 
 // How the threads of a block hold whole rows in registers: each thread of a row keeps `items`

@@ -1,10 +1,15 @@
 // RMSNorm backward, per row: xhat = x * rstd, g = dy * (weight + weight_offset),
 // c = sum(xhat * g) / n, dx = (g - xhat * c) * rstd [+ dresidual_out]; and dweight = sum over rows
 // of dy * xhat. dresidual_out, the gradient arriving on add_rms_norm's residual_out, is added in
-// fp32 before dx's one rounding to T. It is a runtime option (a null pointer: the same branch for
+// fp32 before dx's one rounding to X. It is a runtime option (a null pointer: the same branch for
 // the whole grid), read where dx is formed, after the row's reduction, so that it is not held in
 // registers beside the row's x and dy. A template flag would double the instantiations and save
 // no spill: with the runtime branch no kernel spills (ptxas -v).
+//
+// x, dresidual_out and dx have type X, dy has type T: X is T, or float beside a 16-bit T when
+// add_rms_norm kept an fp32 residual stream (x is then its fp32 residual_out, dy the gradient of
+// its y, which had T). Vectors and the launch configuration follow T, the narrower type: a chunk
+// of VEC = kVecElems<T> elements is one 16-byte load of dy and, for a float x, two of x.
 //
 // dweight is reduced without atomics, in an order fixed by (rows, n, sizeof(T), num_sms):
 // every block of the first pass writes one fp32 row of partial sums to the workspace,
@@ -140,10 +145,10 @@ __device__ __forceinline__ float add_xhat_dot_g(float dot, const Vec<T, VEC>& x,
 }
 
 // dx = (g - xhat * c) * rstd for the chunk at col, plus dresidual_row's chunk when that is not
-// nullptr, in fp32, rounded to T once.
-template <bool ALIGNED, int VEC, typename T, typename Index>
-__device__ __forceinline__ Vec<T, VEC> dx_of(const Vec<T, VEC>& x, const Vec<float, VEC>& g, float rstd, float c,
-                                              const T* dresidual_row, Index col, Index end) {
+// nullptr, in fp32, rounded to X once.
+template <bool ALIGNED, int VEC, typename X, typename Index>
+__device__ __forceinline__ Vec<X, VEC> dx_of(const Vec<X, VEC>& x, const Vec<float, VEC>& g, float rstd, float c,
+                                              const X* dresidual_row, Index col, Index end) {
   Vec<float, VEC> d;
 #pragma unroll
   for (int k = 0; k < VEC; ++k) {
@@ -151,20 +156,20 @@ __device__ __forceinline__ Vec<T, VEC> dx_of(const Vec<T, VEC>& x, const Vec<flo
     d.v[k] = __fmul_rn(__fsub_rn(g.v[k], __fmul_rn(xhat, c)), rstd);
   }
   if (dresidual_row != nullptr) {
-    const Vec<T, VEC> extra = load_vec<ALIGNED, VEC>(dresidual_row, col, end);
+    const Vec<X, VEC> extra = load_vec<ALIGNED, VEC>(dresidual_row, col, end);
 #pragma unroll
     for (int k = 0; k < VEC; ++k) d.v[k] = __fadd_rn(d.v[k], to_float(extra.v[k]));
   }
-  Vec<T, VEC> dx;
+  Vec<X, VEC> dx;
 #pragma unroll
-  for (int k = 0; k < VEC; ++k) dx.v[k] = from_float<T>(d.v[k]);
+  for (int k = 0; k < VEC; ++k) dx.v[k] = from_float<X>(d.v[k]);
   return dx;
 }
 
 // sums += dy * xhat over the chunk: the dweight terms of one row. round_xhat: xhat as the
-// forward multiplied the weight by it, rounded to T (casting_mode "llama").
-template <int VEC, typename T>
-__device__ __forceinline__ void add_dweight_terms(Vec<float, VEC>& sums, const Vec<T, VEC>& x, const Vec<T, VEC>& dy,
+// forward multiplied the weight by it, rounded to T, y's type (casting_mode "llama").
+template <int VEC, typename T, typename X>
+__device__ __forceinline__ void add_dweight_terms(Vec<float, VEC>& sums, const Vec<X, VEC>& x, const Vec<T, VEC>& dy,
                                                   float rstd, bool round_xhat) {
 #pragma unroll
   for (int k = 0; k < VEC; ++k) {
@@ -181,19 +186,19 @@ __device__ __forceinline__ void add_dweight_terms(Vec<float, VEC>& sums, const V
 // [c * VEC, c * VEC + VEC)), the same columns in every row it visits, and sums dy * xhat for
 // them in fp32 registers. At the end the block's R row groups add their sums in group order and
 // the block writes them as row b of dweight_partials.
-template <typename T, typename W, int ITEMS, bool ALIGNED>
+template <typename T, typename W, typename X, int ITEMS, bool ALIGNED>
 __global__ void __launch_bounds__(kBwdMaxBlockThreads, 1) rms_norm_bwd_kernel(
-    const T* __restrict__ dy,              // [rows, n], row i at dy + i * dy_row_stride
-    int64_t dy_row_stride,                 // elements between consecutive rows of dy
-    const T* __restrict__ x,               // [rows, n], row i at x + i * x_row_stride
-    int64_t x_row_stride,                  // elements between consecutive rows of x
-    const T* __restrict__ dresidual_out,   // [rows, n], row i at dresidual_out + i * dresidual_out_row_stride;
-    int64_t dresidual_out_row_stride,      //   added to dx, or nullptr
+    const T* __restrict__ dy,              // [rows, n], row i at dy + dy_layout.offset(i)
+    RowLayout dy_layout,
+    const X* __restrict__ x,               // [rows, n], row i at x + x_layout.offset(i)
+    RowLayout x_layout,
+    const X* __restrict__ dresidual_out,   // [rows, n], row i at dresidual_out + dresidual_out_layout.offset(i);
+    RowLayout dresidual_out_layout,        //   added to dx, or nullptr
     const W* __restrict__ weight,          // [n], or nullptr for no weight
     float weight_offset,                   // added to the weight
     bool round_xhat,                       // dweight sums dy * xhat rounded to T (casting_mode "llama")
     const float* __restrict__ rstd,        // [rows], from the forward
-    T* __restrict__ dx,                    // [rows, n], contiguous
+    X* __restrict__ dx,                    // [rows, n], contiguous
     float* __restrict__ dweight_partials,  // [gridDim.x, n], contiguous; nullptr: no dweight
     int64_t rows,
     int n,                                 // <= threads_per_row * ITEMS * VEC
@@ -218,11 +223,11 @@ __global__ void __launch_bounds__(kBwdMaxBlockThreads, 1) rms_norm_bwd_kernel(
     // nothing.
     const bool in_range = row < rows;
     const int end = in_range ? n : 0;
-    const T* x_row = x + (in_range ? row : 0) * x_row_stride;
-    const T* dy_row = dy + (in_range ? row : 0) * dy_row_stride;
+    const X* x_row = x + x_layout.offset(in_range ? row : 0);
+    const T* dy_row = dy + dy_layout.offset(in_range ? row : 0);
     const float row_rstd = in_range ? rstd[row] : 0.0f;
 
-    Vec<T, VEC> x_chunks[ITEMS];
+    Vec<X, VEC> x_chunks[ITEMS];
     Vec<T, VEC> dy_chunks[ITEMS];
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
@@ -240,8 +245,8 @@ __global__ void __launch_bounds__(kBwdMaxBlockThreads, 1) rms_norm_bwd_kernel(
     const float c = __fdiv_rn(block_reduce_sum(dot, threads_per_row), static_cast<float>(n));
     if (!in_range) continue;
 
-    T* dx_row = dx + row * n;
-    const T* dresidual_row = dresidual_out != nullptr ? dresidual_out + row * dresidual_out_row_stride : nullptr;
+    X* dx_row = dx + row * n;
+    const X* dresidual_row = dresidual_out != nullptr ? dresidual_out + dresidual_out_layout.offset(row) : nullptr;
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
       const int col = first_col + i * col_step;
@@ -276,12 +281,12 @@ __global__ void __launch_bounds__(kBwdMaxBlockThreads, 1) rms_norm_bwd_kernel(
 
 // c = sum(xhat * g) / n of rows too long for registers. Block b handles rows b, b + gridDim.x, ...;
 // thread t walks the row's chunks t, t + blockDim.x, ...
-template <typename T, typename W, bool ALIGNED>
+template <typename T, typename W, typename X, bool ALIGNED>
 __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_bwd_row_dot_kernel(
-    const T* __restrict__ dy,        // [rows, n], row i at dy + i * dy_row_stride
-    int64_t dy_row_stride,           // elements between consecutive rows of dy
-    const T* __restrict__ x,         // [rows, n], row i at x + i * x_row_stride
-    int64_t x_row_stride,            // elements between consecutive rows of x
+    const T* __restrict__ dy,        // [rows, n], row i at dy + dy_layout.offset(i)
+    RowLayout dy_layout,
+    const X* __restrict__ x,         // [rows, n], row i at x + x_layout.offset(i)
+    RowLayout x_layout,
     const W* __restrict__ weight,    // [n], or nullptr for no weight
     float weight_offset,             // added to the weight
     const float* __restrict__ rstd,  // [rows], from the forward
@@ -292,8 +297,8 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_bwd_row_dot_k
   const int64_t first_col = int64_t{threadIdx.x} * VEC;
   const int64_t col_step = int64_t{blockDim.x} * VEC;
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
-    const T* x_row = x + row * x_row_stride;
-    const T* dy_row = dy + row * dy_row_stride;
+    const X* x_row = x + x_layout.offset(row);
+    const T* dy_row = dy + dy_layout.offset(row);
     const float row_rstd = rstd[row];
     float dot = 0.0f;
 #pragma unroll(kLoopedUnroll)
@@ -312,20 +317,20 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_bwd_row_dot_k
 // at rows, in row order, for the chunks bx * blockDim.x + t, + gridDim.x * blockDim.x, ... (one
 // per thread t per step): it writes their dx and sums dy * xhat over the slice, written as row s
 // of dweight_partials.
-template <typename T, typename W, bool ALIGNED>
+template <typename T, typename W, typename X, bool ALIGNED>
 __global__ void __launch_bounds__(kColumnsBlockThreads, kColumnsBlocksPerSm) rms_norm_bwd_columns_kernel(
-    const T* __restrict__ dy,              // [rows, n], row i at dy + i * dy_row_stride
-    int64_t dy_row_stride,                 // elements between consecutive rows of dy
-    const T* __restrict__ x,               // [rows, n], row i at x + i * x_row_stride
-    int64_t x_row_stride,                  // elements between consecutive rows of x
-    const T* __restrict__ dresidual_out,   // [rows, n], row i at dresidual_out + i * dresidual_out_row_stride;
-    int64_t dresidual_out_row_stride,      //   added to dx, or nullptr
+    const T* __restrict__ dy,              // [rows, n], row i at dy + dy_layout.offset(i)
+    RowLayout dy_layout,
+    const X* __restrict__ x,               // [rows, n], row i at x + x_layout.offset(i)
+    RowLayout x_layout,
+    const X* __restrict__ dresidual_out,   // [rows, n], row i at dresidual_out + dresidual_out_layout.offset(i);
+    RowLayout dresidual_out_layout,        //   added to dx, or nullptr
     const W* __restrict__ weight,          // [n], or nullptr for no weight
     float weight_offset,                   // added to the weight
     bool round_xhat,                       // dweight sums dy * xhat rounded to T (casting_mode "llama")
     const float* __restrict__ rstd,        // [rows], from the forward
     const float* __restrict__ row_c,       // [rows], from rms_norm_bwd_row_dot_kernel
-    T* __restrict__ dx,                    // [rows, n], contiguous
+    X* __restrict__ dx,                    // [rows, n], contiguous
     float* __restrict__ dweight_partials,  // [gridDim.y, n], contiguous; nullptr: no dweight
     int64_t rows,
     int64_t n,
@@ -338,12 +343,12 @@ __global__ void __launch_bounds__(kColumnsBlockThreads, kColumnsBlocksPerSm) rms
     Vec<float, VEC> sums = {};
 #pragma unroll(kColumnsRowUnroll)
     for (int64_t row = row_begin; row < row_end; ++row) {
-      const Vec<T, VEC> x_chunk = load_vec<ALIGNED, VEC>(x + row * x_row_stride, col, n);
-      const Vec<T, VEC> dy_chunk = load_vec<ALIGNED, VEC>(dy + row * dy_row_stride, col, n);
+      const Vec<X, VEC> x_chunk = load_vec<ALIGNED, VEC>(x + x_layout.offset(row), col, n);
+      const Vec<T, VEC> dy_chunk = load_vec<ALIGNED, VEC>(dy + dy_layout.offset(row), col, n);
       const float row_rstd = rstd[row];
       const Vec<float, VEC> g = weighted_grad<ALIGNED>(dy_chunk, weight, weight_offset, col, n);
-      const T* dresidual_row =
-          dresidual_out != nullptr ? dresidual_out + row * dresidual_out_row_stride : nullptr;
+      const X* dresidual_row =
+          dresidual_out != nullptr ? dresidual_out + dresidual_out_layout.offset(row) : nullptr;
       store_vec<ALIGNED>(dx + row * n, col, n, dx_of<ALIGNED>(x_chunk, g, row_rstd, row_c[row], dresidual_row, col, n));
       if (dweight_partials != nullptr) add_dweight_terms(sums, x_chunk, dy_chunk, row_rstd, round_xhat);
     }
@@ -386,21 +391,21 @@ __global__ void __launch_bounds__(kReduceColumns * kReduceSlices, 1) rms_norm_bw
 // ---------------------------------------------------------------------------------------------
 
 // Rows too long for registers: c of every row into row_c, then dx and the dweight partials.
-template <typename T, typename W, bool ALIGNED>
-cudaError_t launch_bwd_columns(const T* dy, int64_t dy_row_stride, const T* x, int64_t x_row_stride,
-                               const T* dresidual_out, int64_t dresidual_out_row_stride, const W* weight,
-                               float weight_offset, bool round_xhat, const float* rstd, T* dx,
+template <typename T, typename W, typename X, bool ALIGNED>
+cudaError_t launch_bwd_columns(const T* dy, RowLayout dy_layout, const X* x, RowLayout x_layout,
+                               const X* dresidual_out, RowLayout dresidual_out_layout, const W* weight,
+                               float weight_offset, bool round_xhat, const float* rstd, X* dx,
                                float* dweight_partials, float* row_c, int64_t rows, int64_t n, int num_sms,
                                cudaStream_t stream) {
-  rms_norm_bwd_row_dot_kernel<T, W, ALIGNED><<<std::min(rows, kMaxGridX), kLoopedBlockThreads, 0, stream>>>(
-      dy, dy_row_stride, x, x_row_stride, weight, weight_offset, rstd, row_c, rows, n);
+  rms_norm_bwd_row_dot_kernel<T, W, X, ALIGNED><<<std::min(rows, kMaxGridX), kLoopedBlockThreads, 0, stream>>>(
+      dy, dy_layout, x, x_layout, weight, weight_offset, rstd, row_c, rows, n);
   const cudaError_t status = cudaGetLastError();
   if (status != cudaSuccess) return status;
   const RowSlices slices = row_slices(rows, n, sizeof(T), num_sms);
   const dim3 grid(static_cast<unsigned>(std::min(column_blocks(n, sizeof(T)), kMaxGridX)),
                   static_cast<unsigned>(slices.count));
-  rms_norm_bwd_columns_kernel<T, W, ALIGNED><<<grid, kColumnsBlockThreads, 0, stream>>>(
-      dy, dy_row_stride, x, x_row_stride, dresidual_out, dresidual_out_row_stride, weight, weight_offset, round_xhat,
+  rms_norm_bwd_columns_kernel<T, W, X, ALIGNED><<<grid, kColumnsBlockThreads, 0, stream>>>(
+      dy, dy_layout, x, x_layout, dresidual_out, dresidual_out_layout, weight, weight_offset, round_xhat,
       rstd, row_c, dx, dweight_partials, rows, n, slices.rows_per_slice);
   return cudaGetLastError();
 }
@@ -430,10 +435,10 @@ int64_t rms_norm_bwd_workspace_elems(int64_t rows, int64_t n, bool needs_dweight
   return partials + (config.tiling.items == 0 ? rows : 0);
 }
 
-template <typename T, typename W>
-cudaError_t rms_norm_bwd(const T* dy, int64_t dy_row_stride, const T* x, int64_t x_row_stride,
-                         const T* dresidual_out, int64_t dresidual_out_row_stride, const W* weight, float weight_offset,
-                         bool round_xhat, const float* rstd, T* dx, W* dweight, float* workspace, int64_t rows,
+template <typename T, typename W, typename X>
+cudaError_t rms_norm_bwd(const T* dy, RowLayout dy_layout, const X* x, RowLayout x_layout,
+                         const X* dresidual_out, RowLayout dresidual_out_layout, const W* weight, float weight_offset,
+                         bool round_xhat, const float* rstd, X* dx, W* dweight, float* workspace, int64_t rows,
                          int64_t n, int num_sms, cudaStream_t stream) {
   if (rows < 0 || n < 0 || num_sms < 1) return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
@@ -446,29 +451,35 @@ cudaError_t rms_norm_bwd(const T* dy, int64_t dy_row_stride, const T* x, int64_t
   float* row_c = workspace + (dweight != nullptr ? partial_rows * n : 0);
   // As in the forward: a zero offset passed as -0 leaves g bitwise dy * weight.
   const float offset = weight_offset == 0.0f ? -0.0f : weight_offset;
-  // Whole Vecs can be read and written when every row starts on a 16-byte boundary and n is a
-  // multiple of VEC (then no chunk straddles the row's end); the weight's Vec needs its own
-  // alignment (16 bytes, or 8 for the 4 bf16/half weights of a float row chunk).
+  // Whole Vecs can be read and written when every row starts on a 16-byte boundary (an aligned
+  // base, and every stride of the layout a multiple of the Vec's alignment in elements: VEC, or 4
+  // for a float x beside 16-bit dy) and n is a multiple of VEC (then no chunk straddles the row's
+  // end); the weight's Vec needs its own alignment (16 bytes, or 8 for the 4 bf16/half weights of
+  // a float row chunk).
+  constexpr int64_t X_ALIGN = kVecAlignElems<X, VEC>;
   const bool aligned =
-      n % VEC == 0 && is_aligned(dy, kVectorBytes) && dy_row_stride % VEC == 0 && is_aligned(x, kVectorBytes) &&
-      x_row_stride % VEC == 0 && is_aligned(dx, kVectorBytes) &&
-      (dresidual_out == nullptr || (is_aligned(dresidual_out, kVectorBytes) && dresidual_out_row_stride % VEC == 0)) &&
+      n % VEC == 0 && is_aligned(dy, kVectorBytes) && dy_layout.strides_multiple_of(VEC) &&
+      is_aligned(x, kVectorBytes) && x_layout.strides_multiple_of(X_ALIGN) && is_aligned(dx, kVectorBytes) &&
+      (dresidual_out == nullptr ||
+       (is_aligned(dresidual_out, kVectorBytes) && dresidual_out_layout.strides_multiple_of(X_ALIGN))) &&
       (weight == nullptr || is_aligned(weight, alignof(Vec<W, VEC>))) &&
       (partials == nullptr || is_aligned(partials, kVectorBytes));
   const cudaError_t status = dispatch_aligned(aligned, [&](auto aligned_tag) {
     constexpr bool ALIGNED = decltype(aligned_tag)::value;
     if (config.tiling.items == 0) {
-      return launch_bwd_columns<T, W, ALIGNED>(dy, dy_row_stride, x, x_row_stride, dresidual_out,
-                                               dresidual_out_row_stride, weight, offset, round_xhat, rstd, dx,
-                                               partials, row_c, rows, n, num_sms, stream);
+      return launch_bwd_columns<T, W, X, ALIGNED>(dy, dy_layout, x, x_layout, dresidual_out, dresidual_out_layout,
+                                                  weight, offset, round_xhat, rstd, dx, partials, row_c, rows, n,
+                                                  num_sms, stream);
     }
     return dispatch_items<kBwdMaxAccumulators / VEC>(config.tiling.items, [&](auto items_tag) {
       constexpr int ITEMS = decltype(items_tag)::value;
       const size_t group_partials_bytes =
           partials != nullptr && config.rows_per_block > 1 ? config.rows_per_block * n * sizeof(float) : 0;
-      rms_norm_bwd_kernel<T, W, ITEMS, ALIGNED><<<partial_rows, config.block_threads, group_partials_bytes, stream>>>(
-          dy, dy_row_stride, x, x_row_stride, dresidual_out, dresidual_out_row_stride, weight, offset, round_xhat, rstd,
-          dx, partials, rows, static_cast<int>(n), config.tiling.threads_per_row);
+      rms_norm_bwd_kernel<T, W, X, ITEMS, ALIGNED><<<partial_rows, config.block_threads, group_partials_bytes,
+                                                     stream>>>(dy, dy_layout, x, x_layout, dresidual_out,
+                                                               dresidual_out_layout, weight, offset, round_xhat,
+                                                               rstd, dx, partials, rows, static_cast<int>(n),
+                                                               config.tiling.threads_per_row);
       return cudaGetLastError();
     });
   });
@@ -480,18 +491,22 @@ template int64_t rms_norm_bwd_workspace_elems<float>(int64_t, int64_t, bool, int
 template int64_t rms_norm_bwd_workspace_elems<__half>(int64_t, int64_t, bool, int);
 template int64_t rms_norm_bwd_workspace_elems<__nv_bfloat16>(int64_t, int64_t, bool, int);
 
-#define RMSNORM_INSTANTIATE_BWD(T, W)                                                                        \
-  template cudaError_t rms_norm_bwd<T, W>(const T*, int64_t, const T*, int64_t, const T*, int64_t, const W*, float, \
-                                          bool, const float*, T*, W*, float*, int64_t, int64_t, int, cudaStream_t);
-RMSNORM_INSTANTIATE_BWD(float, float)
-RMSNORM_INSTANTIATE_BWD(float, __half)
-RMSNORM_INSTANTIATE_BWD(float, __nv_bfloat16)
-RMSNORM_INSTANTIATE_BWD(__half, float)
-RMSNORM_INSTANTIATE_BWD(__half, __half)
-RMSNORM_INSTANTIATE_BWD(__half, __nv_bfloat16)
-RMSNORM_INSTANTIATE_BWD(__nv_bfloat16, float)
-RMSNORM_INSTANTIATE_BWD(__nv_bfloat16, __half)
-RMSNORM_INSTANTIATE_BWD(__nv_bfloat16, __nv_bfloat16)
+#define RMSNORM_INSTANTIATE_BWD(T, W, X)                                                                            \
+  template cudaError_t rms_norm_bwd<T, W, X>(const T*, RowLayout, const X*, RowLayout, const X*, RowLayout, const W*, \
+                                             float, bool, const float*, X*, W*, float*, int64_t, int64_t, int,       \
+                                             cudaStream_t);
+// Every weight type for dy of type T and x of type X.
+#define RMSNORM_INSTANTIATE_BWD_ALL_W(T, X) \
+  RMSNORM_INSTANTIATE_BWD(T, float, X)      \
+  RMSNORM_INSTANTIATE_BWD(T, __half, X)     \
+  RMSNORM_INSTANTIATE_BWD(T, __nv_bfloat16, X)
+RMSNORM_INSTANTIATE_BWD_ALL_W(float, float)
+RMSNORM_INSTANTIATE_BWD_ALL_W(__half, __half)
+RMSNORM_INSTANTIATE_BWD_ALL_W(__nv_bfloat16, __nv_bfloat16)
+// An fp32 residual stream beside 16-bit activations.
+RMSNORM_INSTANTIATE_BWD_ALL_W(__half, float)
+RMSNORM_INSTANTIATE_BWD_ALL_W(__nv_bfloat16, float)
+#undef RMSNORM_INSTANTIATE_BWD_ALL_W
 #undef RMSNORM_INSTANTIATE_BWD
 
 }  // namespace rmsnorm

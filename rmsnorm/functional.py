@@ -199,8 +199,8 @@ def _as_matching_rows(x: torch.Tensor, residual: torch.Tensor, n: int, normalize
     return x_rows, res_rows.contiguous().view(x_rows.shape)
 
 
-def _check_residual(x: torch.Tensor, residual: torch.Tensor) -> bool:
-    """Checks residual beside x; returns whether it is a wider (fp32) residual stream."""
+def _check_residual(x: torch.Tensor, residual: torch.Tensor) -> None:
+    """Checks residual beside x: its shape, device, and dtype (x's, or an fp32 residual stream)."""
     if residual.shape != x.shape:
         raise ValueError(f"residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}")
     if residual.device != x.device:
@@ -211,7 +211,6 @@ def _check_residual(x: torch.Tensor, residual: torch.Tensor) -> bool:
             f"residual must have x's dtype {x.dtype}, or float32 beside float16/bfloat16 x (an fp32 residual "
             f"stream), got {residual.dtype}"
         )
-    return wider_residual
 
 
 def _kernel_dtypes_ok(x_dtype: torch.dtype, w_dtype: torch.dtype | None) -> bool:
@@ -376,9 +375,9 @@ def add_rms_norm(
     """The pre-norm transformer step: residual_out = x + residual, y = rms_norm(residual_out), fused.
 
     x, residual: the same shape and device, any strides; residual has x's dtype, or float32 beside
-        float16/bfloat16 x (an fp32 residual stream: not on the cuda backend, "auto" then takes
-        triton). The sum is taken in fp32 and stored in residual's dtype, and y normalizes
-        residual_out as stored, over weight.shape (or the last dim without a weight).
+        float16/bfloat16 x (an fp32 residual stream). The sum is taken in fp32 and stored in
+        residual's dtype, and y normalizes residual_out as stored, over weight.shape (or the last
+        dim without a weight).
     weight, eps, weight_offset, casting_mode, backend: as in rms_norm.
 
     Returns (y, residual_out), both contiguous with x's shape, y in x's dtype and residual_out in
@@ -388,17 +387,11 @@ def add_rms_norm(
     if not isinstance(residual, torch.Tensor):
         raise TypeError(f"residual must be a torch.Tensor, got {type(residual).__name__}")
     shape = _check_args(x, None, weight, eps, weight_offset, backend, casting_mode)
-    wider_residual = _check_residual(x, residual)
+    _check_residual(x, residual)
     eps = _as_float(default_eps(x.dtype) if eps is None else eps)
     n = math.prod(shape)
     w_dtype = None if weight is None else weight.dtype
-    prefer_triton = wider_residual or _auto_prefers_triton("add_rms_norm", n)
-    name = _resolve_backend(backend, x.device.type, x.dtype, w_dtype, prefer_triton)
-    if wider_residual and name == "cuda":  # named, or set by $RMSNORM_BACKEND
-        raise TypeError(
-            f"the cuda backend needs residual in x's dtype {x.dtype}; the triton and torch backends take an fp32 "
-            "residual stream"
-        )
+    name = _resolve_backend(backend, x.device.type, x.dtype, w_dtype, _auto_prefers_triton("add_rms_norm", n))
     _log_call("add_rms_norm", name, x)
     if name == "torch" or x.numel() == 0:
         y, residual_out = add_rms_norm_reference(x, residual, shape, weight, eps, None, weight_offset, casting_mode)

@@ -1,0 +1,452 @@
+// RMSNorm forward kernels and their launch, shared by the launchers of rms_norm_fwd.cu (y stored
+// in T) and rms_norm_quant_fwd.cu (y quantized to fp8 e4m3): y = (x * rstd) * (weight +
+// weight_offset), rstd = 1 / sqrt(mean(x^2) + eps) per row. With a residual (add_rms_norm) the
+// row is first replaced by r = x + residual, added in fp32 and rounded to R, the residual's type,
+// which is written to residual_out and then normalized as x would be: y has the bits
+// rms_norm(residual_out) would give, rounded to T. R is T, or float beside a 16-bit T (an fp32
+// residual stream); vectors and the launch configuration follow T, the narrower type: a chunk of
+// VEC = kVecElems<T> elements is one 16-byte load of x and, for a float residual, two of the
+// residual.
+//
+// y's stored type Y is T, or Fp8 (the bits of an fp8 e4m3fn value): the quantizing forward
+// computes y in T exactly as above, converts it back to fp32 and divides it by a scale, a static
+// one or the row's amax / 448 (dynamic), before rounding it to fp8. An epilogue of the same
+// kernels, not kernels of its own: y's bits before quantization are those rms_norm_fwd stores.
+//
+// Two kernels, each taking the residual as a runtime option (a null pointer: the same branch for
+// the whole grid). A template flag would double the instantiations and the compile time and
+// save no spill: the one case that spills with a residual (see kRegisterKernelHasRoom) spills
+// as a template instantiation too. Static or dynamic scaling is a runtime option too.
+//   rms_norm_fwd_kernel:        the row is held in registers (ITEMS Vecs per thread) between the
+//                               sum of squares and the scaling, so x (and residual) are read from
+//                               DRAM once and y (and residual_out) written once; the dynamic
+//                               amax is taken from the same registers, y formed twice.
+//   rms_norm_fwd_looped_kernel: rows too long for registers; one block per row walks the row
+//                               twice (sum of squares, then scaling), the second time mostly
+//                               from L2; three times for the dynamic amax. With a residual every
+//                               walk reads x and residual and forms r: reading residual_out back
+//                               instead would read memory the kernel writes, which load_vec's
+//                               non-coherent loads must not.
+// The launch configuration depends on n and sizeof(T) only, and the aligned and unaligned paths
+// add in the same order, so a row's bits never depend on the other rows, on the batch size or
+// on where the row sits in memory.
+#pragma once
+
+#include <algorithm>
+#include <type_traits>
+
+#include <cuda_fp8.h>
+
+#include "common.cuh"
+#include "rms_norm.h"
+
+namespace rmsnorm {
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Launch configuration
+// ---------------------------------------------------------------------------------------------
+
+// Largest ITEMS: 4 Vecs are 16 registers of row data (32 in the unaligned half/bf16 path,
+// one element per register, or as fp32 sums with an fp32 residual stream), which with the
+// weights, addresses and masks fits the 64-register
+// cap of a 1024-thread block without spills (ptxas -v; tests/test_cuda_compile.py checks it).
+// 8 Vecs spilled. Rows longer than 1024 threads x 4 Vecs (32K halves, 16K floats) go to the
+// looped kernel.
+constexpr int kFwdMaxItems = 4;
+// One row per block aims at this many threads, more items per thread before more threads: at
+// 2048 bf16 elements 256 threads of one Vec each reached 77% of copy, 64 threads of 4 Vecs 96%
+// (more bytes in flight per thread, less reduction per byte); 128 and 64 tie elsewhere
+// (bench/tune_cuda.py, bench/NOTES.md v0.4).
+constexpr int kFwdPreferredThreadsPerRow = 128;
+// Rows of at most one warp share a block of this many threads (128 / threads_per_row rows).
+// First guess, to be tuned by the benchmark.
+constexpr int kFwdSubWarpBlockThreads = 128;
+
+// Whether rms_norm_fwd_kernel<T, W, R, Y, ITEMS, ALIGNED, *> has registers to spare beside the
+// row: for a residual, and for the fp8 epilogue. Not with 4 Vecs of a 2-byte T unaligned, where
+// x arrives one element per register: with a residual, x's and the residual's 64 loads in flight
+// spilled under the 64-register cap (ptxas -v, sm_90 most), whether the residual was a runtime
+// option or a template flag; quantizing, it spilled ~100 bytes on sm_80 and sm_90 (y formed
+// twice beside the row, sm_80's software fp8 conversion). Those rows go to
+// rms_norm_fwd_looped_kernel with the register kernel's threads_per_row threads a block (see the
+// launcher), and the register kernel is not instantiated to quantize them.
+template <typename T, int ITEMS, bool ALIGNED>
+constexpr bool kRegisterKernelHasRoom = ALIGNED || sizeof(T) > 2 || ITEMS < kFwdMaxItems;
+
+struct FwdConfig {
+  RowTiling tiling;    // tiling.items == 0: the row does not fit, rms_norm_fwd_looped_kernel
+  int rows_per_block;  // rows of one block, each handled by tiling.threads_per_row threads
+  int block_threads;
+};
+
+// The forward configuration for rows of n elements of elem_bytes each: from n and the element
+// size only, never from the number of rows (batch invariance).
+FwdConfig fwd_config(int64_t n, int elem_bytes) {
+  const RowTiling tiling = tile_row(ceil_div(n, kVectorBytes / elem_bytes), kFwdMaxItems,
+                                    kFwdPreferredThreadsPerRow, kMaxBlockThreads);
+  if (tiling.items == 0) return {tiling, 1, kLoopedBlockThreads};
+  if (tiling.threads_per_row <= kWarpSize) {
+    return {tiling, kFwdSubWarpBlockThreads / tiling.threads_per_row, kFwdSubWarpBlockThreads};
+  }
+  return {tiling, 1, tiling.threads_per_row};
+}
+
+// ---------------------------------------------------------------------------------------------
+// fp8 quantization
+// ---------------------------------------------------------------------------------------------
+
+// The bits of an fp8 e4m3fn value: y's element type in the quantizing forward.
+using Fp8 = __nv_fp8_storage_t;
+
+template <typename Y>
+constexpr bool kQuantizes = std::is_same_v<Y, Fp8>;
+
+// The largest finite e4m3fn value: the dynamic scale maps a row's amax onto it.
+constexpr float kFp8E4M3Max = 448.0f;
+// The smallest dynamic scale, vLLM's floor: an all-zero row divides by it rather than by zero.
+constexpr float kMinFp8Scale = 1.0f / (kFp8E4M3Max * 512.0f);
+
+// How the quantizing forward scales y before rounding it to fp8 (unused when Y is T).
+struct Fp8Scaling {
+  const float* scale;     // [1]: the static scale; nullptr: dynamic, one scale per row
+  const float* scale_ub;  // [1]: the upper bound of a row's amax (dynamic only); or nullptr
+  float* row_scale;       // [rows], contiguous: the dynamic scales, written; nullptr when static
+};
+
+// The dynamic scale of a row whose |y| peaks at amax: amax capped at scale_ub (when given), over
+// kFp8E4M3Max with IEEE division, floored at kMinFp8Scale. A NaN amax stays NaN: both
+// comparisons are false for it.
+__device__ __forceinline__ float dynamic_scale(float amax, const float* scale_ub) {
+  if (scale_ub != nullptr) {
+    const float ub = *scale_ub;
+    amax = amax > ub ? ub : amax;
+  }
+  const float s = __fdiv_rn(amax, kFp8E4M3Max);
+  return s < kMinFp8Scale ? kMinFp8Scale : s;
+}
+
+// amax combined with |y| over the elements of the chunk at col before end, NaN propagating.
+template <int VEC, typename T, typename Index>
+__device__ __forceinline__ float add_abs_max(float amax, const Vec<T, VEC>& y, Index col, Index end) {
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) {
+    if (col + k < end) amax = NanMaxOp{}(amax, fabsf(to_float(y.v[k])));
+  }
+  return amax;
+}
+
+// Stores the chunk at col of y (elements past n are skipped): as it is when Y is T; when Y is Fp8,
+// each y / y_scale (IEEE division) rounded to the nearest e4m3fn value, ties to even, finite
+// overflow and infinities saturating to +-448, NaN staying NaN.
+template <bool ALIGNED, int VEC, typename T, typename Y, typename Index>
+__device__ __forceinline__ void store_y(Y* y_row, Index col, Index n, const Vec<T, VEC>& y, float y_scale) {
+  if constexpr (kQuantizes<Y>) {
+    Vec<Fp8, VEC> q;
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      q.v[k] = __nv_cvt_float_to_fp8(__fdiv_rn(to_float(y.v[k]), y_scale), __NV_SATFINITE, __NV_E4M3);
+    }
+    store_vec<ALIGNED>(y_row, col, n, q);
+  } else {
+    store_vec<ALIGNED>(y_row, col, n, y);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kernels
+// ---------------------------------------------------------------------------------------------
+
+// rstd = 1 / sqrt(sum_sq / n + eps), with IEEE division and square root: rsqrtf and the
+// approximate division would change the last bits.
+__device__ __forceinline__ float rstd_of(float sum_sq, int64_t n, float eps) {
+  return __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(sum_sq, static_cast<float>(n)), eps)));
+}
+
+template <int VEC, typename T>
+__device__ __forceinline__ float add_squares(float sum_sq, const Vec<T, VEC>& x) {
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) {
+    const float v = to_float(x.v[k]);
+    sum_sq = __fmaf_rn(v, v, sum_sq);
+  }
+  return sum_sq;
+}
+
+// The chunk at col of the row to normalize, in R: x_row's, or with residual_row (not nullptr) the
+// sum x + residual in fp32 rounded to R, the value residual_out stores (elements past end are
+// zero).
+template <bool ALIGNED, int VEC, typename T, typename R, typename Index>
+__device__ __forceinline__ Vec<R, VEC> load_input(const T* x_row, const R* residual_row, Index col, Index end) {
+  const Vec<T, VEC> x = load_vec<ALIGNED, VEC>(x_row, col, end);
+  Vec<R, VEC> in;
+  if (residual_row != nullptr) {
+    const Vec<R, VEC> residual = load_vec<ALIGNED, VEC>(residual_row, col, end);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) in.v[k] = from_float<R>(__fadd_rn(to_float(x.v[k]), to_float(residual.v[k])));
+  } else if constexpr (std::is_same_v<R, T>) {
+    in = x;
+  } else {
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) in.v[k] = to_float(x.v[k]);  // R is float: exact
+  }
+  return in;
+}
+
+// r * rstd, rounded to T (y's type) and back when round_xhat (casting_mode "llama").
+template <typename T, typename R>
+__device__ __forceinline__ float normalized(R r, float rstd, bool round_xhat) {
+  const float xhat = __fmul_rn(to_float(r), rstd);
+  return round_xhat ? to_float(from_float<T>(xhat)) : xhat;
+}
+
+// y = (r * rstd) * (weight + weight_offset) for the chunk of the row at col, rounded to T: the
+// values y stores. weight == nullptr: y = r * rstd.
+template <bool ALIGNED, typename T, int VEC, typename R, typename W, typename Index>
+__device__ __forceinline__ Vec<T, VEC> y_of(const Vec<R, VEC>& r, const W* weight, float weight_offset,
+                                            bool round_xhat, Index col, Index n, float rstd) {
+  Vec<T, VEC> y;
+  if (weight != nullptr) {
+    const Vec<W, VEC> w = load_vec<ALIGNED, VEC>(weight, col, n);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      const float scale = __fadd_rn(to_float(w.v[k]), weight_offset);
+      y.v[k] = from_float<T>(__fmul_rn(normalized<T>(r.v[k], rstd, round_xhat), scale));
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) y.v[k] = from_float<T>(normalized<T>(r.v[k], rstd, round_xhat));
+  }
+  return y;
+}
+
+// Rows held in registers. Block b handles row groups b, b + gridDim.x, ...; row group g is rows
+// [g * P, g * P + P), P = blockDim.x / threads_per_row, thread t of the block working on row
+// g * P + t / threads_per_row. Thread j = t % threads_per_row of a row holds the row's chunks
+// j, j + threads_per_row, ..., (ITEMS of them; chunk c is elements [c * VEC, c * VEC + VEC)).
+//
+// round_xhat (casting_mode "llama") has type RoundXhat: a std::bool_constant, a template flag,
+// when y is stored in T (as a runtime branch it made the unaligned 2-byte 4-Vec instantiations
+// spill, ptxas -v); a bool in the fp8 epilogue, which has no such instantiation (see
+// kRegisterKernelHasRoom): half the instantiations, and none spills. The looped kernel takes a
+// bool.
+template <typename T, typename W, typename R, typename Y, int ITEMS, bool ALIGNED, typename RoundXhat>
+__global__ void __launch_bounds__(kMaxBlockThreads, 1) rms_norm_fwd_kernel(
+    const T* __restrict__ x,         // [rows, n], row i at x + x_layout.offset(i)
+    RowLayout x_layout,
+    const R* __restrict__ residual,  // [rows, n], row i at residual + residual_layout.offset(i); or nullptr
+    RowLayout residual_layout,       //   (not read unless kRegisterKernelHasRoom<T, ITEMS, ALIGNED>)
+    const W* __restrict__ weight,    // [n], or nullptr for no weight
+    float weight_offset,             // added to the weight
+    Y* __restrict__ y,               // [rows, n], contiguous: T, or fp8 bits scaled by `scaling`
+    Fp8Scaling scaling,              // Y = Fp8 only
+    R* __restrict__ residual_out,    // [rows, n], contiguous; nullptr when residual is
+    float* __restrict__ rstd,        // [rows], or nullptr: not stored
+    int64_t rows,
+    int n,                           // <= threads_per_row * ITEMS * VEC
+    float eps,
+    RoundXhat round_xhat,            // bool, or std::bool_constant
+    int threads_per_row) {           // RowTiling::threads_per_row: a power of two <= 32, or blockDim.x
+  constexpr int VEC = kVecElems<T>;
+  const int rows_per_block = blockDim.x / threads_per_row;
+  // Column of this thread's first chunk, and the distance to its next one.
+  const int first_col = static_cast<int>(threadIdx.x % threads_per_row) * VEC;
+  const int col_step = threads_per_row * VEC;
+  const int64_t row_groups = ceil_div(rows, rows_per_block);
+  for (int64_t group = blockIdx.x; group < row_groups; group += gridDim.x) {
+    const int64_t row = group * rows_per_block + threadIdx.x / threads_per_row;
+    // Threads of a row past the last one still take part in the reduction (its shuffles need
+    // every lane of the warp), on zeros, and store nothing.
+    const bool in_range = row < rows;
+    const int end = in_range ? n : 0;
+    const int64_t load_row = in_range ? row : 0;
+    const T* x_row = x + x_layout.offset(load_row);
+    const R* residual_row = kRegisterKernelHasRoom<T, ITEMS, ALIGNED> && residual != nullptr
+                                ? residual + residual_layout.offset(load_row)
+                                : nullptr;
+
+    Vec<R, VEC> x_chunks[ITEMS];  // with a residual, the rounded sums r
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      x_chunks[i] = load_input<ALIGNED, VEC>(x_row, residual_row, first_col + i * col_step, end);
+    }
+    // residual_out is final before the reduction: storing it now keeps the memory system busy
+    // while the block reduces, instead of doubling the burst of stores after it. In a loop of its
+    // own: a store between two loads would keep the compiler from issuing the loads together.
+    if (residual_row != nullptr) {
+#pragma unroll
+      for (int i = 0; i < ITEMS; ++i) {
+        store_vec<ALIGNED>(residual_out + load_row * n, first_col + i * col_step, end, x_chunks[i]);
+      }
+    }
+    float sum_sq = 0.0f;
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) sum_sq = add_squares(sum_sq, x_chunks[i]);
+    const float row_rstd = rstd_of(block_reduce_sum(sum_sq, threads_per_row), n, eps);
+    float y_scale = 1.0f;  // what y is divided by before its rounding to fp8
+    if constexpr (kQuantizes<Y>) {
+      if (scaling.scale != nullptr) {
+        y_scale = *scaling.scale;
+      } else {
+        // y formed a first time from the registers, for its amax: holding it as well would
+        // double the registers a row takes.
+        float amax = 0.0f;
+#pragma unroll
+        for (int i = 0; i < ITEMS; ++i) {
+          const int col = first_col + i * col_step;
+          amax = add_abs_max(amax, y_of<ALIGNED, T>(x_chunks[i], weight, weight_offset, round_xhat, col, n, row_rstd),
+                             col, end);
+        }
+        y_scale = dynamic_scale(block_reduce_max(amax, threads_per_row), scaling.scale_ub);
+        if (in_range && first_col == 0) scaling.row_scale[row] = y_scale;
+      }
+    }
+    if (!in_range) continue;
+
+    if (first_col == 0 && rstd != nullptr) rstd[row] = row_rstd;
+    Y* y_row = y + row * n;
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      const int col = first_col + i * col_step;
+      const Vec<T, VEC> y_chunk = y_of<ALIGNED, T>(x_chunks[i], weight, weight_offset, round_xhat, col, n, row_rstd);
+      store_y<ALIGNED>(y_row, col, n, y_chunk, y_scale);
+    }
+  }
+}
+
+// Rows too long for registers, on kLoopedBlockThreads threads a block; also, on
+// threads_per_row threads, the rows rms_norm_fwd_kernel has no room to add a residual to or to
+// quantize (see kRegisterKernelHasRoom). Block b handles rows b, b + gridDim.x, ...; thread t
+// walks the row's chunks t, t + blockDim.x, ... twice: sum of squares, then scaling (three times
+// for a dynamic fp8 scale: sum of squares, amax, then scaling). With a residual, every walk forms
+// r = x + residual from the inputs (the same bits each time), the last one also storing it to
+// residual_out.
+template <typename T, typename W, typename R, typename Y, bool ALIGNED>
+__global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_kernel(
+    const T* __restrict__ x,         // [rows, n], row i at x + x_layout.offset(i)
+    RowLayout x_layout,
+    const R* __restrict__ residual,  // [rows, n], row i at residual + residual_layout.offset(i); or nullptr
+    RowLayout residual_layout,
+    const W* __restrict__ weight,    // [n], or nullptr for no weight
+    float weight_offset,             // added to the weight
+    Y* __restrict__ y,               // [rows, n], contiguous: T, or fp8 bits scaled by `scaling`
+    Fp8Scaling scaling,              // Y = Fp8 only
+    R* __restrict__ residual_out,    // [rows, n], contiguous; nullptr when residual is
+    float* __restrict__ rstd,        // [rows], or nullptr: not stored
+    int64_t rows,
+    int64_t n,
+    float eps,
+    bool round_xhat) {
+  constexpr int VEC = kVecElems<T>;
+  const int64_t first_col = int64_t{threadIdx.x} * VEC;
+  const int64_t col_step = int64_t{blockDim.x} * VEC;
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const T* x_row = x + x_layout.offset(row);
+    const R* residual_row = residual != nullptr ? residual + residual_layout.offset(row) : nullptr;
+    float sum_sq = 0.0f;
+#pragma unroll(kLoopedUnroll)
+    for (int64_t col = first_col; col < n; col += col_step) {
+      sum_sq = add_squares(sum_sq, load_input<ALIGNED, VEC>(x_row, residual_row, col, n));
+    }
+    const float row_rstd = rstd_of(block_reduce_sum(sum_sq, blockDim.x), n, eps);
+    float y_scale = 1.0f;  // what y is divided by before its rounding to fp8
+    if constexpr (kQuantizes<Y>) {
+      if (scaling.scale != nullptr) {
+        y_scale = *scaling.scale;
+      } else {
+        float amax = 0.0f;
+#pragma unroll(kLoopedUnroll)
+        for (int64_t col = first_col; col < n; col += col_step) {
+          const Vec<R, VEC> in = load_input<ALIGNED, VEC>(x_row, residual_row, col, n);
+          amax = add_abs_max(amax, y_of<ALIGNED, T>(in, weight, weight_offset, round_xhat, col, n, row_rstd), col, n);
+        }
+        y_scale = dynamic_scale(block_reduce_max(amax, blockDim.x), scaling.scale_ub);
+        if (threadIdx.x == 0) scaling.row_scale[row] = y_scale;
+      }
+    }
+
+    if (threadIdx.x == 0 && rstd != nullptr) rstd[row] = row_rstd;
+    Y* y_row = y + row * n;
+#pragma unroll(kLoopedUnroll)
+    for (int64_t col = first_col; col < n; col += col_step) {
+      const Vec<R, VEC> in = load_input<ALIGNED, VEC>(x_row, residual_row, col, n);
+      if (residual_row != nullptr) store_vec<ALIGNED>(residual_out + row * n, col, n, in);
+      const Vec<T, VEC> y_chunk = y_of<ALIGNED, T>(in, weight, weight_offset, round_xhat, col, n, row_rstd);
+      store_y<ALIGNED>(y_row, col, n, y_chunk, y_scale);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Launch
+// ---------------------------------------------------------------------------------------------
+
+// rms_norm_fwd (Y = T) and rms_norm_quant_fwd (Y = Fp8): rms_norm.h documents the arguments.
+template <typename T, typename W, typename R, typename Y>
+cudaError_t launch_rms_norm_fwd(const T* x, RowLayout x_layout, const R* residual, RowLayout residual_layout,
+                                const W* weight, float weight_offset, Y* y, Fp8Scaling scaling, R* residual_out,
+                                float* rstd, int64_t rows, int64_t n, float eps, bool round_xhat,
+                                cudaStream_t stream) {
+  static_assert(std::is_same_v<R, T> || std::is_same_v<R, float>, "the residual has x's type, or float");
+  static_assert(std::is_same_v<Y, T> || kQuantizes<Y>, "y is stored in x's type, or quantized to fp8");
+  if (rows < 0 || n < 0 || (residual == nullptr) != (residual_out == nullptr)) return cudaErrorInvalidValue;
+  // An empty row still has a dynamic fp8 scale, amax 0 giving the floor: the kernels write it.
+  if (rows == 0 || (n == 0 && scaling.row_scale == nullptr)) return cudaSuccess;
+  constexpr int VEC = kVecElems<T>;
+  const FwdConfig config = fwd_config(n, sizeof(T));
+  // w + (-0) is w for every w, -0 included, while w + (+0) turns -0 into +0: a zero offset passed
+  // as -0 leaves y bitwise what it is without one.
+  const float offset = weight_offset == 0.0f ? -0.0f : weight_offset;
+  // Whole Vecs can be read and written when every row starts on a 16-byte boundary (an aligned
+  // base, and every stride of the layout, whatever the row's index, a multiple of the Vec's
+  // alignment in elements: VEC, or 4 for an fp32 residual beside 16-bit x) and n is a multiple of
+  // VEC (then no chunk straddles the row's end; an fp8 row of y then starts on a multiple of its
+  // VEC-byte Vec); the weight's Vec needs its own alignment (16 bytes, or 8 for the 4 bf16/half
+  // weights of a float row chunk).
+  const bool aligned =
+      n % VEC == 0 && is_aligned(x, kVectorBytes) && x_layout.strides_multiple_of(VEC) &&
+      is_aligned(y, kVectorBytes) &&
+      (residual == nullptr ||
+       (is_aligned(residual, kVectorBytes) && residual_layout.strides_multiple_of(kVecAlignElems<R, VEC>) &&
+        is_aligned(residual_out, kVectorBytes))) &&
+      (weight == nullptr || is_aligned(weight, alignof(Vec<W, VEC>)));
+  return dispatch_aligned(aligned, [&](auto aligned_tag) {
+    constexpr bool ALIGNED = decltype(aligned_tag)::value;
+    const auto launch_looped = [&](int block_threads) {
+      rms_norm_fwd_looped_kernel<T, W, R, Y, ALIGNED><<<std::min(rows, kMaxGridX), block_threads, 0, stream>>>(
+          x, x_layout, residual, residual_layout, weight, offset, y, scaling, residual_out, rstd, rows, n, eps,
+          round_xhat);
+      return cudaGetLastError();
+    };
+    if (config.tiling.items == 0) return launch_looped(config.block_threads);
+    return dispatch_items<kFwdMaxItems>(config.tiling.items, [&](auto items_tag) {
+      constexpr int ITEMS = decltype(items_tag)::value;
+      // threads_per_row is a multiple of 32 where there is no room (ITEMS > 1). On a block of
+      // that many threads the looped kernel has each thread sum the chunks rms_norm_fwd_kernel
+      // gives it, in the same order, and the block reduce them the same way: the same bits, for
+      // x and residual read twice (three times for a dynamic fp8 scale).
+      constexpr bool kHasRoom = kRegisterKernelHasRoom<T, ITEMS, ALIGNED>;
+      if constexpr (!kHasRoom && kQuantizes<Y>) {
+        return launch_looped(config.tiling.threads_per_row);
+      } else {
+        if (!kHasRoom && residual != nullptr) return launch_looped(config.tiling.threads_per_row);
+        const int64_t grid = std::min(ceil_div(rows, config.rows_per_block), kMaxGridX);
+        const auto launch_registers = [&](auto round_xhat_arg) {
+          rms_norm_fwd_kernel<T, W, R, Y, ITEMS, ALIGNED, decltype(round_xhat_arg)>
+              <<<grid, config.block_threads, 0, stream>>>(x, x_layout, residual, residual_layout, weight, offset,
+                                                          y, scaling, residual_out, rstd, rows, static_cast<int>(n),
+                                                          eps, round_xhat_arg, config.tiling.threads_per_row);
+          return cudaGetLastError();
+        };
+        if constexpr (kQuantizes<Y>) {
+          return launch_registers(round_xhat);
+        } else {
+          return dispatch_bool(round_xhat, launch_registers);
+        }
+      }
+    });
+  });
+}
+
+}  // namespace
+}  // namespace rmsnorm

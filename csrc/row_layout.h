@@ -1,0 +1,87 @@
+// Where the rows of an input start in memory. Torch-free, and host as well as device code: the
+// launchers in rms_norm.h take a RowLayout per input, so the binding (a host-compiler translation
+// unit, which cannot include common.cuh) builds them with make_row_layout.
+//
+// An input is [*lead, n] with 1 to kMaxLeadDims leading dims of any strides, 0 and
+// non-mergeable ones included (per-head QK-norm reads q = qkv[..., :H*D].view(B*S, H, D), strides
+// (3*H*D, D, 1), without a copy), and a unit last stride. Row r, 0 <= r < rows = prod(lead), is
+// split row-major over the lead dims, and starts at sum_i idx_i * stride_i elements.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+namespace rmsnorm {
+
+constexpr int kMaxLeadDims = 4;
+
+// The lead dims as the kernels walk them. make_row_layout drops dims of size 1 and merges
+// neighbours that step evenly, keeps the outermost dim left at index 0 and the others at the end
+// (innermost at index kMaxLeadDims - 1), and fills the gap with dims of size 1: a contiguous
+// tensor of any rank, or rows one stride apart, has all inner sizes 1. Dim 0's size is implied by
+// the row count, so it is not stored.
+struct RowLayout {
+  int64_t inner_sizes[kMaxLeadDims - 1];  // sizes of dims 1 .. kMaxLeadDims - 1
+  int64_t strides[kMaxLeadDims];          // elements between consecutive indices of dims 0 .. kMaxLeadDims - 1
+
+  // Element offset of the first element of row `row` (0 <= row < rows). The size tests are the
+  // same for every thread of the grid (uniform branches): one row stride costs one multiply, and
+  // only a dim that could not be merged costs a 64-bit division. The division is unsigned (rows
+  // and sizes are never negative): its inlined code is shorter than the signed one's, which took
+  // a fifth more compile time of rms_norm_fwd.cu.
+  __host__ __device__ __forceinline__ int64_t offset(int64_t row) const {
+    int64_t start = 0;
+    for (int d = kMaxLeadDims - 1; d > 0; --d) {  // a constant trip count: unrolled, no local array
+      const int64_t size = inner_sizes[d - 1];
+      if (size != 1) {
+        const auto outer = static_cast<int64_t>(static_cast<uint64_t>(row) / static_cast<uint64_t>(size));
+        start += (row - outer * size) * strides[d];
+        row = outer;
+      }
+    }
+    return start + row * strides[0];
+  }
+
+  // Whether every stride is a multiple of `elems`: with aligned base pointers, every row then
+  // starts on a multiple of `elems` elements (the launchers' test for whole-Vec access).
+  __host__ __device__ bool strides_multiple_of(int64_t elems) const {
+    for (int64_t stride : strides) {
+      if (stride % elems != 0) return false;
+    }
+    return true;
+  }
+};
+
+// The layout of lead dims with sizes[0, dims) and strides[0, dims) in elements, dim dims - 1
+// innermost (dims <= kMaxLeadDims; the binding checks it). No dims: a single row at offset 0.
+inline RowLayout make_row_layout(int dims, const int64_t* sizes, const int64_t* strides) {
+  // Drop size-1 dims (never stepped, whatever their stride), merge a dim into the one outside it
+  // when that one's stride is a whole step over it.
+  int64_t merged_sizes[kMaxLeadDims];
+  int64_t merged_strides[kMaxLeadDims];
+  int count = 0;
+  for (int d = 0; d < dims && d < kMaxLeadDims; ++d) {
+    if (sizes[d] == 1) continue;
+    if (count > 0 && merged_strides[count - 1] == sizes[d] * strides[d]) {
+      merged_sizes[count - 1] *= sizes[d];
+      merged_strides[count - 1] = strides[d];
+    } else {
+      merged_sizes[count] = sizes[d];
+      merged_strides[count] = strides[d];
+      ++count;
+    }
+  }
+  RowLayout layout = {};
+  for (int64_t& size : layout.inner_sizes) size = 1;
+  if (count == 0) return layout;  // one row, at offset 0
+  layout.strides[0] = merged_strides[0];
+  for (int j = 1; j < count; ++j) {
+    const int slot = kMaxLeadDims - count + j;
+    layout.inner_sizes[slot - 1] = merged_sizes[j];
+    layout.strides[slot] = merged_strides[j];
+  }
+  return layout;
+}
+
+}  // namespace rmsnorm
