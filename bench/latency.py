@@ -36,8 +36,8 @@ def host_us_per_call(call: Callable[[], object]) -> float:
     return (time.perf_counter() - start) / HOST_CALLS * 1e6
 
 
-def graph_us_per_call(call: Callable[[], object]) -> float:
-    """GPU microseconds per call: GRAPH_CALLS calls captured in one CUDA graph, replays timed by events."""
+def graph_us_per_call(call: Callable[[], object], calls: int = GRAPH_CALLS) -> float:
+    """GPU microseconds per call: `calls` calls captured in one CUDA graph, replays timed by events."""
     side = torch.cuda.Stream()  # capture wants the first call on a side stream (lazy initialisations)
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -45,9 +45,9 @@ def graph_us_per_call(call: Callable[[], object]) -> float:
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        for _ in range(GRAPH_CALLS):
+        for _ in range(calls):
             call()
-    return median_ms(graph.replay) * 1e3 / GRAPH_CALLS
+    return median_ms(graph.replay) * 1e3 / calls
 
 
 def _measure(impl: Implementation, x: torch.Tensor, weight: torch.Tensor, record: dict) -> dict:

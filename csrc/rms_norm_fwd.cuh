@@ -9,8 +9,8 @@
 // residual.
 //
 // y's stored type Y is T, or Fp8 (the bits of an fp8 e4m3fn value): the quantizing forward
-// computes y in T exactly as above, converts it back to fp32 and divides it by a scale, a static
-// one or the row's amax / 448 (dynamic), before rounding it to fp8. An epilogue of the same
+// computes y in T exactly as above, converts it back to fp32 and multiplies it by the reciprocal
+// of a scale, a static one or the row's amax / 448 (dynamic), before rounding it to fp8. An epilogue of the same
 // kernels, not kernels of its own: y's bits before quantization are those rms_norm_fwd stores.
 //
 // Two kernels, each taking the residual as a runtime option (a null pointer: the same branch for
@@ -136,16 +136,22 @@ __device__ __forceinline__ float add_abs_max(float amax, const Vec<T, VEC>& y, I
   return amax;
 }
 
+// What y is multiplied by before its rounding to fp8: the reciprocal of its scale, by IEEE
+// division, once per row. Multiplying each y by it, as vLLM does, rather than dividing each y by
+// the scale: an IEEE division per element made the quantizing forward compute-bound, about 2.5 ps
+// an element on an H100 (40-70% of copy bandwidth, bench/NOTES.md v0.6).
+__device__ __forceinline__ float inverse_scale(float scale) { return __fdiv_rn(1.0f, scale); }
+
 // Stores the chunk at col of y (elements past n are skipped): as it is when Y is T; when Y is Fp8,
-// each y / y_scale (IEEE division) rounded to the nearest e4m3fn value, ties to even, finite
-// overflow and infinities saturating to +-448, NaN staying NaN.
+// each y * y_inv_scale rounded to the nearest e4m3fn value, ties to even, finite overflow and
+// infinities saturating to +-448, NaN staying NaN.
 template <bool ALIGNED, int VEC, typename T, typename Y, typename Index>
-__device__ __forceinline__ void store_y(Y* y_row, Index col, Index n, const Vec<T, VEC>& y, float y_scale) {
+__device__ __forceinline__ void store_y(Y* y_row, Index col, Index n, const Vec<T, VEC>& y, float y_inv_scale) {
   if constexpr (kQuantizes<Y>) {
     Vec<Fp8, VEC> q;
 #pragma unroll
     for (int k = 0; k < VEC; ++k) {
-      q.v[k] = __nv_cvt_float_to_fp8(__fdiv_rn(to_float(y.v[k]), y_scale), __NV_SATFINITE, __NV_E4M3);
+      q.v[k] = __nv_cvt_float_to_fp8(__fmul_rn(to_float(y.v[k]), y_inv_scale), __NV_SATFINITE, __NV_E4M3);
     }
     store_vec<ALIGNED>(y_row, col, n, q);
   } else {
@@ -283,7 +289,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads, 1) rms_norm_fwd_kernel(
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) sum_sq = add_squares(sum_sq, x_chunks[i]);
     const float row_rstd = rstd_of(block_reduce_sum(sum_sq, threads_per_row), n, eps);
-    float y_scale = 1.0f;  // what y is divided by before its rounding to fp8
+    float y_scale = 1.0f;  // y's fp8 scale: y is multiplied by its reciprocal before the rounding
     if constexpr (kQuantizes<Y>) {
       if (scaling.scale != nullptr) {
         y_scale = *scaling.scale;
@@ -304,12 +310,13 @@ __global__ void __launch_bounds__(kMaxBlockThreads, 1) rms_norm_fwd_kernel(
     if (!in_range) continue;
 
     if (first_col == 0 && rstd != nullptr) rstd[row] = row_rstd;
+    const float y_inv_scale = kQuantizes<Y> ? inverse_scale(y_scale) : 1.0f;
     Y* y_row = y + row * n;
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
       const int col = first_col + i * col_step;
       const Vec<T, VEC> y_chunk = y_of<ALIGNED, T>(x_chunks[i], weight, weight_offset, round_xhat, col, n, row_rstd);
-      store_y<ALIGNED>(y_row, col, n, y_chunk, y_scale);
+      store_y<ALIGNED>(y_row, col, n, y_chunk, y_inv_scale);
     }
   }
 }
@@ -349,7 +356,7 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
       sum_sq = add_squares(sum_sq, load_input<ALIGNED, VEC>(x_row, residual_row, col, n));
     }
     const float row_rstd = rstd_of(block_reduce_sum(sum_sq, blockDim.x), n, eps);
-    float y_scale = 1.0f;  // what y is divided by before its rounding to fp8
+    float y_scale = 1.0f;  // y's fp8 scale: y is multiplied by its reciprocal before the rounding
     if constexpr (kQuantizes<Y>) {
       if (scaling.scale != nullptr) {
         y_scale = *scaling.scale;
@@ -366,13 +373,14 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
     }
 
     if (threadIdx.x == 0 && rstd != nullptr) rstd[row] = row_rstd;
+    const float y_inv_scale = kQuantizes<Y> ? inverse_scale(y_scale) : 1.0f;
     Y* y_row = y + row * n;
 #pragma unroll(kLoopedUnroll)
     for (int64_t col = first_col; col < n; col += col_step) {
       const Vec<R, VEC> in = load_input<ALIGNED, VEC>(x_row, residual_row, col, n);
       if (residual_row != nullptr) store_vec<ALIGNED>(residual_out + row * n, col, n, in);
       const Vec<T, VEC> y_chunk = y_of<ALIGNED, T>(in, weight, weight_offset, round_xhat, col, n, row_rstd);
-      store_y<ALIGNED>(y_row, col, n, y_chunk, y_scale);
+      store_y<ALIGNED>(y_row, col, n, y_chunk, y_inv_scale);
     }
   }
 }

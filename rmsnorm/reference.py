@@ -100,12 +100,15 @@ def quantize_fp8_reference(
     scale: torch.Tensor | None = None,
     scale_ub: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(saturate(y / scale) as float8_e4m3fn, scale), all in fp32.
+    """(saturate(y * (1 / scale)) as float8_e4m3fn, scale), all in fp32.
 
     scale: a one-element fp32 tensor (static), returned as given; or None (dynamic): each row's
     scale, over the trailing normalized_dims dims, is max|y| (clamped to scale_ub when given; NaN
     when the row holds one) / FP8_E4M3_MAX, at least MIN_DYNAMIC_SCALE, shaped as y with those dims
-    kept as 1. The quotient is clamped to +-FP8_E4M3_MAX, then rounded to nearest even; NaN stays NaN.
+    kept as 1. 1 / scale is an IEEE division, once per scale, and y is multiplied by it (as vLLM's
+    kernels do; y / scale differs from it in the last fp32 bit now and then, which moved the fp8
+    result one step in 14 of 42 million fp32 normal values, and in none of 84 million bf16 ones).
+    The product is clamped to +-FP8_E4M3_MAX, then rounded to nearest even; NaN stays NaN.
     """
     yf = y.float()
     if scale is None:
@@ -118,5 +121,6 @@ def quantize_fp8_reference(
         divisor, returned = row_scale, row_scale
     else:
         divisor, returned = scale.float().reshape(()), scale
-    y_q = _divide(yf, divisor).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
+    inverse = _divide(torch.ones_like(divisor), divisor)
+    y_q = (yf * inverse).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
     return y_q, returned

@@ -11,6 +11,12 @@ held in registers: x is read once. Wider rows are split: a first kernel walks ea
 to compute its statistic (rstd forward, the dot product of xhat and dy*w backward), then a 2-D
 grid of column blocks applies it. That reads x once more, but nothing spills.
 
+Every launch passes enable_fp_fusion=False: Triton then emits mul.rn / add.rn, which ptxas may
+not contract into FMAs. With fusion on it emits plain mul / add, which ptxas contracts as its
+scheduling of each kernel variant happens to allow: the quantizing forward then computed fp32
+rows a few ulps away from the plain forward's (H100, fp32 rows of 12288). Off, the bits are those
+of the formula as written, in every variant, as in the CUDA kernels (__fmul_rn, __fmaf_rn).
+
 Row counts are not specialised on (do_not_specialize): nothing in the kernels gains from knowing
 M, and every distinct M % 16 would otherwise compile its own copy.
 """
@@ -70,8 +76,13 @@ def _dynamic_scale(amax, scale_ub_ptr, HAS_SCALE_UB: tl.constexpr):
 
 @triton.jit
 def _quantize(y, scale, out_dtype: tl.constexpr):
-    """saturate(y / scale) in out_dtype: IEEE division, then clamped, so that the rounding to fp8 never overflows."""
-    q = tl.clamp(tl.div_rn(y, scale), -FP8_E4M3_MAX, FP8_E4M3_MAX, propagate_nan=tl.PropagateNan.ALL)
+    """saturate(y * (1 / scale)) in out_dtype, clamped first so that the rounding to fp8 never overflows.
+
+    The reciprocal once per row (IEEE division), then a product per element, as vLLM does: an IEEE
+    division per element made the quantizing forward compute-bound (bench/NOTES.md v0.6).
+    """
+    q = y * tl.div_rn(1.0, scale)
+    q = tl.clamp(q, -FP8_E4M3_MAX, FP8_E4M3_MAX, propagate_nan=tl.PropagateNan.ALL)
     return q.to(out_dtype, fp_downcast_rounding="rtne")
 
 
@@ -132,11 +143,9 @@ def rms_norm_fwd_kernel(
         x_ptr, x_starts[:, None] + cols[None, :], res_ptr, res_starts[:, None] + cols[None, :], res_out_ptr,
         out_offsets, mask, HAS_RESIDUAL, STORE_RESIDUAL=True,
     )  # fmt: skip
-    # Row statistics are stored through the tile's own 2-D layout, by the threads holding column 0:
-    # a 1-D store of them made Triton route the values through shared memory, where every thread
-    # of the row wrote the same slot (a write-after-write compute-sanitizer's racecheck reports).
-    row_zero = rows[:, None] + 0 * cols[None, :]
-    first_col = row_mask[:, None] & (cols[None, :] == 0)
+    # Row statistics (rstd, the dynamic scales) are held by every thread of their row; Triton stores
+    # them through a layout conversion in shared memory where those threads all write the same
+    # value to one slot, a write-after-write racecheck reports and tests/sanitize.py explains.
     if RSTD_GIVEN:
         rstd = tl.load(rstd_ptr + rows, mask=row_mask, other=0.0)
     else:
@@ -145,7 +154,7 @@ def rms_norm_fwd_kernel(
         # N * 1.0: N in fp32, whether it arrived as an int or was specialised to the constant 1.
         mean_square = tl.div_rn(tl.sum(x * x, axis=1), N * 1.0)
         rstd = tl.div_rn(1.0, tl.sqrt_rn(mean_square + eps))
-        tl.store(rstd_ptr + row_zero, tl.broadcast_to(rstd[:, None], (BLOCK_M, BLOCK_N)), mask=first_col)
+        tl.store(rstd_ptr + rows, rstd, mask=row_mask)
     y = x * rstd[:, None]
     if ROUND_XHAT:
         y = y.to(x_ptr.dtype.element_ty).to(tl.float32)
@@ -161,7 +170,7 @@ def rms_norm_fwd_kernel(
             scale = tl.load(scale_ptr)
         else:
             scale = _dynamic_scale(tl.reduce(tl.abs(y), 1, _nan_max), scale_ub_ptr, HAS_SCALE_UB)
-            tl.store(scale_ptr + row_zero, tl.broadcast_to(scale[:, None], (BLOCK_M, BLOCK_N)), mask=first_col)
+            tl.store(scale_ptr + rows, scale, mask=row_mask)
             scale = scale[:, None]
         tl.store(y_ptr + out_offsets, _quantize(y, scale, y_ptr.dtype.element_ty), mask=mask)
 
@@ -452,14 +461,14 @@ def _forward(
         if cfg.split_rows:
             rms_norm_rstd_kernel[(m,)](
                 x, res, res_out, rstd, *sizes, *x_strides, *res_strides, n, eps,
-                HAS_RESIDUAL=residual is not None, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
+                HAS_RESIDUAL=residual is not None, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, enable_fp_fusion=False,
             )  # fmt: skip
         grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n))
         rms_norm_fwd_kernel[grid](
             x, res, w, y, res_out, rstd, scale, x if scale_ub is None else scale_ub, *sizes, *x_strides,
             *res_strides, m, n, eps, weight_offset, HAS_RESIDUAL=residual is not None, HAS_WEIGHT=weight is not None,
             RSTD_GIVEN=cfg.split_rows, ROUND_XHAT=round_xhat, QUANT=quant, HAS_SCALE_UB=scale_ub is not None,
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, enable_fp_fusion=False,
         )  # fmt: skip
     return residual_out, rstd
 
@@ -495,7 +504,7 @@ def rms_norm_quant_fwd(
     scale: torch.Tensor | None,
     scale_ub: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """rms_norm_fwd's y quantized to float8_e4m3fn: saturate(y / scale), y rounded to x's dtype first.
+    """rms_norm_fwd's y quantized to float8_e4m3fn: saturate(y * (1 / scale)), y rounded to x's dtype first.
 
     scale: [1] fp32 (static), or None: one scale per row, max |y| (clamped to scale_ub, [1] fp32,
     when given) / 448, floored at MIN_DYNAMIC_SCALE. Returns y_q (x's shape, contiguous),
@@ -517,7 +526,7 @@ def rms_norm_quant_fwd(
     with _on_device_of(x):
         rms_norm_quantize_rows_kernel[(y.numel() // n,)](
             y, y_q, row_scale, x if scale_ub is None else scale_ub, n, HAS_SCALE_UB=scale_ub is not None,
-            BLOCK_N=SPLIT_BLOCK_N, num_warps=_tile_warps(SPLIT_BLOCK_N),
+            BLOCK_N=SPLIT_BLOCK_N, num_warps=_tile_warps(SPLIT_BLOCK_N), enable_fp_fusion=False,
         )  # fmt: skip
     return y_q, residual_out, row_scale
 
@@ -571,17 +580,18 @@ def rms_norm_bwd(
             dot = torch.empty((m,), dtype=torch.float32, device=x.device)
             rms_norm_bwd_dot_kernel[(m,)](
                 dy, x, w, rstd, dot, *sizes, *dy_strides, *x_strides, n, weight_offset,
-                HAS_WEIGHT=weight is not None, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
+                HAS_WEIGHT=weight is not None, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, enable_fp_fusion=False,
             )  # fmt: skip
         rms_norm_bwd_kernel[(programs, col_blocks)](
             dy, x, dres, w, rstd, dot, dx, dw_partial, *sizes, *dy_strides, *x_strides, *dres_strides, m, n,
             weight_offset,
             HAS_DRESIDUAL=dresidual_out is not None, HAS_WEIGHT=weight is not None, COMPUTE_DW=compute_dw,
             DOT_GIVEN=cfg.split_rows, ROUND_XHAT=round_xhat, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-            num_warps=cfg.num_warps,
+            num_warps=cfg.num_warps, enable_fp_fusion=False,
         )  # fmt: skip
         if compute_dw:
             rms_norm_dw_reduce_kernel[(triton.cdiv(n, DW_REDUCE_BLOCK_N),)](
-                dw_partial, dw, programs, n, BLOCK_P=DW_REDUCE_BLOCK_P, BLOCK_N=DW_REDUCE_BLOCK_N
+                dw_partial, dw, programs, n, BLOCK_P=DW_REDUCE_BLOCK_P, BLOCK_N=DW_REDUCE_BLOCK_N,
+                enable_fp_fusion=False,
             )
     return dx, dw

@@ -64,8 +64,14 @@ RACE = re.compile(
 # memory (ttg.convert_layout), and every holder writes it to the same slot without a barrier
 # between them: a write-after-write of the same bits, as they all reduced the same values in the
 # same order. Seen at the store of rstd in rms_norm_fwd_kernel (Triton 3.6, H100), whose Triton
-# IR has that conversion. It is listed under "benign" in the summary. Triton, not our source,
-# decides the layouts, so a real race there would be Triton's; any other race is an error.
+# IR has that conversion: for rows of up to 4 fp32 elements the tile is
+# blocked<threadsPerWarp = [8, 4]>, four threads to a row, and rstd, sliced from it, goes to a
+# 1-D layout through shared memory (tensor<1024xf32, slice<dim = 1>> -> blocked<[32]>).
+# Storing rstd through the 2-D tile instead (a store masked to column 0) did not avoid it:
+# Triton's coalescing pass turns that store back into the same conversion; a value that no
+# thread shares would convert the whole tile through shared memory, 16 KB a program. It is
+# listed under "benign" in the summary. Triton, not our source, decides the layouts, so a real
+# race there would be Triton's; any other race is an error.
 TRITON_SOURCE = "triton_kernels.py"
 
 
