@@ -11,9 +11,9 @@ bytes, and every row against the copy ceiling of the run:
 Each case is checked first (QK-norm against the contiguous case, bitwise; quant against the reference
 quantization of the same backend's own rms_norm output, bitwise) and timed only when right.
 
-QK-norm rows are timed as CUDA-graph replays (GPU time only): at S * B = 8192 tokens a forward moves
-67-134 MB, 22-45 us at 3 TB/s, less than an eager call's host time, so eager timing would measure the
-host. The quant rows, at M * N = 2^27, are timed eagerly, as the main sweep is.
+Every row is timed as CUDA-graph replays (GPU time only): at S * B = 8192 tokens a QK-norm forward
+moves 67-134 MB, 22-45 us at 3 TB/s, and an rms_norm_quant of 2^27 elements 403 MB, 94 us on an
+H200: no more than an eager call's host time, so eager timing would have measured the host.
 """
 
 from __future__ import annotations
@@ -28,16 +28,16 @@ from bench.cases import ELEMENTS, EPS
 from bench.errors import first_line
 from bench.inputs import release_memory
 from bench.latency import graph_us_per_call
-from bench.timing import median_ms
 from rmsnorm.reference import quantize_fp8_reference
 
 QK_HEAD_DIM = 128
 QK_HEADS = (32, 64)
 QK_TOKENS = 8192
 QUANT_NS = (1024, 2048, 4096, 8192, 16384, 32768)
-# Calls in one timed CUDA graph: outputs of every call stay allocated in the graph's pool (at H = 64,
-# 134 MB of y and as much of dq a forward+backward), so few.
-QK_GRAPH_CALLS = 10
+# Calls in one timed CUDA graph: the outputs of every call stay allocated in the graph's pool (up to
+# 268 MB a call: add_rms_norm_quant's residual_out, or a QK-norm forward+backward's y and dq), so few.
+GRAPH_CALLS = 10
+MAX_FP8_DIFFERENCE_SHARE = 0.01
 BACKENDS = ("triton", "cuda")
 # Bytes per element of x each case moves: see the module docstring.
 QK_FORWARD_BYTES = 2 * 2
@@ -78,7 +78,7 @@ def _fwd_bwd(q: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor, backend: s
 
 
 def _graph_ms(call: Callable[[], object]) -> float:
-    return graph_us_per_call(call, QK_GRAPH_CALLS) / 1e3
+    return graph_us_per_call(call, GRAPH_CALLS) / 1e3
 
 
 def measure_qk_norm(ceiling: float, log: Callable[[str], None]) -> list[dict]:
@@ -116,18 +116,35 @@ def measure_qk_norm(ceiling: float, log: Callable[[str], None]) -> list[dict]:
     return records
 
 
+def _fp8_steps(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """How many float8_e4m3fn values apart a and b are, elementwise (finite values)."""
+
+    def ordinal(q: torch.Tensor) -> torch.Tensor:
+        bits = q.view(torch.uint8).to(torch.int16)
+        return torch.where(bits >= 0x80, -(bits & 0x7F), bits & 0x7F)
+
+    return (ordinal(a) - ordinal(b)).abs()
+
+
+def _check_fp8(got: torch.Tensor, expected: torch.Tensor, what: str) -> None:
+    """At most one fp8 step from the reference quantization of the backend's own output, in at most 1%
+    of the elements: Triton's quantizing kernel may sum a row in another order than its plain one
+    (tests/test_quant.py, assert_alike); the CUDA kernels match bitwise (the tests hold them to it)."""
+    steps = _fp8_steps(got, expected)
+    if int(steps.max()) > 1 or float((steps > 0).float().mean()) > MAX_FP8_DIFFERENCE_SHARE:
+        raise AssertionError(f"{what} differs from the reference quantization of the same backend's output")
+
+
 def _check_quant(backend: str, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, scale) -> None:
-    """Bitwise: the fused kernels quantize the very y that the unquantized op of that backend returns."""
+    """The fused kernels quantize the y that the unquantized op of that backend returns (see _check_fp8)."""
     y = rmsnorm.rms_norm(x, None, weight, EPS, backend=backend)
-    expected, _ = quantize_fp8_reference(y, 1, scale)
     got, _ = rmsnorm.rms_norm_quant(x, weight, EPS, scale=scale, backend=backend)
-    if not torch.equal(got.view(torch.uint8), expected.view(torch.uint8)):
-        raise AssertionError("rms_norm_quant differs from the reference quantization of rms_norm's output")
+    _check_fp8(got, quantize_fp8_reference(y, 1, scale)[0], "rms_norm_quant")
     y, residual_out = rmsnorm.add_rms_norm(x, residual, weight, EPS, backend=backend)
-    expected, _ = quantize_fp8_reference(y, 1, None)
     got, got_residual, _ = rmsnorm.add_rms_norm_quant(x, residual, weight, EPS, backend=backend)
-    if not (torch.equal(got.view(torch.uint8), expected.view(torch.uint8)) and torch.equal(got_residual, residual_out)):
-        raise AssertionError("add_rms_norm_quant differs from the reference quantization of add_rms_norm's output")
+    _check_fp8(got, quantize_fp8_reference(y, 1, None)[0], "add_rms_norm_quant")
+    if not torch.equal(got_residual, residual_out):
+        raise AssertionError("add_rms_norm_quant's residual_out differs from add_rms_norm's")
 
 
 def _quant_records(n: int, ceiling: float) -> list[dict]:
@@ -160,7 +177,7 @@ def _quant_records(n: int, ceiling: float) -> list[dict]:
             continue
         for case, (call, per_element) in cases.items():
             with torch.no_grad():
-                ms = median_ms(functools.partial(call, backend))
+                ms = _graph_ms(functools.partial(call, backend))
             records.append(_record("quant", backend, case, n, rows, per_element * x.numel(), ms, ceiling))
     return records
 

@@ -113,6 +113,35 @@ def fp8_ordinal(q: torch.Tensor) -> torch.Tensor:
     return torch.where(bits >= 0x80, -magnitude, magnitude)
 
 
+# Triton chooses each kernel's register layout from its types and the alignment of its arguments,
+# and the layout fixes the order of a row's sum of squares: the quantizing kernel (an fp8 store)
+# and the plain one, or a strided and a contiguous x, may get rstd one fp32 ulp apart (H100 and
+# H200; the CUDA kernels' order is their own and fixed). Comparisons across two Triton kernels on
+# the GPU then allow what such an rstd moves: a dynamic scale a few fp32 ulps, a y_q one fp8 step
+# in a small share of the elements.
+TRITON_SCALE_RELATIVE = 2.0**-20
+TRITON_LAYOUT_NOTE = "across two Triton kernel variants"
+
+
+def assert_alike(backend: str, actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
+    """assert_same, except for triton on the GPU comparing two kernel variants (see TRITON_SCALE_RELATIVE)."""
+    if backend != "triton" or not ON_GPU or actual.dtype not in (FP8, torch.float32):
+        assert_same(actual, expected, what)
+        return
+    assert actual.shape == expected.shape and actual.dtype == expected.dtype, what
+    nan_actual, nan_expected = torch.isnan(actual.float()), torch.isnan(expected.float())
+    assert torch.equal(nan_actual, nan_expected), f"{what}: NaN where the reference has none, or the reverse"
+    if actual.dtype == FP8:
+        steps = (fp8_ordinal(actual) - fp8_ordinal(expected)).abs()[~nan_expected]
+        assert steps.numel() == 0 or int(steps.max()) <= 1, f"{what}: {TRITON_LAYOUT_NOTE}, more than one fp8 step"
+        share = float((steps > 0).float().mean()) if steps.numel() else 0.0
+        assert share <= MAX_FP8_DIFFERENCE_SHARE, f"{what}: {TRITON_LAYOUT_NOTE}, {share:.2%} of elements differ"
+    else:
+        a, e = actual[~nan_expected], expected[~nan_expected]
+        close = (a == e) | ((a - e).abs() <= TRITON_SCALE_RELATIVE * e.abs())
+        assert bool(close.all()), f"{what}: {TRITON_LAYOUT_NOTE}, scales more than a few ulps apart"
+
+
 def static_scale(y: torch.Tensor) -> torch.Tensor:
     """A positive random scale, [1] fp32, about max|y| / 448: below it the largest values saturate."""
     amax = y.float().abs().amax()
@@ -166,9 +195,9 @@ def test_exact_against_own_output(backend, n, dtype, mode):
     expected_q, expected_scale = quantize_fp8_reference(y, 1, **kwargs)
     check_outputs(x, y_q, scale, kwargs)
     if mode != "static":
-        assert_same(scale, expected_scale, f"{backend} row scales")
+        assert_alike(backend, scale, expected_scale, f"{backend} row scales")
     skip_y_q_on_interpreter(backend)
-    assert_same(y_q, expected_q, f"{backend} y_q")
+    assert_alike(backend, y_q, expected_q, f"{backend} y_q")
 
 
 # --- 2. against the float reference --------------------------------------------------------------
@@ -190,11 +219,13 @@ def test_against_float_reference(backend, n, dtype, mode):
     if mode == "dynamic":
         # A row's scale is a function of its max|y| alone: equal maxima, equal scales.
         same_amax = own_y.float().abs().amax(-1, keepdim=True) == ref_y.float().abs().amax(-1, keepdim=True)
-        assert_same(scale[same_amax], ref_scale[same_amax], f"{backend} row scales where max|y| matches the reference")
+        what = f"{backend} row scales where max|y| matches the reference"
+        assert_alike(backend, scale[same_amax], ref_scale[same_amax], what)
         may_differ = may_differ | ~same_amax  # another scale moves every element of its row
     skip_y_q_on_interpreter(backend)
     steps = (fp8_ordinal(y_q) - fp8_ordinal(ref_q)).abs()
-    assert not steps[~may_differ].any(), f"{backend}: y_q differs from the reference where y does not"
+    if not (backend == "triton" and ON_GPU):  # Triton's quantizing kernel may sum in another order (assert_alike)
+        assert not steps[~may_differ].any(), f"{backend}: y_q differs from the reference where y does not"
     assert int(steps.max()) <= 1, f"{backend}: y_q up to {int(steps.max())} fp8 steps from the reference"
     share = (steps != 0).double().mean().item()
     assert share <= MAX_FP8_DIFFERENCE_SHARE, f"{backend}: {100 * share:.2f}% of y_q differs from the reference"
@@ -231,12 +262,12 @@ def test_special_rows(backend, n, dtype, mode):
     expected_q, expected_scale = quantize_fp8_reference(y, 1, **kwargs)
     check_outputs(x, y_q, scale, kwargs)
     if mode != "static":
-        assert_same(scale, expected_scale, f"{backend} row scales")
+        assert_alike(backend, scale, expected_scale, f"{backend} row scales")
         # What the reference says, spelled out: the floor for a zero row, NaN for a row holding one.
         assert scale[1].item() == scale[4].item() == scale[5].item() == MIN_SCALE_FP32
         assert torch.isnan(scale[2]).item() and torch.isnan(scale[3]).item()
     skip_y_q_on_interpreter(backend)
-    assert_same(y_q, expected_q, f"{backend} y_q")
+    assert_alike(backend, y_q, expected_q, f"{backend} y_q")
     assert (y_q[1].float() == 0).all(), "a zero row must quantize to zeros (signed as the weight)"
     assert torch.isnan(y_q[2].float()).all(), "a row holding a NaN is NaN throughout (its rstd is NaN)"
 
@@ -276,13 +307,13 @@ def test_huge_and_infinite_y_saturate(backend, mode):
     expected_q, expected_scale = quantize_fp8_reference(y, 1, **kwargs)
     check_outputs(x, y_q, scale, kwargs)
     if mode == "dynamic":
-        assert_same(scale, expected_scale, f"{backend} row scales")
+        assert_alike(backend, scale, expected_scale, f"{backend} row scales")
         assert torch.isinf(scale).all()
     if mode == "scale_ub":
-        assert_same(scale, expected_scale, f"{backend} row scales")
+        assert_alike(backend, scale, expected_scale, f"{backend} row scales")
         assert (scale == torch.tensor(1e3) / FP8_E4M3_MAX).all()
     skip_y_q_on_interpreter(backend)
-    assert_same(y_q, expected_q, f"{backend} y_q")
+    assert_alike(backend, y_q, expected_q, f"{backend} y_q")
     if mode != "dynamic":
         saturated = torch.tensor([0x7E, 0x7E, 0xFE], dtype=torch.uint8, device=DEVICE)  # 448, 448, -448
         assert (y_q[:, :3].view(torch.uint8) == saturated).all(), "+-2.5e30 and +Inf must saturate to +-448"
@@ -316,9 +347,9 @@ def test_add_rms_norm_quant_exact(backend, n, dtype, residual_dtype, mode):
     assert res_out_q.dtype == residual_dtype and res_out_q.shape == x.shape and res_out_q.is_contiguous()
     assert_same(res_out_q, residual_out, f"{backend} residual_out")
     if mode != "static":
-        assert_same(scale, expected_scale, f"{backend} row scales")
+        assert_alike(backend, scale, expected_scale, f"{backend} row scales")
     skip_y_q_on_interpreter(backend)
-    assert_same(y_q, expected_q, f"{backend} y_q")
+    assert_alike(backend, y_q, expected_q, f"{backend} y_q")
 
 
 def test_add_rms_norm_quant_against_reference(backend):
@@ -387,20 +418,20 @@ def test_strided_inputs(backend, layout, dtype, mode):
     check_outputs(x, y_q, scale, kwargs)
     if mode == "dynamic":
         assert scale.shape == (*x.shape[:-1], 1)
-        assert_same(scale, quantize_fp8_reference(y, 1)[1], f"{backend} {layout} row scales")
+        assert_alike(backend, scale, quantize_fp8_reference(y, 1)[1], f"{backend} {layout} row scales")
     if backend != "torch":
         copy_q, copy_scale = rmsnorm.rms_norm_quant(x.contiguous(), w, EPS, backend=backend, **kwargs)
-        assert_same(y_q, copy_q, f"{backend} {layout} y_q against x.contiguous()")
+        assert_alike(backend, y_q, copy_q, f"{backend} {layout} y_q against x.contiguous()")
         if mode == "dynamic":
-            assert_same(scale, copy_scale, f"{backend} {layout} scales against x.contiguous()")
+            assert_alike(backend, scale, copy_scale, f"{backend} {layout} scales against x.contiguous()")
         # add_rms_norm_quant: x strided, residual another layout (permuted: no row view, copied).
         residual = randn(*reversed(x.shape), dtype=dtype).permute(*reversed(range(x.dim())))
         got = rmsnorm.add_rms_norm_quant(x, residual, w, EPS, backend=backend, **kwargs)
         want = rmsnorm.add_rms_norm_quant(x.contiguous(), residual.contiguous(), w, EPS, backend=backend, **kwargs)
         for a, b, what in zip(got, want, ("y_q", "residual_out", "scale")):
-            assert_same(a, b, f"{backend} {layout} add_rms_norm_quant {what} against contiguous inputs")
+            assert_alike(backend, a, b, f"{backend} {layout} add_rms_norm_quant {what} against contiguous inputs")
     skip_y_q_on_interpreter(backend)
-    assert_same(y_q, quantize_fp8_reference(y, 1, **kwargs)[0], f"{backend} {layout} y_q")
+    assert_alike(backend, y_q, quantize_fp8_reference(y, 1, **kwargs)[0], f"{backend} {layout} y_q")
 
 
 # --- 6. weight=None, weight_offset, casting_mode "llama" -----------------------------------------
@@ -437,9 +468,9 @@ def test_variants_exact_against_own_output(backend, variant, with_residual, dtyp
     expected_q, expected_scale = quantize_fp8_reference(y, 1, **kwargs)
     check_outputs(x, y_q, scale, kwargs)
     if mode != "static":
-        assert_same(scale, expected_scale, f"{backend} {variant} row scales")
+        assert_alike(backend, scale, expected_scale, f"{backend} {variant} row scales")
     skip_y_q_on_interpreter(backend)
-    assert_same(y_q, expected_q, f"{backend} {variant} y_q")
+    assert_alike(backend, y_q, expected_q, f"{backend} {variant} y_q")
 
 
 def test_scale_tensor_forms(backend):
