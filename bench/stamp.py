@@ -28,10 +28,16 @@ def _git(*args: str) -> str | None:
 
 
 def git_commit() -> str:
-    """HEAD's hash, "+dirty" when the work tree differs; else $RMSNORM_GIT_COMMIT (copies without .git)."""
+    """$RMSNORM_GIT_COMMIT when set; else HEAD's hash, "+dirty" when the work tree differs.
+
+    The variable comes first: a copy of the work tree sent to a GPU machine can carry a stale .git
+    (on 2026-11-25 it named the session's first commit, "+dirty", for every later tree).
+    """
+    if os.environ.get("RMSNORM_GIT_COMMIT"):
+        return os.environ["RMSNORM_GIT_COMMIT"]
     commit = _git("rev-parse", "HEAD")
     if commit is None:
-        return os.environ.get("RMSNORM_GIT_COMMIT", "unknown")
+        return "unknown"
     return commit + ("+dirty" if _git("status", "--porcelain", "--untracked-files=no") else "")
 
 
