@@ -12,10 +12,12 @@ to compute its statistic (rstd forward, the dot product of xhat and dy*w backwar
 grid of column blocks applies it. That reads x once more, but nothing spills.
 
 Every launch passes enable_fp_fusion=False: Triton then emits mul.rn / add.rn, which ptxas may
-not contract into FMAs. With fusion on it emits plain mul / add, which ptxas contracts as its
-scheduling of each kernel variant happens to allow: the quantizing forward then computed fp32
-rows a few ulps away from the plain forward's (H100, fp32 rows of 12288). Off, the bits are those
-of the formula as written, in every variant, as in the CUDA kernels (__fmul_rn, __fmaf_rn).
+not contract into FMAs; with fusion on it emits plain mul / add, which ptxas may contract where
+its scheduling allows. Off, each product and sum is rounded as written, as in the CUDA kernels
+(__fmul_rn, __fmaf_rn). What stays Triton's choice is the register layout of each kernel variant,
+from its types and its arguments' alignment, and with it the order of a row's sum of squares:
+the quantizing and the plain forward can compute rstd one fp32 ulp apart (H100 and H200), which
+tests/test_quant.py allows for.
 
 Row counts are not specialised on (do_not_specialize): nothing in the kernels gains from knowing
 M, and every distinct M % 16 would otherwise compile its own copy.
