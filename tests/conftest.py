@@ -17,6 +17,7 @@ if not ON_GPU:
 
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
 BACKENDS = ("triton", "cuda", "torch")
+KERNEL_BACKENDS = ("triton", "cuda")
 # Fresh inputs on every run, reproducible on demand: RMSNORM_TEST_SEED=<the seed in the header>.
 BASE_SEED = int(os.environ.get("RMSNORM_TEST_SEED", random.randrange(2**31)))
 
@@ -29,11 +30,26 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "benchmark: timing tests, deselected by default (-m benchmark runs them)")
 
 
+def _skip_without_gpu(name: str) -> None:
+    if name == "cuda" and not ON_GPU:
+        pytest.skip("the cuda backend runs only on a CUDA GPU; none here")
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request):
     """Every backend; cuda skips, with the reason, where there is no GPU to run it on."""
-    if request.param == "cuda" and not ON_GPU:
-        pytest.skip("the cuda backend runs only on a CUDA GPU; none here")
+    _skip_without_gpu(request.param)
+    return request.param
+
+
+@pytest.fixture(params=KERNEL_BACKENDS)
+def kernel_backend(request):
+    """The two kernel backends, as `backend`; cuda's extension is loaded (built) before the test."""
+    _skip_without_gpu(request.param)
+    if request.param == "cuda":
+        import rmsnorm  # not at the top: TRITON_INTERPRET must be set before rmsnorm imports Triton
+
+        rmsnorm.cuda_ext.load()
     return request.param
 
 

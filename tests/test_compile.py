@@ -8,18 +8,6 @@ from rmsnorm import ops
 from tests.conftest import DEVICE, ON_GPU
 from tests.ddp_train import Block
 
-KERNEL_BACKENDS = ("triton", "cuda")
-
-
-@pytest.fixture(params=KERNEL_BACKENDS)
-def kernel_backend(request):
-    if request.param == "cuda":
-        if not ON_GPU:
-            pytest.skip("the cuda backend runs only on a CUDA GPU; none here")
-        rmsnorm.cuda_ext.load()
-    return request.param
-
-
 def op_samples(backend):
     """(op, args) for every op of the backend, on small random inputs."""
     fwd, add_fwd = ops.forward_ops(backend)

@@ -16,7 +16,6 @@ from tests.inputs import randn, random_weight
 from tests.numerics import check_rms_norm
 
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-KERNEL_BACKENDS = ("triton", "cuda")
 # (batch, sequence, heads, head dim): QK-norm of a fused QKV projection.
 QKV_SHAPE = (2, 64, 8, 128) if ON_GPU else (2, 3, 4, 16)
 
@@ -33,11 +32,6 @@ def non_mergeable(lead_dims: int, d: int, dtype):
     sizes = (2, 3, 2, 3, 2)[:lead_dims]
     base = randn(*(2 * s for s in sizes), d, dtype=dtype)  # every leading dim strided by 2
     return base[(slice(None, None, 2),) * lead_dims]
-
-
-def _skip_unavailable(backend):
-    if backend == "cuda" and not ON_GPU:
-        pytest.skip("the cuda backend runs only on a CUDA GPU; none here")
 
 
 @pytest.mark.parametrize("lead_dims", (2, 3, 4))
@@ -59,10 +53,9 @@ def test_too_many_leading_dims_are_copied():
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
-def test_qk_norm_same_bits_as_contiguous(backend, dtype):
+def test_qk_norm_same_bits_as_contiguous(kernel_backend, dtype):
     """q and k normalized in place give the bits, and gradients, of their contiguous copies."""
-    _skip_unavailable(backend)
+    backend = kernel_backend
     q, k = qkv_views(dtype)
     d = q.shape[-1]
     weight = random_weight(d, dtype)
@@ -99,13 +92,12 @@ def test_qkv_heads_add_rms_norm(backend, dtype):
     check_rms_norm(backend, residual, (q.shape[-1],), weight, 1e-6, residual=q)
 
 
-def test_qkv_heads_no_grad_path():
+def test_qkv_heads_no_grad_path(kernel_backend):
     """Inference calls (no autograd) take the same views: y equal to the autograd path's."""
     q, _ = qkv_views(torch.bfloat16)
     weight = random_weight(q.shape[-1], torch.bfloat16)
-    for backend in ("triton", "cuda") if ON_GPU else ("triton",):
-        with torch.no_grad():
-            y = rms_norm(q, (q.shape[-1],), weight, backend=backend)
-            y_add, _ = add_rms_norm(q, q, weight, backend=backend)
-        assert torch.equal(y, rms_norm(q.contiguous(), (q.shape[-1],), weight, backend=backend))
-        assert torch.equal(y_add, add_rms_norm(q.contiguous(), q.contiguous(), weight, backend=backend)[0])
+    with torch.no_grad():
+        y = rms_norm(q, (q.shape[-1],), weight, backend=kernel_backend)
+        y_add, _ = add_rms_norm(q, q, weight, backend=kernel_backend)
+    assert torch.equal(y, rms_norm(q.contiguous(), (q.shape[-1],), weight, backend=kernel_backend))
+    assert torch.equal(y_add, add_rms_norm(q.contiguous(), q.contiguous(), weight, backend=kernel_backend)[0])

@@ -27,12 +27,11 @@ from rmsnorm.reference import (
     quantize_fp8_reference,
     rms_norm_reference,
 )
-from tests.conftest import DEVICE, ON_GPU
+from tests.conftest import DEVICE, KERNEL_BACKENDS, ON_GPU
 from tests.inputs import randn, random_weight
 
 FP8 = torch.float8_e4m3fn
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-KERNEL_BACKENDS = ("triton", "cuda")
 # Sub-warp rows, an odd tail, one tile; on the GPU also a wide tile and, past 32768, the split rows
 # whose dynamic scale comes from a second walk over y (rms_norm_quantize_rows_kernel).
 WIDTHS = (1, 3, 127, 4097, 12288, 65537) if ON_GPU else (1, 3, 127, 4097)
@@ -560,15 +559,6 @@ def test_quant_still_checks_the_rms_norm_arguments(backend):
 
 
 # --- 8. real operators: opcheck, torch.compile ---------------------------------------------------
-
-
-@pytest.fixture(params=KERNEL_BACKENDS)
-def kernel_backend(request):
-    if request.param == "cuda":
-        if not ON_GPU:
-            pytest.skip("the cuda backend runs only on a CUDA GPU; none here")
-        rmsnorm.cuda_ext.load()
-    return request.param
 
 
 def test_opcheck(kernel_backend):
