@@ -44,6 +44,7 @@ def layers() -> dict[str, Callable[[], object]]:
     y = torch.empty_like(x)
     rstd = torch.empty(1, device="cuda")
     cfg = triton_kernels.tile_config(N, triton_kernels.FWD_MAX_TILE_N)
+    sizes, strides = triton_kernels.row_layout(x)
     cases = {
         "F.rms_norm": lambda: F.rms_norm(x, (N,), w, EPS),
         "torch.empty x2 (the outputs)": lambda: (torch.empty_like(x), torch.empty(1, device="cuda")),
@@ -53,9 +54,10 @@ def layers() -> dict[str, Callable[[], object]]:
         ),
         "rms_norm: as_rows": lambda: functional.as_rows(x, N),
         "triton: raw kernel launch": lambda: triton_kernels.rms_norm_fwd_kernel[(1, 1)](
-            x, x, w, y, y, rstd, N, N, 1, N, EPS, 0.0,
-            HAS_RESIDUAL=False, HAS_WEIGHT=True, RSTD_GIVEN=False, ROUND_XHAT=False, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-            num_warps=cfg.num_warps,
+            x, x, w, y, y, rstd, rstd, x, *sizes, *strides, *strides, 1, N, EPS, 0.0,
+            HAS_RESIDUAL=False, HAS_WEIGHT=True, RSTD_GIVEN=False, ROUND_XHAT=False, QUANT=triton_kernels.NO_QUANT,
+            HAS_SCALE_UB=False, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
+            enable_fp_fusion=False,
         ),  # fmt: skip
         "triton: host wrapper (triton_kernels.rms_norm_fwd)": lambda: triton_kernels.rms_norm_fwd(
             x, None, w, 0.0, EPS
@@ -66,14 +68,10 @@ def layers() -> dict[str, Callable[[], object]]:
     if "cuda" in rmsnorm.available_backends():
         rmsnorm.cuda_ext.load()
         op = torch.ops.rmsnorm_cuda.rms_norm_fwd.default
-
-        def below_autograd():
-            with torch._C._AutoDispatchBelowAutograd():
-                return op(x, w, 0.0, EPS, False)
-
+        below_autograd, _ = ops.untracked_forward_ops("cuda")
         cases |= {
             "cuda: torch op (C++ kernel + Python autograd kernel)": lambda: op(x, w, 0.0, EPS, False),
-            "cuda: torch op below autograd": below_autograd,
+            "cuda: torch op below autograd": lambda: below_autograd(x, w, 0.0, EPS, False),
             "cuda: rms_norm(backend='cuda')": lambda: rmsnorm.rms_norm(x, (N,), w, EPS, backend="cuda"),
         }
     cases["forward_ops lookup"] = lambda: ops.forward_ops("triton")
