@@ -34,16 +34,17 @@ import torch
 import triton
 import triton.language as tl
 
+from . import reference
+
 logger = logging.getLogger("rmsnorm")
 
 # Quantization of the forward's output (rms_norm_quant): none, one given scale, or one per row.
 NO_QUANT = tl.constexpr(0)
 QUANT_STATIC = tl.constexpr(1)
 QUANT_DYNAMIC = tl.constexpr(2)
-# The largest finite float8_e4m3fn, and vLLM's floor on a dynamic scale, which keeps an all-zero
-# row from dividing zero by zero (the reference, rmsnorm/reference.py, holds the same two numbers).
-FP8_E4M3_MAX = tl.constexpr(448.0)
-MIN_DYNAMIC_SCALE = tl.constexpr(1.0 / (448.0 * 512.0))
+# The largest finite float8_e4m3fn, and vLLM's floor on a dynamic scale: the reference's numbers.
+FP8_E4M3_MAX = tl.constexpr(reference.FP8_E4M3_MAX)
+MIN_DYNAMIC_SCALE = tl.constexpr(reference.MIN_DYNAMIC_SCALE)
 
 
 @triton.jit
