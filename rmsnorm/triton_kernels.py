@@ -459,7 +459,7 @@ def _forward(
     w = x if weight is None else weight
     scale = rstd if scale is None else scale
     sizes, x_strides = row_layout(x)
-    _, res_strides = row_layout(res)
+    res_strides = x_strides if residual is None else row_layout(residual)[1]
     with _on_device_of(x):
         if cfg.split_rows:
             rms_norm_rstd_kernel[(m,)](
@@ -577,7 +577,7 @@ def rms_norm_bwd(
     dw_partial = torch.empty((programs, n), dtype=torch.float32, device=x.device) if compute_dw else rstd
     sizes, x_strides = row_layout(x)
     _, dy_strides = row_layout(dy)
-    _, dres_strides = row_layout(dres)
+    dres_strides = dy_strides if dresidual_out is None else row_layout(dresidual_out)[1]
     with _on_device_of(x):
         if cfg.split_rows:
             dot = torch.empty((m,), dtype=torch.float32, device=x.device)
