@@ -487,8 +487,8 @@ def rms_norm_quant(
     1 / scale is an IEEE fp32 division, once per scale, and y is multiplied by it, as vLLM's kernels
     do (y / scale differs in the last fp32 bit now and then: the fp8 result moved one step in 14
     of 42 million fp32 values, none of 84 million bf16 ones). The product is saturated to +-448
-    (Inf too), rounded to nearest even to out_dtype (float8_e4m3fn, the one format supported); NaN stays NaN, and a row holding a NaN
-    gets a NaN scale. Forward only: not differentiable.
+    (Inf too), rounded to nearest even to out_dtype (float8_e4m3fn, the one format supported);
+    NaN stays NaN, and a row holding a NaN gets a NaN scale. Forward only: not differentiable.
 
     Returns (y_q, scale): y_q contiguous with x's shape; scale the given tensor (static), or the
     row scales, float32 of shape x.shape with the normalized dims as 1 (x.shape[:-1] + (1,)).
@@ -510,7 +510,8 @@ def add_rms_norm_quant(
     casting_mode: str = "fp32",
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """add_rms_norm followed by fp8 quantization, fused: residual_out = x + residual, y_q = quantized rms_norm(residual_out).
+    """add_rms_norm followed by fp8 quantization, fused: residual_out = x + residual, y_q the
+    quantized rms_norm(residual_out).
 
     x, residual: as in add_rms_norm (residual in x's dtype, or an fp32 residual stream); the
     quantization as in rms_norm_quant. Returns (y_q, residual_out, scale), residual_out contiguous
