@@ -72,6 +72,33 @@ __device__ __forceinline__ __half from_float<__half>(float v) { return __float2h
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
+// A Vec of T from N floats, rounded to nearest even: two at a time for 16-bit T (one
+// cvt.rn.bf16x2.f32 / cvt.rn.f16x2.f32 a pair, against a conversion and a byte shuffle per element
+// otherwise: the same bits, fewer instructions in kernels that are issue-bound, bench/NOTES.md v0.7).
+template <typename T, int N>
+__device__ __forceinline__ Vec<T, N> vec_from_floats(const float (&f)[N]) {
+  Vec<T, N> out;
+  if constexpr (std::is_same_v<T, __nv_bfloat16> && N % 2 == 0) {
+#pragma unroll
+    for (int k = 0; k < N; k += 2) {
+      const __nv_bfloat162 pair = __floats2bfloat162_rn(f[k], f[k + 1]);
+      out.v[k] = pair.x;
+      out.v[k + 1] = pair.y;
+    }
+  } else if constexpr (std::is_same_v<T, __half> && N % 2 == 0) {
+#pragma unroll
+    for (int k = 0; k < N; k += 2) {
+      const __half2 pair = __floats2half2_rn(f[k], f[k + 1]);
+      out.v[k] = pair.x;
+      out.v[k + 1] = pair.y;
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < N; ++k) out.v[k] = from_float<T>(f[k]);
+  }
+  return out;
+}
+
 // Zero in T, as a bit pattern (the conversion intrinsics would not be folded away).
 template <typename T>
 __device__ __forceinline__ T zero_value();
@@ -186,6 +213,26 @@ __device__ __forceinline__ float block_reduce_sum(float v, int group_threads) {
 
 __device__ __forceinline__ float block_reduce_max(float v, int group_threads) {
   return block_reduce(v, group_threads, NanMaxOp{});
+}
+
+// Where a thread of a register kernel works: its block's rows_per_block rows at a time, row
+// row_in_block of them, as thread `lane` of that row's threads_per_row. threads_per_row is a power
+// of two <= 32 (several rows per block, blockDim.x a power of two too) or blockDim.x (one row per
+// block): shifts and masks, not divisions. A 32-bit division is about 20 instructions and a 64-bit
+// one about 70, paid by every thread for the one row group it mostly handles: a fifth of the
+// forward's instructions at 16 elements a thread, in kernels ncu found issue-bound
+// (bench/NOTES.md v0.7).
+struct RowGroupPlace {
+  int rows_per_block;
+  int row_in_block;
+  int lane;
+};
+
+__device__ __forceinline__ RowGroupPlace row_group_place(int threads_per_row) {
+  if (threads_per_row == static_cast<int>(blockDim.x)) return {1, 0, static_cast<int>(threadIdx.x)};
+  const int shift = __ffs(threads_per_row) - 1;
+  return {static_cast<int>(blockDim.x) >> shift, static_cast<int>(threadIdx.x) >> shift,
+          static_cast<int>(threadIdx.x) & (threads_per_row - 1)};
 }
 
 // How the threads of a block hold whole rows in registers: each thread of a row keeps `items`

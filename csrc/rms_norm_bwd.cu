@@ -207,16 +207,16 @@ __global__ void __launch_bounds__(kBwdMaxBlockThreads, 1) rms_norm_bwd_kernel(
   // [R, n]: each row group's dweight sums, when R > 1 and dweight_partials is set (the launcher
   // sizes it then).
   extern __shared__ float group_partials[];
-  const int rows_per_block = blockDim.x / threads_per_row;
-  const int row_in_block = threadIdx.x / threads_per_row;
+  const RowGroupPlace place = row_group_place(threads_per_row);
+  const int rows_per_block = place.rows_per_block;
+  const int row_in_block = place.row_in_block;
   // Column of this thread's first chunk, and the distance to its next one.
-  const int first_col = static_cast<int>(threadIdx.x % threads_per_row) * VEC;
+  const int first_col = place.lane * VEC;
   const int col_step = threads_per_row * VEC;
   const bool with_dweight = dweight_partials != nullptr;
   Vec<float, VEC> dweight_sums[ITEMS] = {};
 
-  const int64_t row_groups = ceil_div(rows, rows_per_block);
-  for (int64_t group = blockIdx.x; group < row_groups; group += gridDim.x) {
+  for (int64_t group = blockIdx.x; group * rows_per_block < rows; group += gridDim.x) {
     const int64_t row = group * rows_per_block + row_in_block;
     // Threads of a row past the last one still take part in the reduction (its shuffles need
     // every lane of the warp), on zeros (rstd 0 too, so they add nothing to dweight), and store

@@ -19,8 +19,9 @@
 // as a template instantiation too. Static or dynamic scaling is a runtime option too.
 //   rms_norm_fwd_kernel:        the row is held in registers (ITEMS Vecs per thread) between the
 //                               sum of squares and the scaling, so x (and residual) are read from
-//                               DRAM once and y (and residual_out) written once; the dynamic
-//                               amax is taken from the same registers, y formed twice.
+//                               DRAM once and y (and residual_out) written once; quantizing, y
+//                               replaces the row in registers, and the dynamic amax is taken
+//                               from there.
 //   rms_norm_fwd_looped_kernel: rows too long for registers; one block per row walks the row
 //                               twice (sum of squares, then scaling), the second time mostly
 //                               from L2; three times for the dynamic amax. With a residual every
@@ -33,6 +34,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cstring>
 #include <type_traits>
 
 #include <cuda_fp8.h>
@@ -127,11 +129,13 @@ __device__ __forceinline__ float dynamic_scale(float amax, const float* scale_ub
 }
 
 // amax combined with |y| over the elements of the chunk at col before end, NaN propagating.
-template <int VEC, typename T, typename Index>
+// ALIGNED: no chunk straddles end, so one test a chunk.
+template <bool ALIGNED, int VEC, typename T, typename Index>
 __device__ __forceinline__ float add_abs_max(float amax, const Vec<T, VEC>& y, Index col, Index end) {
+  if (ALIGNED && col >= end) return amax;
 #pragma unroll
   for (int k = 0; k < VEC; ++k) {
-    if (col + k < end) amax = NanMaxOp{}(amax, fabsf(to_float(y.v[k])));
+    if (ALIGNED || col + k < end) amax = NanMaxOp{}(amax, fabsf(to_float(y.v[k])));
   }
   return amax;
 }
@@ -148,11 +152,18 @@ __device__ __forceinline__ float inverse_scale(float scale) { return __fdiv_rn(1
 template <bool ALIGNED, int VEC, typename T, typename Y, typename Index>
 __device__ __forceinline__ void store_y(Y* y_row, Index col, Index n, const Vec<T, VEC>& y, float y_inv_scale) {
   if constexpr (kQuantizes<Y>) {
-    Vec<Fp8, VEC> q;
+    static_assert(VEC % 2 == 0, "fp8 values are converted in pairs");
+    // Two values a conversion (cvt.rn.satfinite.e4m3x2.f32 on sm_89+): the bits of converting each
+    // on its own, half the instructions. The pair's first value is its low byte.
+    __nv_fp8x2_storage_t pairs[VEC / 2];
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) {
-      q.v[k] = __nv_cvt_float_to_fp8(__fmul_rn(to_float(y.v[k]), y_inv_scale), __NV_SATFINITE, __NV_E4M3);
+    for (int k = 0; k < VEC; k += 2) {
+      const float2 scaled = make_float2(__fmul_rn(to_float(y.v[k]), y_inv_scale),
+                                        __fmul_rn(to_float(y.v[k + 1]), y_inv_scale));
+      pairs[k / 2] = __nv_cvt_float2_to_fp8x2(scaled, __NV_SATFINITE, __NV_E4M3);
     }
+    Vec<Fp8, VEC> q;
+    memcpy(&q, pairs, sizeof(q));
     store_vec<ALIGNED>(y_row, col, n, q);
   } else {
     store_vec<ALIGNED>(y_row, col, n, y);
@@ -211,19 +222,19 @@ __device__ __forceinline__ float normalized(R r, float rstd, bool round_xhat) {
 template <bool ALIGNED, typename T, int VEC, typename R, typename W, typename Index>
 __device__ __forceinline__ Vec<T, VEC> y_of(const Vec<R, VEC>& r, const W* weight, float weight_offset,
                                             bool round_xhat, Index col, Index n, float rstd) {
-  Vec<T, VEC> y;
+  float y[VEC];
   if (weight != nullptr) {
     const Vec<W, VEC> w = load_vec<ALIGNED, VEC>(weight, col, n);
 #pragma unroll
     for (int k = 0; k < VEC; ++k) {
       const float scale = __fadd_rn(to_float(w.v[k]), weight_offset);
-      y.v[k] = from_float<T>(__fmul_rn(normalized<T>(r.v[k], rstd, round_xhat), scale));
+      y[k] = __fmul_rn(normalized<T>(r.v[k], rstd, round_xhat), scale);
     }
   } else {
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) y.v[k] = from_float<T>(normalized<T>(r.v[k], rstd, round_xhat));
+    for (int k = 0; k < VEC; ++k) y[k] = normalized<T>(r.v[k], rstd, round_xhat);
   }
-  return y;
+  return vec_from_floats<T>(y);
 }
 
 // Rows held in registers. Block b handles row groups b, b + gridDim.x, ...; row group g is rows
@@ -254,13 +265,14 @@ __global__ void __launch_bounds__(kMaxBlockThreads, 1) rms_norm_fwd_kernel(
     RoundXhat round_xhat,            // bool, or std::bool_constant
     int threads_per_row) {           // RowTiling::threads_per_row: a power of two <= 32, or blockDim.x
   constexpr int VEC = kVecElems<T>;
-  const int rows_per_block = blockDim.x / threads_per_row;
+  const RowGroupPlace place = row_group_place(threads_per_row);
   // Column of this thread's first chunk, and the distance to its next one.
-  const int first_col = static_cast<int>(threadIdx.x % threads_per_row) * VEC;
+  const int first_col = place.lane * VEC;
   const int col_step = threads_per_row * VEC;
-  const int64_t row_groups = ceil_div(rows, rows_per_block);
-  for (int64_t group = blockIdx.x; group < row_groups; group += gridDim.x) {
-    const int64_t row = group * rows_per_block + threadIdx.x / threads_per_row;
+  // Loaded before the row, off the path from the reduction to the stores.
+  const float static_scale = kQuantizes<Y> && scaling.scale != nullptr ? *scaling.scale : 1.0f;
+  for (int64_t group = blockIdx.x; group * place.rows_per_block < rows; group += gridDim.x) {
+    const int64_t row = group * place.rows_per_block + place.row_in_block;
     // Threads of a row past the last one still take part in the reduction (its shuffles need
     // every lane of the warp), on zeros, and store nothing.
     const bool in_range = row < rows;
@@ -289,34 +301,37 @@ __global__ void __launch_bounds__(kMaxBlockThreads, 1) rms_norm_fwd_kernel(
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) sum_sq = add_squares(sum_sq, x_chunks[i]);
     const float row_rstd = rstd_of(block_reduce_sum(sum_sq, threads_per_row), n, eps);
-    float y_scale = 1.0f;  // y's fp8 scale: y is multiplied by its reciprocal before the rounding
+    Y* y_row = y + row * n;
     if constexpr (kQuantizes<Y>) {
-      if (scaling.scale != nullptr) {
-        y_scale = *scaling.scale;
-      } else {
-        // y formed a first time from the registers, for its amax: holding it as well would
-        // double the registers a row takes.
+      // y formed once, in place of the row (the same registers), for its amax and its stores.
+      Vec<T, VEC> y_chunks[ITEMS];
+#pragma unroll
+      for (int i = 0; i < ITEMS; ++i) {
+        y_chunks[i] = y_of<ALIGNED, T>(x_chunks[i], weight, weight_offset, round_xhat, first_col + i * col_step, n,
+                                       row_rstd);
+      }
+      float y_scale = static_scale;  // y is multiplied by its reciprocal before the rounding
+      if (scaling.scale == nullptr) {
         float amax = 0.0f;
 #pragma unroll
-        for (int i = 0; i < ITEMS; ++i) {
-          const int col = first_col + i * col_step;
-          amax = add_abs_max(amax, y_of<ALIGNED, T>(x_chunks[i], weight, weight_offset, round_xhat, col, n, row_rstd),
-                             col, end);
-        }
+        for (int i = 0; i < ITEMS; ++i) amax = add_abs_max<ALIGNED>(amax, y_chunks[i], first_col + i * col_step, end);
         y_scale = dynamic_scale(block_reduce_max(amax, threads_per_row), scaling.scale_ub);
         if (in_range && first_col == 0) scaling.row_scale[row] = y_scale;
       }
-    }
-    if (!in_range) continue;
-
-    if (first_col == 0 && rstd != nullptr) rstd[row] = row_rstd;
-    const float y_inv_scale = kQuantizes<Y> ? inverse_scale(y_scale) : 1.0f;
-    Y* y_row = y + row * n;
+      if (!in_range) continue;
+      if (first_col == 0 && rstd != nullptr) rstd[row] = row_rstd;
+      const float y_inv_scale = inverse_scale(y_scale);
 #pragma unroll
-    for (int i = 0; i < ITEMS; ++i) {
-      const int col = first_col + i * col_step;
-      const Vec<T, VEC> y_chunk = y_of<ALIGNED, T>(x_chunks[i], weight, weight_offset, round_xhat, col, n, row_rstd);
-      store_y<ALIGNED>(y_row, col, n, y_chunk, y_inv_scale);
+      for (int i = 0; i < ITEMS; ++i) store_y<ALIGNED>(y_row, first_col + i * col_step, n, y_chunks[i], y_inv_scale);
+    } else {
+      if (!in_range) continue;
+      if (first_col == 0 && rstd != nullptr) rstd[row] = row_rstd;
+#pragma unroll
+      for (int i = 0; i < ITEMS; ++i) {
+        const int col = first_col + i * col_step;
+        const Vec<T, VEC> y_chunk = y_of<ALIGNED, T>(x_chunks[i], weight, weight_offset, round_xhat, col, n, row_rstd);
+        store_y<ALIGNED>(y_row, col, n, y_chunk, 1.0f);
+      }
     }
   }
 }
@@ -347,6 +362,7 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
   constexpr int VEC = kVecElems<T>;
   const int64_t first_col = int64_t{threadIdx.x} * VEC;
   const int64_t col_step = int64_t{blockDim.x} * VEC;
+  const float static_scale = kQuantizes<Y> && scaling.scale != nullptr ? *scaling.scale : 1.0f;
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const T* x_row = x + x_layout.offset(row);
     const R* residual_row = residual != nullptr ? residual + residual_layout.offset(row) : nullptr;
@@ -356,16 +372,15 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
       sum_sq = add_squares(sum_sq, load_input<ALIGNED, VEC>(x_row, residual_row, col, n));
     }
     const float row_rstd = rstd_of(block_reduce_sum(sum_sq, blockDim.x), n, eps);
-    float y_scale = 1.0f;  // y's fp8 scale: y is multiplied by its reciprocal before the rounding
+    float y_scale = static_scale;  // y is multiplied by its reciprocal before the rounding
     if constexpr (kQuantizes<Y>) {
-      if (scaling.scale != nullptr) {
-        y_scale = *scaling.scale;
-      } else {
+      if (scaling.scale == nullptr) {
         float amax = 0.0f;
 #pragma unroll(kLoopedUnroll)
         for (int64_t col = first_col; col < n; col += col_step) {
           const Vec<R, VEC> in = load_input<ALIGNED, VEC>(x_row, residual_row, col, n);
-          amax = add_abs_max(amax, y_of<ALIGNED, T>(in, weight, weight_offset, round_xhat, col, n, row_rstd), col, n);
+          amax = add_abs_max<ALIGNED>(amax, y_of<ALIGNED, T>(in, weight, weight_offset, round_xhat, col, n, row_rstd),
+                                      col, n);
         }
         y_scale = dynamic_scale(block_reduce_max(amax, blockDim.x), scaling.scale_ub);
         if (threadIdx.x == 0) scaling.row_scale[row] = y_scale;
