@@ -45,6 +45,11 @@ def layers() -> dict[str, Callable[[], object]]:
     rstd = torch.empty(1, device="cuda")
     cfg = triton_kernels.tile_config(N, triton_kernels.FWD_MAX_TILE_N)
     sizes, strides = triton_kernels.row_layout(x)
+    args = (x, x, w, y, y, rstd, rstd, x, *sizes, *strides, *strides, 1, N, EPS, 0.0)
+    constexprs = {
+        "HAS_RESIDUAL": False, "HAS_WEIGHT": True, "RSTD_GIVEN": False, "STORE_RSTD": True, "ROUND_XHAT": False,
+        "QUANT": triton_kernels.NO_QUANT, "HAS_SCALE_UB": False, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
+    }  # fmt: skip
     cases = {
         "F.rms_norm": lambda: F.rms_norm(x, (N,), w, EPS),
         "torch.empty x2 (the outputs)": lambda: (torch.empty_like(x), torch.empty(1, device="cuda")),
@@ -53,14 +58,17 @@ def layers() -> dict[str, Callable[[], object]]:
             "auto", "cuda", x.dtype, w.dtype, False
         ),
         "rms_norm: as_rows": lambda: functional.as_rows(x, N),
-        "triton: raw kernel launch": lambda: triton_kernels.rms_norm_fwd_kernel[(1, 1)](
-            x, x, w, y, y, rstd, rstd, x, *sizes, *strides, *strides, 1, N, EPS, 0.0,
-            HAS_RESIDUAL=False, HAS_WEIGHT=True, RSTD_GIVEN=False, ROUND_XHAT=False, QUANT=triton_kernels.NO_QUANT,
-            HAS_SCALE_UB=False, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
-            enable_fp_fusion=False,
-        ),  # fmt: skip
+        "triton: raw kernel launch (kernel[grid])": lambda: triton_kernels.rms_norm_fwd_kernel[(1, 1)](
+            *args, **constexprs, num_warps=cfg.num_warps, enable_fp_fusion=False
+        ),
+        "triton: KernelLauncher, compiled kernel cached": lambda: triton_kernels._launch_fwd(
+            (1, 1), args, constexprs, cfg.num_warps, x.device.index
+        ),
         "triton: host wrapper (triton_kernels.rms_norm_fwd)": lambda: triton_kernels.rms_norm_fwd(
             x, None, w, 0.0, EPS
+        ),
+        "triton: host wrapper without rstd (inference)": lambda: triton_kernels.rms_norm_fwd(
+            x, None, w, 0.0, EPS, False, False
         ),
         "triton: torch op (custom_op)": lambda: torch.ops.rmsnorm.rms_norm_fwd_triton(x, w, 0.0, EPS, False),
         "triton: rms_norm(backend='triton')": lambda: rmsnorm.rms_norm(x, (N,), w, EPS, backend="triton"),

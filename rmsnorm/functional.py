@@ -223,20 +223,23 @@ def _require_kernel_dtypes(backend: str, x_dtype: torch.dtype, w_dtype: torch.dt
         raise TypeError(f"the {backend} backend supports float32, float16 and bfloat16; got {got}")
 
 
-# Row widths from which "auto" prefers triton to cuda, per op, where the H100 benchmark has triton
-# ahead beyond run-to-run noise (bench/NOTES.md v0.4): add_rms_norm's forward above 8192, where the
-# CUDA register kernel holds 1 or 2 row blocks per SM (94% and 92% of copy at 16384 and 32768,
-# triton 99% and 98%). A function of N alone, so a row's backend, and bits, never depend on M.
-_AUTO_TRITON_FROM_WIDTH = {"add_rms_norm": 8193}
+# Row widths (first, last) where "auto" prefers triton to cuda, per op, where the H100 benchmark has
+# triton ahead beyond run-to-run noise: add_rms_norm's forward above 8192 (bench/NOTES.md v0.4),
+# where the CUDA register kernel holds 1 or 2 row blocks per SM (94% and 92% of copy at 16384 and
+# 32768, triton 99% and 98%); the fp8 quantizing forwards up to 32768, whole rows in one Triton
+# tile (v0.7: triton ahead or level at every width but the static scale at 32768, add_rms_norm_quant
+# by 10-20 points). A function of N alone, so a row's backend, and bits, never depend on M.
+_AUTO_TRITON_WIDTHS = {"add_rms_norm": (8193, None), "rms_norm_quant": (1, 32768)}
 
 
 def _auto_prefers_triton(op: str, n: int) -> bool:
     """Whether "auto" should take triton over cuda for `op` on rows of n elements."""
-    width = _AUTO_TRITON_FROM_WIDTH.get(op)
-    # A branch, not a returned comparison: under torch.compile with a dynamic row width it becomes
-    # a guard on the width and a constant here, which _resolve_backend needs.
-    if width is not None and n >= width:
-        return True
+    widths = _AUTO_TRITON_WIDTHS.get(op)
+    # Branches, not a returned comparison: under torch.compile with a dynamic row width they become
+    # guards on the width and a constant here, which _resolve_backend needs.
+    if widths is not None and n >= widths[0]:
+        if widths[1] is None or n <= widths[1]:
+            return True
     return False
 
 

@@ -234,9 +234,26 @@ def _untracked_cuda_ops():
 def untracked_forward_ops(backend: str):
     """forward_ops without the torch operator layers autograd needs, for eager calls with nothing to record.
 
-    The same kernels and bits, minus their host cost: the Triton functions themselves, the CUDA ops
-    dispatched below their (Python) autograd kernel. Never under torch.compile, which needs the ops.
+    The same kernels and bits, minus their host cost: the Triton functions themselves (which neither
+    allocate nor store rstd: it is returned as None), the CUDA ops dispatched below their (Python)
+    autograd kernel. Never under torch.compile, which needs the ops.
     """
     if backend == "triton":
-        return _rms_norm_fwd_triton, _add_rms_norm_fwd_triton
+        return _rms_norm_fwd_triton_inference, _add_rms_norm_fwd_triton_inference
     return _untracked_cuda_ops()
+
+
+# The untracked Triton forwards: no backward will need rstd, so it is neither allocated nor stored.
+def _rms_norm_fwd_triton_inference(x, weight, weight_offset, eps, round_xhat):
+    from . import triton_kernels
+
+    y, _, _ = triton_kernels.rms_norm_fwd(unit_column_stride(x), None, weight, weight_offset, eps, round_xhat, False)
+    return y, None
+
+
+def _add_rms_norm_fwd_triton_inference(x, residual, weight, weight_offset, eps, round_xhat):
+    from . import triton_kernels
+
+    return triton_kernels.rms_norm_fwd(
+        unit_column_stride(x), unit_column_stride(residual), weight, weight_offset, eps, round_xhat, False
+    )

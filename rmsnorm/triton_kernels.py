@@ -35,6 +35,7 @@ import triton
 import triton.language as tl
 
 from . import reference
+from .triton_launch import KernelLauncher
 
 logger = logging.getLogger("rmsnorm")
 
@@ -114,7 +115,7 @@ def rms_norm_fwd_kernel(
     w_ptr,  # [N] weight; not read unless HAS_WEIGHT
     y_ptr,  # [M, N] output, contiguous: x's dtype, or fp8 when QUANT
     res_out_ptr,  # [M, N] output x + residual, contiguous, residual's dtype; not written unless HAS_RESIDUAL
-    rstd_ptr,  # [M] fp32 reciprocal RMS: written here, or read when RSTD_GIVEN
+    rstd_ptr,  # [M] fp32 reciprocal RMS: written here (when STORE_RSTD), or read when RSTD_GIVEN
     scale_ptr,  # QUANT_STATIC: [1] fp32 scale read; QUANT_DYNAMIC: [M] fp32 row scales written
     scale_ub_ptr,  # [1] fp32 upper bound of a row's max |y| (QUANT_DYNAMIC); not read unless HAS_SCALE_UB
     size1, size2, size3,  # leading dims 1..3 of the inputs, [size0, size1, size2, size3, N] (1: absent)
@@ -127,6 +128,7 @@ def rms_norm_fwd_kernel(
     HAS_RESIDUAL: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
     RSTD_GIVEN: tl.constexpr,  # rows wider than one tile: rms_norm_rstd_kernel already computed rstd
+    STORE_RSTD: tl.constexpr,  # rstd is kept for a backward (not by inference calls, nor when RSTD_GIVEN)
     ROUND_XHAT: tl.constexpr,  # casting_mode "llama": x * rstd rounded to x's dtype before the weight
     QUANT: tl.constexpr,  # NO_QUANT, QUANT_STATIC or QUANT_DYNAMIC (one tile per row only)
     HAS_SCALE_UB: tl.constexpr,
@@ -140,6 +142,10 @@ def rms_norm_fwd_kernel(
     col_mask = cols < N
     mask = row_mask[:, None] & col_mask[None, :]
     out_offsets = rows[:, None] * N + cols[None, :]
+    if QUANT == QUANT_STATIC:
+        # Loaded before the row, off the path from the reduction to the stores: at N >= 16384 one
+        # program holds an SM alone, and a load after the reduction left it idle (bench/NOTES.md v0.7).
+        static_scale = tl.load(scale_ptr)
     x_starts = _row_starts(rows, size1, size2, size3, x_stride0, x_stride1, x_stride2, x_stride3)
     res_starts = _row_starts(rows, size1, size2, size3, res_stride0, res_stride1, res_stride2, res_stride3)
     x = _row_input(
@@ -157,7 +163,8 @@ def rms_norm_fwd_kernel(
         # N * 1.0: N in fp32, whether it arrived as an int or was specialised to the constant 1.
         mean_square = tl.div_rn(tl.sum(x * x, axis=1), N * 1.0)
         rstd = tl.div_rn(1.0, tl.sqrt_rn(mean_square + eps))
-        tl.store(rstd_ptr + rows, rstd, mask=row_mask)
+        if STORE_RSTD:
+            tl.store(rstd_ptr + rows, rstd, mask=row_mask)
     y = x * rstd[:, None]
     if ROUND_XHAT:
         y = y.to(x_ptr.dtype.element_ty).to(tl.float32)
@@ -170,7 +177,7 @@ def rms_norm_fwd_kernel(
         # Quantized from y as rms_norm returns it, rounded to x's dtype.
         y = y.to(x_ptr.dtype.element_ty).to(tl.float32)
         if QUANT == QUANT_STATIC:
-            scale = tl.load(scale_ptr)
+            scale = static_scale
         else:
             scale = _dynamic_scale(tl.reduce(tl.abs(y), 1, _nan_max), scale_ub_ptr, HAS_SCALE_UB)
             tl.store(scale_ptr + rows, scale, mask=row_mask)
@@ -350,6 +357,15 @@ def rms_norm_dw_reduce_kernel(
     tl.store(dw_ptr + cols, tl.sum(acc, axis=0).to(dw_ptr.dtype.element_ty), mask=col_mask)
 
 
+# Each kernel's launcher (see triton_launch: the host time of a small call).
+_launch_fwd = KernelLauncher(rms_norm_fwd_kernel)
+_launch_rstd = KernelLauncher(rms_norm_rstd_kernel)
+_launch_quantize_rows = KernelLauncher(rms_norm_quantize_rows_kernel)
+_launch_bwd = KernelLauncher(rms_norm_bwd_kernel)
+_launch_bwd_dot = KernelLauncher(rms_norm_bwd_dot_kernel)
+_launch_dw_reduce = KernelLauncher(rms_norm_dw_reduce_kernel)
+
+
 @dataclass(frozen=True)
 class TileConfig:
     """How one kernel covers an [M, N] problem: tiles of block_m rows by block_n columns."""
@@ -369,6 +385,12 @@ BWD_MAX_TILE_N = 8192
 SHORT_ROW_TILE_ELEMENTS = 4096
 # fp32 elements per thread a tile aims for: 16 bytes of bf16 and fp16, or four 16-byte fp32 loads.
 ELEMENTS_PER_THREAD = 16
+# Tiles of a whole row this wide or wider give each thread WIDE_ROW_ELEMENTS_PER_THREAD: 8 warps at
+# 16384, 16 at 32768. At 16 a thread (32 warps) one program held an SM alone, idle from its
+# reduction to its stores, and rms_norm_quant reached 65% of copy at 16384, the plain forward
+# 86-97%; at 64 a thread, 94% and 97% (bench/tune_triton.py, bench/NOTES.md v0.7).
+WIDE_ROW_TILE_N = 16384
+WIDE_ROW_ELEMENTS_PER_THREAD = 64
 # Chunk width of the split-row kernels.
 SPLIT_BLOCK_N = 4096
 MAX_NUM_WARPS = 32
@@ -376,12 +398,14 @@ MAX_NUM_WARPS = 32
 BWD_PROGRAMS_PER_SM = 2
 DW_REDUCE_BLOCK_P = 32
 DW_REDUCE_BLOCK_N = 128
+DW_REDUCE_NUM_WARPS = 4  # Triton's default, which this kernel always had
 # The split-row kernels put column blocks on grid axis 1, whose CUDA limit is 65535.
 MAX_N = 65535 * SPLIT_BLOCK_N
 
 
-def _tile_warps(elements: int) -> int:
-    return max(1, min(MAX_NUM_WARPS, elements // (32 * ELEMENTS_PER_THREAD)))
+def _tile_warps(elements: int, elements_per_thread: int | None = None) -> int:
+    per_thread = elements_per_thread or ELEMENTS_PER_THREAD
+    return max(1, min(MAX_NUM_WARPS, elements // (32 * per_thread)))
 
 
 @functools.lru_cache(maxsize=None)
@@ -391,7 +415,8 @@ def tile_config(n: int, max_tile_n: int) -> TileConfig:
         return TileConfig(1, SPLIT_BLOCK_N, _tile_warps(SPLIT_BLOCK_N), split_rows=True)
     block_n = triton.next_power_of_2(n)
     block_m = max(1, SHORT_ROW_TILE_ELEMENTS // block_n)
-    return TileConfig(block_m, block_n, _tile_warps(block_m * block_n), split_rows=False)
+    per_thread = WIDE_ROW_ELEMENTS_PER_THREAD if block_n >= WIDE_ROW_TILE_N else None
+    return TileConfig(block_m, block_n, _tile_warps(block_m * block_n, per_thread), split_rows=False)
 
 
 @functools.lru_cache(maxsize=None)
@@ -440,15 +465,18 @@ def _forward(
     quant: int = NO_QUANT,
     scale: torch.Tensor | None = None,
     scale_ub: torch.Tensor | None = None,
-) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """Launches the forward into y, a contiguous tensor of x's shape; returns residual_out and rstd (lead shape)."""
+    need_rstd: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Launches the forward into y, a contiguous tensor of x's shape; returns residual_out and rstd (lead
+    shape; None unless need_rstd: an inference call saves its allocation and its store)."""
     _check_rows(x)
     n = x.shape[-1]
     _check_n(n)
     m = y.numel() // n if n else 0
-    rstd = torch.empty(x.shape[:-1], dtype=torch.float32, device=x.device)
-    residual_out = None if residual is None else torch.empty(x.shape, dtype=residual.dtype, device=x.device)
     cfg = tile_config(n, FWD_MAX_TILE_N)
+    # Rows wider than a tile need rstd between their two kernels.
+    rstd = torch.empty(x.shape[:-1], dtype=torch.float32, device=x.device) if need_rstd or cfg.split_rows else None
+    residual_out = None if residual is None else torch.empty(x.shape, dtype=residual.dtype, device=x.device)
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug(
             "triton rms_norm_fwd: M=%d N=%d x=%s dtype=%s residual=%s quant=%d %s",
@@ -457,21 +485,26 @@ def _forward(
     # Stand-ins for absent tensors: never read or written without HAS_RESIDUAL / HAS_WEIGHT / QUANT.
     res, res_out = (x, y) if residual is None else (residual, residual_out)
     w = x if weight is None else weight
-    scale = rstd if scale is None else scale
+    rstd_arg = y if rstd is None else rstd
+    scale = rstd_arg if scale is None else scale
     sizes, x_strides = row_layout(x)
     res_strides = x_strides if residual is None else row_layout(residual)[1]
+    device = x.device.index
     with _on_device_of(x):
         if cfg.split_rows:
-            rms_norm_rstd_kernel[(m,)](
-                x, res, res_out, rstd, *sizes, *x_strides, *res_strides, n, eps,
-                HAS_RESIDUAL=residual is not None, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, enable_fp_fusion=False,
+            _launch_rstd(
+                (m,), (x, res, res_out, rstd_arg, *sizes, *x_strides, *res_strides, n, eps),
+                {"HAS_RESIDUAL": residual is not None, "BLOCK_N": cfg.block_n}, cfg.num_warps, device,
             )  # fmt: skip
         grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n))
-        rms_norm_fwd_kernel[grid](
-            x, res, w, y, res_out, rstd, scale, x if scale_ub is None else scale_ub, *sizes, *x_strides,
-            *res_strides, m, n, eps, weight_offset, HAS_RESIDUAL=residual is not None, HAS_WEIGHT=weight is not None,
-            RSTD_GIVEN=cfg.split_rows, ROUND_XHAT=round_xhat, QUANT=quant, HAS_SCALE_UB=scale_ub is not None,
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, enable_fp_fusion=False,
+        _launch_fwd(
+            grid,
+            (x, res, w, y, res_out, rstd_arg, scale, x if scale_ub is None else scale_ub, *sizes, *x_strides,
+             *res_strides, m, n, eps, weight_offset),
+            {"HAS_RESIDUAL": residual is not None, "HAS_WEIGHT": weight is not None, "RSTD_GIVEN": cfg.split_rows,
+             "STORE_RSTD": need_rstd and not cfg.split_rows, "ROUND_XHAT": round_xhat, "QUANT": quant, "HAS_SCALE_UB": scale_ub is not None, "BLOCK_M": cfg.block_m,
+             "BLOCK_N": cfg.block_n},
+            cfg.num_warps, device,
         )  # fmt: skip
     return residual_out, rstd
 
@@ -483,17 +516,18 @@ def rms_norm_fwd(
     weight_offset: float,
     eps: float,
     round_xhat: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    need_rstd: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Forward of RMSNorm over the rows of x, or of x + residual (add_rms_norm).
 
     x, residual: [*lead, N] of the same shape, 1 to 4 leading dims, contiguous last dims, any
     other strides; weight: [N] or None, scaled as weight + weight_offset; round_xhat: x * rstd
     rounded to x's dtype before the weight (casting_mode "llama"). Returns y (x's shape,
     contiguous, x's dtype), residual_out (x + residual, x's shape, contiguous, residual's dtype;
-    None without a residual) and rstd (fp32, shape lead).
+    None without a residual) and rstd (fp32, shape lead; None unless need_rstd).
     """
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    residual_out, rstd = _forward(x, residual, weight, weight_offset, eps, round_xhat, y)
+    residual_out, rstd = _forward(x, residual, weight, weight_offset, eps, round_xhat, y, need_rstd=need_rstd)
     return y, residual_out, rstd
 
 
@@ -515,21 +549,24 @@ def rms_norm_quant_fwd(
     """
     y_q = torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device)
     if scale is not None:
-        residual_out, _ = _forward(x, residual, weight, weight_offset, eps, round_xhat, y_q, QUANT_STATIC, scale)
+        residual_out, _ = _forward(
+            x, residual, weight, weight_offset, eps, round_xhat, y_q, QUANT_STATIC, scale, need_rstd=False
+        )
         return y_q, residual_out, None
     row_scale = torch.empty((*x.shape[:-1], 1), dtype=torch.float32, device=x.device)
     n = x.shape[-1]
     if not tile_config(n, FWD_MAX_TILE_N).split_rows:
         residual_out, _ = _forward(
-            x, residual, weight, weight_offset, eps, round_xhat, y_q, QUANT_DYNAMIC, row_scale, scale_ub
+            x, residual, weight, weight_offset, eps, round_xhat, y_q, QUANT_DYNAMIC, row_scale, scale_ub, need_rstd=False
         )
         return y_q, residual_out, row_scale
     # A row wider than one tile: its maximum is known only after the whole row, so y goes through memory.
-    y, residual_out, _ = rms_norm_fwd(x, residual, weight, weight_offset, eps, round_xhat)
+    y, residual_out, _ = rms_norm_fwd(x, residual, weight, weight_offset, eps, round_xhat, need_rstd=False)
     with _on_device_of(x):
-        rms_norm_quantize_rows_kernel[(y.numel() // n,)](
-            y, y_q, row_scale, x if scale_ub is None else scale_ub, n, HAS_SCALE_UB=scale_ub is not None,
-            BLOCK_N=SPLIT_BLOCK_N, num_warps=_tile_warps(SPLIT_BLOCK_N), enable_fp_fusion=False,
+        _launch_quantize_rows(
+            (y.numel() // n,), (y, y_q, row_scale, x if scale_ub is None else scale_ub, n),
+            {"HAS_SCALE_UB": scale_ub is not None, "BLOCK_N": SPLIT_BLOCK_N}, _tile_warps(SPLIT_BLOCK_N),
+            x.device.index,
         )  # fmt: skip
     return y_q, residual_out, row_scale
 
@@ -578,23 +615,25 @@ def rms_norm_bwd(
     sizes, x_strides = row_layout(x)
     _, dy_strides = row_layout(dy)
     dres_strides = dy_strides if dresidual_out is None else row_layout(dresidual_out)[1]
+    device = x.device.index
     with _on_device_of(x):
         if cfg.split_rows:
             dot = torch.empty((m,), dtype=torch.float32, device=x.device)
-            rms_norm_bwd_dot_kernel[(m,)](
-                dy, x, w, rstd, dot, *sizes, *dy_strides, *x_strides, n, weight_offset,
-                HAS_WEIGHT=weight is not None, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, enable_fp_fusion=False,
+            _launch_bwd_dot(
+                (m,), (dy, x, w, rstd, dot, *sizes, *dy_strides, *x_strides, n, weight_offset),
+                {"HAS_WEIGHT": weight is not None, "BLOCK_N": cfg.block_n}, cfg.num_warps, device,
             )  # fmt: skip
-        rms_norm_bwd_kernel[(programs, col_blocks)](
-            dy, x, dres, w, rstd, dot, dx, dw_partial, *sizes, *dy_strides, *x_strides, *dres_strides, m, n,
-            weight_offset,
-            HAS_DRESIDUAL=dresidual_out is not None, HAS_WEIGHT=weight is not None, COMPUTE_DW=compute_dw,
-            DOT_GIVEN=cfg.split_rows, ROUND_XHAT=round_xhat, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-            num_warps=cfg.num_warps, enable_fp_fusion=False,
+        _launch_bwd(
+            (programs, col_blocks),
+            (dy, x, dres, w, rstd, dot, dx, dw_partial, *sizes, *dy_strides, *x_strides, *dres_strides, m, n,
+             weight_offset),
+            {"HAS_DRESIDUAL": dresidual_out is not None, "HAS_WEIGHT": weight is not None, "COMPUTE_DW": compute_dw,
+             "DOT_GIVEN": cfg.split_rows, "ROUND_XHAT": round_xhat, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n},
+            cfg.num_warps, device,
         )  # fmt: skip
         if compute_dw:
-            rms_norm_dw_reduce_kernel[(triton.cdiv(n, DW_REDUCE_BLOCK_N),)](
-                dw_partial, dw, programs, n, BLOCK_P=DW_REDUCE_BLOCK_P, BLOCK_N=DW_REDUCE_BLOCK_N,
-                enable_fp_fusion=False,
-            )
+            _launch_dw_reduce(
+                (triton.cdiv(n, DW_REDUCE_BLOCK_N),), (dw_partial, dw, programs, n),
+                {"BLOCK_P": DW_REDUCE_BLOCK_P, "BLOCK_N": DW_REDUCE_BLOCK_N}, DW_REDUCE_NUM_WARPS, device,
+            )  # fmt: skip
     return dx, dw

@@ -76,7 +76,7 @@ def test_compiled_op_is_bitwise_eager(kernel_backend, casting_mode, dtype):
 def test_dynamic_shapes_and_scalars(kernel_backend):
     """dynamic=True: the row width, eps and weight_offset arrive symbolic; still one graph, still eager's bits.
 
-    Widths on both sides of the auto backend's switch for add_rms_norm (functional._AUTO_TRITON_FROM_WIDTH).
+    Widths on both sides of the auto backend's switch for add_rms_norm (functional._AUTO_TRITON_WIDTHS).
     """
 
     def step(x, residual, w, eps, offset):

@@ -33,18 +33,23 @@ def test_auto_on_gpu_is_a_kernel_backend(caplog):
 
 
 @pytest.mark.skipif(not ON_GPU, reason="auto chooses between the kernel backends only for CUDA tensors")
-@pytest.mark.parametrize("n", [8192, 8193])
+@pytest.mark.parametrize("n", [8192, 8193, 32768, 32769])
 def test_auto_choice_follows_the_row_width(n, caplog):
-    """add_rms_norm goes to triton above 8192 when cuda loads (functional._AUTO_TRITON_FROM_WIDTH); rms_norm stays."""
+    """add_rms_norm goes to triton above 8192 and the quantizing forwards up to 32768 when cuda loads
+    (functional._AUTO_TRITON_WIDTHS); rms_norm stays on cuda."""
     if "cuda" not in rmsnorm.available_backends():
         pytest.skip("auto takes triton everywhere when the cuda backend cannot load")
     x = torch.randn(2, n, device="cuda")
     with caplog.at_level(logging.DEBUG, logger="rmsnorm"):
         rmsnorm.add_rms_norm(x, x)
         rmsnorm.rms_norm(x)
+        rmsnorm.rms_norm_quant(x, None)
     add_backend = "triton" if n > 8192 else "cuda"
+    quant_backend = "triton" if n <= 32768 else "cuda"
     calls = [m.split(" shape=")[0] for m in caplog.messages if "backend=" in m]
-    assert calls == [f"add_rms_norm: backend={add_backend}", "rms_norm: backend=cuda"]
+    assert calls == [
+        f"add_rms_norm: backend={add_backend}", "rms_norm: backend=cuda", f"rms_norm_quant: backend={quant_backend}"
+    ]
 
 
 def test_auto_sends_float64_to_the_reference(caplog):

@@ -1,0 +1,79 @@
+"""Launching a Triton kernel with less host time than `kernel[grid](...)`, for small eager calls.
+
+Triton's own launch (JITFunction.run) binds the arguments, works out each one's specialization,
+builds a cache key from them and the options, looks the compiled kernel up, checks the kernel's
+globals, builds launch metadata for the hook chains and calls the compiled kernel's C launcher:
+about 20 us of host time a call for our forward on an H100 machine (bench/host_breakdown.py),
+twice a whole F.rms_norm call. KernelLauncher launches through Triton the first time an argument
+specialization is seen, keeps the compiled kernel Triton returns under a key that determines that
+specialization, and sends later calls with the same key straight to the C launcher.
+
+The key holds everything Triton specializes a kernel on, and more (never less, or a call would
+run a kernel compiled for other arguments): per tensor its dtype and whether its address is a
+multiple of 16 bytes; per int whether it is 1, whether it is a multiple of 16 and whether it fits
+in int32; per float its type; the constexpr values, num_warps and the device. Kernels are compiled
+with the process's Triton settings (debug, instrumentation) of the first launch of each key.
+Under TRITON_INTERPRET there is no compiled kernel: every call goes through Triton.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+import triton
+from triton import knobs
+
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+
+
+def _specialization(arg) -> object:
+    # type() before isinstance: this runs for every argument of every call.
+    kind = type(arg)
+    if kind is int:
+        return (arg == 1, arg % 16 == 0, _INT32_MIN <= arg <= _INT32_MAX)
+    if kind is float:
+        return float
+    if isinstance(arg, torch.Tensor):
+        return (arg.dtype, arg.data_ptr() % 16 == 0)
+    raise TypeError(f"KernelLauncher takes tensors, ints and floats as runtime arguments, got {kind.__name__}")
+
+
+class KernelLauncher:
+    """Calls one @triton.jit kernel: `launcher(grid, args, constexprs, num_warps, device)`.
+
+    args: the runtime arguments in signature order; constexprs: a dict of the constexpr arguments,
+    which follow them in the signature, in signature order; device: the CUDA device index the
+    launch goes to (the current device).
+    """
+
+    def __init__(self, kernel) -> None:
+        self._kernel = kernel
+        self._compiled: dict[tuple, object] = {}
+        self._lock = threading.Lock()
+        # A JITFunction compiles; the interpreter's function does not (TRITON_INTERPRET=1).
+        self._compiles = isinstance(kernel, triton.runtime.JITFunction)
+        if self._compiles:
+            self._constexpr_names = [p.name for p in kernel.params if p.is_constexpr]
+
+    def __call__(self, grid: tuple[int, ...], args: tuple, constexprs: dict, num_warps: int, device: int) -> None:
+        if not self._compiles:
+            self._kernel[grid](*args, **constexprs, num_warps=num_warps, enable_fp_fusion=False)
+            return
+        key = (tuple(map(_specialization, args)), tuple(constexprs.values()), num_warps, device)
+        compiled = self._compiled.get(key)
+        enter_hooks, exit_hooks = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
+        if compiled is None or enter_hooks.calls or exit_hooks.calls:
+            # Through Triton: it compiles where needed, and runs any launch hooks (a profiler's).
+            compiled = self._kernel[grid](*args, **constexprs, num_warps=num_warps, enable_fp_fusion=False)
+            if list(constexprs) != self._constexpr_names:
+                raise ValueError(f"constexprs must be {self._constexpr_names}, in that order; got {list(constexprs)}")
+            with self._lock:
+                self._compiled[key] = compiled
+            return
+        grid_x, grid_y, grid_z = (*grid, 1, 1)[:3]
+        stream = torch._C._cuda_getCurrentRawStream(device)
+        compiled.run(
+            grid_x, grid_y, grid_z, stream, compiled.function, compiled.packed_metadata, None, None, None,
+            *args, *constexprs.values(),
+        )  # fmt: skip

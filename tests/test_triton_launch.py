@@ -1,0 +1,149 @@
+"""rmsnorm.triton_launch: a compiled kernel is reused only for arguments Triton would specialize the same way.
+
+On CPU a stand-in for the @triton.jit kernel records what goes through Triton and what goes
+straight to the compiled kernel's launcher; on a GPU the real forward runs through both paths and
+must give the same bits, aligned and misaligned.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rmsnorm import triton_launch
+from tests.conftest import ON_GPU
+from tests.inputs import randn, random_weight
+from tests.numerics import check_rms_norm
+
+
+class _Compiled:
+    """What Triton returns from a launch: the compiled kernel, whose `run` is the C launcher."""
+
+    function = "function-handle"
+    packed_metadata = "packed-metadata"
+
+    def __init__(self, calls: list) -> None:
+        self._calls = calls
+
+    def run(self, *args) -> None:
+        self._calls.append(("direct", args))
+
+
+class _Kernel:
+    """A stand-in @triton.jit kernel with runtime parameters (p, n, eps) and constexprs A, B."""
+
+    def __init__(self) -> None:
+        self.calls: list = []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.calls.append(("triton", grid, args, kwargs))
+            return _Compiled(self.calls)
+
+        return launch
+
+
+@pytest.fixture
+def launcher(monkeypatch):
+    kernel = _Kernel()
+    launch = triton_launch.KernelLauncher.__new__(triton_launch.KernelLauncher)
+    launch.__init__(kernel)  # a stand-in is not a JITFunction: say it compiles, as the real one does
+    launch._compiles = True
+    launch._constexpr_names = ["A", "B"]
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda device: f"stream{device}", raising=False)
+    return launch, kernel
+
+
+def _args(t: torch.Tensor, n: int) -> tuple:
+    return (t, n, 1e-6)
+
+
+def test_second_call_goes_straight_to_the_compiled_kernel(launcher):
+    launch, kernel = launcher
+    t = torch.zeros(64)
+    launch((3, 2), _args(t, 32), {"A": True, "B": 128}, 4, 0)
+    launch((5,), _args(t, 48), {"A": True, "B": 128}, 4, 0)  # 48: a multiple of 16 like 32, not 1
+    assert [c[0] for c in kernel.calls] == ["triton", "direct"]
+    _, grid, args, kwargs = kernel.calls[0]
+    assert grid == (3, 2) and args == _args(t, 32)
+    assert kwargs == {"A": True, "B": 128, "num_warps": 4, "enable_fp_fusion": False}
+    # grid padded to 3-D, stream of the device, then function, metadata, no hooks, args, constexprs
+    assert kernel.calls[1][1] == (5, 1, 1, "stream0", "function-handle", "packed-metadata", None, None, None,
+                                  t, 48, 1e-6, True, 128)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "misaligned tensor",
+        "other dtype",
+        "int one",
+        "int not a multiple of 16",
+        "int past int32",
+        "constexpr",
+        "num_warps",
+        "device",
+    ],
+)
+def test_any_specialization_change_goes_through_triton(launcher, change):
+    launch, kernel = launcher
+    t = torch.zeros(64)
+    args, constexprs, warps, device = _args(t, 32), {"A": True, "B": 128}, 4, 0
+    launch((1,), args, constexprs, warps, device)
+    if change == "misaligned tensor":
+        args = _args(t[1:], 32)  # 4 bytes past a 16-byte boundary
+    elif change == "other dtype":
+        args = _args(t.double(), 32)
+    elif change == "int one":
+        args = _args(t, 1)
+    elif change == "int not a multiple of 16":
+        args = _args(t, 33)
+    elif change == "int past int32":
+        args = _args(t, 2**31 + 16)
+    elif change == "constexpr":
+        constexprs = {"A": False, "B": 128}
+    elif change == "num_warps":
+        warps = 8
+    else:
+        device = 1
+    launch((1,), args, constexprs, warps, device)
+    assert [c[0] for c in kernel.calls] == ["triton", "triton"]
+    launch((1,), args, constexprs, warps, device)  # and then that key is cached too
+    assert [c[0] for c in kernel.calls] == ["triton", "triton", "direct"]
+
+
+def test_constexprs_out_of_signature_order_raise(launcher):
+    launch, _ = launcher
+    with pytest.raises(ValueError, match="constexprs must be"):
+        launch((1,), _args(torch.zeros(4), 32), {"B": 128, "A": True}, 4, 0)
+
+
+def test_launch_hooks_go_through_triton(launcher, monkeypatch):
+    launch, kernel = launcher
+    t = torch.zeros(64)
+    launch((1,), _args(t, 32), {"A": True, "B": 128}, 4, 0)
+    hooks = triton_launch.knobs.runtime.launch_enter_hook
+    monkeypatch.setattr(hooks, "calls", [lambda metadata: None])
+    launch((1,), _args(t, 32), {"A": True, "B": 128}, 4, 0)
+    assert [c[0] for c in kernel.calls] == ["triton", "triton"]
+
+
+def test_other_argument_types_are_refused():
+    with pytest.raises(TypeError, match="tensors, ints and floats"):
+        triton_launch._specialization("x")
+
+
+@pytest.mark.skipif(not ON_GPU, reason="compiled Triton kernels run only on a CUDA GPU; none here")
+@pytest.mark.parametrize("offset", [0, 1], ids=["aligned", "misaligned"])
+def test_direct_launches_are_right(offset):
+    """Forward and backward through Triton (the first call of a key), then straight to the compiled
+    kernels, on rows 16-byte aligned and 2 bytes past a boundary, against float64."""
+    from rmsnorm import triton_kernels
+
+    for launch in (triton_kernels._launch_fwd, triton_kernels._launch_bwd, triton_kernels._launch_dw_reduce):
+        launch._compiled.clear()
+    n = 4096
+    x = randn(3 * n + 1, dtype=torch.bfloat16)[offset : offset + 3 * n].view(3, n)
+    weight = random_weight(n, torch.bfloat16)
+    for _ in range(2):
+        check_rms_norm("triton", x, (n,), weight, 1e-6)
