@@ -2,7 +2,12 @@
 
 `ncu --kernel-name regex:rms_norm --launch-skip 2 --launch-count 1 python -m bench.profile_case
 add_rms_norm cuda 16384` profiles the third launch (after two warm-up calls): achieved DRAM
-throughput, occupancy and stall reasons say why a kernel misses the copy ceiling.
+throughput, occupancy and stall reasons say why a kernel misses the copy ceiling. bench/profile.sh
+runs a list of such cases.
+
+Ops: rms_norm, add_rms_norm, quant_static and quant_dynamic (rms_norm_quant with a given scale or
+per-row scales), add_quant (add_rms_norm_quant), qk_norm (N = D: a [tokens, H, D] view of a wider
+qkv row, H = 32, as bench/features.py's QK-norm rows).
 """
 
 from __future__ import annotations
@@ -15,17 +20,35 @@ import rmsnorm
 from bench.cases import ELEMENTS
 
 CALLS = 3  # two to warm up (JIT, caches), the third to profile
+EPS = 1e-6
+QK_HEADS = 32
 
 
-def main(op: str, backend: str, n: int) -> None:
+def make_call(op: str, backend: str, n: int):
     x = torch.randn(ELEMENTS // n, n, device="cuda", dtype=torch.bfloat16)
     residual = torch.randn_like(x)
     weight = torch.randn(n, device="cuda", dtype=torch.bfloat16)
-    for _ in range(CALLS):
-        if op == "add_rms_norm":
-            rmsnorm.add_rms_norm(x, residual, weight, 1e-6, backend=backend)
-        else:
-            rmsnorm.rms_norm(x, (n,), weight, 1e-6, backend=backend)
+    scale = torch.tensor([0.02], device="cuda")
+    if op == "qk_norm":
+        tokens = ELEMENTS // (QK_HEADS * n)
+        q = torch.randn(tokens, 3 * QK_HEADS * n, device="cuda", dtype=torch.bfloat16)[:, : QK_HEADS * n]
+        q = q.view(tokens, QK_HEADS, n)
+        return lambda: rmsnorm.rms_norm(q, (n,), weight, EPS, backend=backend)
+    calls = {
+        "rms_norm": lambda: rmsnorm.rms_norm(x, (n,), weight, EPS, backend=backend),
+        "add_rms_norm": lambda: rmsnorm.add_rms_norm(x, residual, weight, EPS, backend=backend),
+        "quant_static": lambda: rmsnorm.rms_norm_quant(x, weight, EPS, scale=scale, backend=backend),
+        "quant_dynamic": lambda: rmsnorm.rms_norm_quant(x, weight, EPS, backend=backend),
+        "add_quant": lambda: rmsnorm.add_rms_norm_quant(x, residual, weight, EPS, backend=backend),
+    }
+    return calls[op]
+
+
+def main(op: str, backend: str, n: int) -> None:
+    call = make_call(op, backend, n)
+    with torch.no_grad():
+        for _ in range(CALLS):
+            call()
     torch.cuda.synchronize()
 
 

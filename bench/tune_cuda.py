@@ -24,14 +24,13 @@ NS = (1024, 2048, 4096, 8192, 16384, 32768)
 CANDIDATES: dict[str, dict[str, str]] = {
     "64 threads a row preferred": {"kFwdPreferredThreadsPerRow": "64"},
     "128 threads a row preferred (as is)": {},
-    "256 threads a row preferred": {"kFwdPreferredThreadsPerRow": "256"},
 }
 
 
 def _rewrite(sources: Path, overrides: dict[str, str]) -> None:
     for name, value in overrides.items():
         pattern = re.compile(rf"(constexpr\s+\w+\s+{name}\s*=\s*)[^;]+;")
-        hits = [p for p in sources.glob("*.cu") if pattern.search(p.read_text())]
+        hits = [p for p in sorted(sources.glob("*.cu")) + sorted(sources.glob("*.cuh")) if pattern.search(p.read_text())]
         if len(hits) != 1:
             raise SystemExit(f"constant {name} found in {len(hits)} files of csrc/, expected one")
         hits[0].write_text(pattern.sub(rf"\g<1>{value};", hits[0].read_text()))
@@ -68,7 +67,7 @@ def _time(library: str) -> None:
     ops = torch.ops.rmsnorm_cuda
     ceiling = copy_ceiling()["gbps"]
 
-    def percent(ms: float, tensors: int) -> float:
+    def percent(ms: float, tensors: float) -> float:
         return 100 * tensors * ELEMENTS * 2 / ms / 1e6 / ceiling  # 2 bytes a bf16 element
 
     for n in NS:
@@ -79,8 +78,9 @@ def _time(library: str) -> None:
         )
 
 
-def _time_width(ops, n: int) -> list[tuple[float, int]]:
-    """(median ms, tensors moved) of the forward, the add forward and the backward at width n."""
+def _time_width(ops, n: int) -> list[tuple[float, float]]:
+    """(median ms, bf16 tensors moved) of the forward, the add forward, the backward, and rms_norm_quant
+    with a static and with dynamic scales (2 bytes read and 1 written an element: 1.5 tensors) at width n."""
     import torch
 
     from bench.cases import ELEMENTS
@@ -90,10 +90,13 @@ def _time_width(ops, n: int) -> list[tuple[float, int]]:
     residual, dy = torch.randn_like(x), torch.randn_like(x)
     w = torch.randn(n, device="cuda", dtype=torch.bfloat16)
     _, rstd = ops.rms_norm_fwd(x, w, 0.0, 1e-6, False)
+    scale = torch.tensor([0.02], device="cuda")
     return [
         (median_ms(lambda: ops.rms_norm_fwd(x, w, 0.0, 1e-6, False)), 2),
         (median_ms(lambda: ops.add_rms_norm_fwd(x, residual, w, 0.0, 1e-6, False)), 4),
         (median_ms(lambda: ops.rms_norm_bwd(dy, x, None, w, 0.0, rstd, True, False)), 3),
+        (median_ms(lambda: ops.rms_norm_quant_fwd(x, None, w, 0.0, 1e-6, False, scale, None)), 1.5),
+        (median_ms(lambda: ops.rms_norm_quant_fwd(x, None, w, 0.0, 1e-6, False, None, None)), 1.5),
     ]
 
 
@@ -116,7 +119,7 @@ def main() -> None:
             "bf16, M*N = 2^27; % of the copy ceiling measured in each candidate's process",
             flush=True,
         )
-        print("candidate | N | fwd | add fwd | bwd", flush=True)
+        print("candidate | N | fwd | add fwd | bwd | quant static | quant dynamic", flush=True)
         for label, library in zip(CANDIDATES, libraries):
             result = subprocess.run(
                 [sys.executable, "-m", "bench.tune_cuda", "--time", str(library)],

@@ -8,6 +8,7 @@ behind it go to bench/NOTES.md and to the comments beside the constants.
 
 from __future__ import annotations
 
+import argparse
 import itertools
 
 import torch
@@ -32,16 +33,23 @@ def _configure(elements_per_thread: int, max_warps: int, bwd_programs: int) -> N
     triton_kernels.tile_config.cache_clear()
 
 
-def _percent(ms: float, tensors: int, x: torch.Tensor, ceiling_gbps: float) -> float:
+def _percent(ms: float, tensors: float, x: torch.Tensor, ceiling_gbps: float) -> float:
     return 100 * tensors * x.numel() * x.element_size() / ms / 1e6 / ceiling_gbps
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ns", default=",".join(map(str, NS)), help="row widths, e.g. 16384,32768")
+    ns = [int(n) for n in parser.parse_args().ns.split(",")]
     ceiling = copy_ceiling()["gbps"]
     print(f"copy ceiling {ceiling:.0f} GB/s; bf16, M*N = 2^27; % of the ceiling", flush=True)
     defaults = (triton_kernels.ELEMENTS_PER_THREAD, triton_kernels.MAX_NUM_WARPS, triton_kernels.BWD_PROGRAMS_PER_SM)
-    print("N | elems/thread | max warps | bwd programs/SM | fwd | add fwd | bwd", flush=True)
-    for n in NS:
+    print(
+        "N | elems/thread | max warps | bwd programs/SM | fwd | add fwd | bwd | quant static | quant dynamic",
+        flush=True,
+    )
+    scale = torch.tensor([0.02], device="cuda")
+    for n in ns:
         x = torch.randn(ELEMENTS // n, n, device="cuda", dtype=torch.bfloat16)
         residual, dy = torch.randn_like(x), torch.randn_like(x)
         w = torch.randn(n, device="cuda", dtype=torch.bfloat16)
@@ -54,9 +62,13 @@ def main() -> None:
             fwd = median_ms(lambda: torch.ops.rmsnorm.rms_norm_fwd_triton(x, w, 0.0, 1e-6, False))
             add = median_ms(lambda: torch.ops.rmsnorm.add_rms_norm_fwd_triton(x, residual, w, 0.0, 1e-6, False))
             bwd = median_ms(lambda: torch.ops.rmsnorm.rms_norm_bwd_triton(dy, x, None, w, 0.0, rstd, True, False))
+            static = median_ms(lambda: triton_kernels.rms_norm_quant_fwd(x, None, w, 0.0, 1e-6, False, scale, None))
+            dynamic = median_ms(lambda: triton_kernels.rms_norm_quant_fwd(x, None, w, 0.0, 1e-6, False, None, None))
             print(
                 f"{n} | {elements} | {warps} | {programs} | {_percent(fwd, 2, x, ceiling):.1f} | "
-                f"{_percent(add, 4, x, ceiling):.1f} | {_percent(bwd, 3, x, ceiling):.1f}",
+                f"{_percent(add, 4, x, ceiling):.1f} | {_percent(bwd, 3, x, ceiling):.1f} | "
+                # rms_norm_quant reads 2 bytes and writes 1 an element: 1.5 bf16 tensors
+                f"{_percent(static, 1.5, x, ceiling):.1f} | {_percent(dynamic, 1.5, x, ceiling):.1f}",
                 flush=True,
             )
     _configure(*defaults)
