@@ -22,8 +22,8 @@ from pathlib import Path
 NS = (1024, 2048, 4096, 8192, 16384, 32768)
 # label -> {constant name in csrc/*.cu: value written in its place}; {} is csrc as it is.
 CANDIDATES: dict[str, dict[str, str]] = {
-    "64 threads a row preferred": {"kFwdPreferredThreadsPerRow": "64"},
-    "128 threads a row preferred (as is)": {},
+    "as is": {},
+    "2 Vecs a thread at most (N > 16384 looped)": {"kFwdMaxItems": "2"},
 }
 
 

@@ -59,8 +59,10 @@ constexpr int kFwdMaxItems = 4;
 // One row per block aims at this many threads, more items per thread before more threads: at
 // 2048 bf16 elements 256 threads of one Vec each reached 77% of copy, 64 threads of 4 Vecs 96%
 // (more bytes in flight per thread, less reduction per byte); 128 and 64 tie elsewhere
-// (bench/tune_cuda.py, bench/NOTES.md v0.4).
-constexpr int kFwdPreferredThreadsPerRow = 128;
+// (bench/tune_cuda.py, bench/NOTES.md v0.4). 64, not 128: rms_norm_quant at 2048, which moves 3
+// bytes an element against the forward's 4 and so needs fewer instructions a byte, reached 95% of
+// copy with 64 threads of 4 Vecs against 81% with 128 of 2 (v0.7); the forward ties (96.6 / 97.0%).
+constexpr int kFwdPreferredThreadsPerRow = 64;
 // Rows of at most one warp share a block of this many threads (128 / threads_per_row rows).
 // First guess, to be tuned by the benchmark.
 constexpr int kFwdSubWarpBlockThreads = 128;

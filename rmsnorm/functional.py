@@ -73,6 +73,13 @@ def _is_real(value) -> bool:
 
 
 def _normalized_shape(x: torch.Tensor, normalized_shape, weight: torch.Tensor | None) -> tuple[int, ...]:
+    # The common call first, without generators: one int, or a 1-tuple of one, naming x's last dim.
+    if type(normalized_shape) is tuple and len(normalized_shape) == 1:
+        n = normalized_shape[0]
+        if type(n) is int and x.dim() >= 1 and x.shape[-1] == n:
+            return normalized_shape
+    elif type(normalized_shape) is int and x.dim() >= 1 and x.shape[-1] == normalized_shape:
+        return (normalized_shape,)
     if normalized_shape is None:
         shape = tuple(weight.shape) if weight is not None else tuple(x.shape[-1:])
     elif _is_int(normalized_shape):
@@ -295,7 +302,7 @@ def _resolve_backend(
 
 def _log_call(op: str, backend: str, x: torch.Tensor) -> None:
     # Logging is host-side chatter that torch.compile cannot trace: eager calls only.
-    if not torch.compiler.is_compiling() and logger.isEnabledFor(logging.DEBUG):
+    if logger.isEnabledFor(logging.DEBUG) and not torch.compiler.is_compiling():
         logger.debug("%s: backend=%s shape=%s dtype=%s", op, backend, tuple(x.shape), x.dtype)
 
 
@@ -308,7 +315,12 @@ def _through_operators(*tensors: torch.Tensor | None) -> bool:
     """
     if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0:
         return True
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    if not torch.is_grad_enabled():
+        return False
+    for t in tensors:  # a loop, not any() over a generator: host time of every eager call
+        if t is not None and t.requires_grad:
+            return True
+    return False
 
 
 def _flat_weight(weight: torch.Tensor | None, n: int) -> torch.Tensor | None:

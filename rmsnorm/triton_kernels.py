@@ -391,6 +391,11 @@ ELEMENTS_PER_THREAD = 16
 # 86-97%; at 64 a thread, 94% and 97% (bench/tune_triton.py, bench/NOTES.md v0.7).
 WIDE_ROW_TILE_N = 16384
 WIDE_ROW_ELEMENTS_PER_THREAD = 64
+# The quantizing forward gives each thread this many at every width: fewer warps a row, so its two
+# block reductions (sum of squares, then the dynamic amax) cost less. H100, N = 1024-8192: dynamic
+# 84-92% -> 96-98% of copy, static 92-98% -> 98% (at 16 a thread); the plain forward is half a
+# point to a point better at 16, and keeps it below WIDE_ROW_TILE_N (v0.7).
+QUANT_ELEMENTS_PER_THREAD = 64
 # Chunk width of the split-row kernels.
 SPLIT_BLOCK_N = 4096
 MAX_NUM_WARPS = 32
@@ -403,19 +408,29 @@ DW_REDUCE_NUM_WARPS = 4  # Triton's default, which this kernel always had
 MAX_N = 65535 * SPLIT_BLOCK_N
 
 
+def _cdiv(a: int, b: int) -> int:
+    # Not triton.cdiv: a constexpr_function in Triton 3.6, a few microseconds of host time a call.
+    return -(-a // b)
+
+
 def _tile_warps(elements: int, elements_per_thread: int | None = None) -> int:
     per_thread = elements_per_thread or ELEMENTS_PER_THREAD
     return max(1, min(MAX_NUM_WARPS, elements // (32 * per_thread)))
 
 
 @functools.lru_cache(maxsize=None)
-def tile_config(n: int, max_tile_n: int) -> TileConfig:
-    """The launch configuration for rows of n elements; a function of n alone (batch invariance)."""
+def tile_config(n: int, max_tile_n: int, quant: bool = False) -> TileConfig:
+    """The launch configuration for rows of n elements (of the quantizing forward when quant); a function
+    of n alone (batch invariance)."""
     if n > max_tile_n:
         return TileConfig(1, SPLIT_BLOCK_N, _tile_warps(SPLIT_BLOCK_N), split_rows=True)
     block_n = triton.next_power_of_2(n)
     block_m = max(1, SHORT_ROW_TILE_ELEMENTS // block_n)
-    per_thread = WIDE_ROW_ELEMENTS_PER_THREAD if block_n >= WIDE_ROW_TILE_N else None
+    per_thread = None
+    if quant:
+        per_thread = QUANT_ELEMENTS_PER_THREAD
+    elif block_n >= WIDE_ROW_TILE_N:
+        per_thread = WIDE_ROW_ELEMENTS_PER_THREAD
     return TileConfig(block_m, block_n, _tile_warps(block_m * block_n, per_thread), split_rows=False)
 
 
@@ -473,7 +488,7 @@ def _forward(
     n = x.shape[-1]
     _check_n(n)
     m = y.numel() // n if n else 0
-    cfg = tile_config(n, FWD_MAX_TILE_N)
+    cfg = tile_config(n, FWD_MAX_TILE_N, quant != NO_QUANT)
     # Rows wider than a tile need rstd between their two kernels.
     rstd = torch.empty(x.shape[:-1], dtype=torch.float32, device=x.device) if need_rstd or cfg.split_rows else None
     residual_out = None if residual is None else torch.empty(x.shape, dtype=residual.dtype, device=x.device)
@@ -496,7 +511,7 @@ def _forward(
                 (m,), (x, res, res_out, rstd_arg, *sizes, *x_strides, *res_strides, n, eps),
                 {"HAS_RESIDUAL": residual is not None, "BLOCK_N": cfg.block_n}, cfg.num_warps, device,
             )  # fmt: skip
-        grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n))
+        grid = (_cdiv(m, cfg.block_m), _cdiv(n, cfg.block_n))
         _launch_fwd(
             grid,
             (x, res, w, y, res_out, rstd_arg, scale, x if scale_ub is None else scale_ub, *sizes, *x_strides,
@@ -599,10 +614,10 @@ def rms_norm_bwd(
     if m == 0:
         return dx, dw.zero_() if compute_dw else None
     cfg = tile_config(n, BWD_MAX_TILE_N)
-    col_blocks = triton.cdiv(n, cfg.block_n)
+    col_blocks = _cdiv(n, cfg.block_n)
     # Enough programs to fill the GPU, fewer when there are few tiles; a function of (M, N, GPU)
     # only, so the dweight summation order is the same on every run.
-    programs = min(triton.cdiv(m, cfg.block_m), max(1, _num_sms(x.device) * BWD_PROGRAMS_PER_SM // col_blocks))
+    programs = min(_cdiv(m, cfg.block_m), max(1, _num_sms(x.device) * BWD_PROGRAMS_PER_SM // col_blocks))
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug(
             "triton rms_norm_bwd: M=%d N=%d x=%s dtype=%s %s programs=%d", m, n, tuple(x.shape), x.dtype, cfg, programs
@@ -633,7 +648,7 @@ def rms_norm_bwd(
         )  # fmt: skip
         if compute_dw:
             _launch_dw_reduce(
-                (triton.cdiv(n, DW_REDUCE_BLOCK_N),), (dw_partial, dw, programs, n),
+                (_cdiv(n, DW_REDUCE_BLOCK_N),), (dw_partial, dw, programs, n),
                 {"BLOCK_P": DW_REDUCE_BLOCK_P, "BLOCK_N": DW_REDUCE_BLOCK_N}, DW_REDUCE_NUM_WARPS, device,
             )  # fmt: skip
     return dx, dw

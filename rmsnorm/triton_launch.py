@@ -27,16 +27,26 @@ from triton import knobs
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 
 
-def _specialization(arg) -> object:
-    # type() before isinstance: this runs for every argument of every call.
-    kind = type(arg)
-    if kind is int:
-        return (arg == 1, arg % 16 == 0, _INT32_MIN <= arg <= _INT32_MAX)
-    if kind is float:
-        return float
-    if isinstance(arg, torch.Tensor):
-        return (arg.dtype, arg.data_ptr() % 16 == 0)
-    raise TypeError(f"KernelLauncher takes tensors, ints and floats as runtime arguments, got {kind.__name__}")
+def _specialization_key(args: tuple) -> tuple:
+    # One comprehension, no call per argument: this runs for every argument of every launch. Any
+    # argument not an int or a float is taken for a tensor (bools too: they have no dtype, and
+    # _check_types then names them).
+    return tuple(
+        [
+            (a == 1, a % 16 == 0, _INT32_MIN <= a <= _INT32_MAX)
+            if type(a) is int
+            else float
+            if type(a) is float
+            else (a.dtype, a.data_ptr() % 16 == 0)
+            for a in args
+        ]
+    )
+
+
+def _check_types(args: tuple) -> None:
+    for a in args:
+        if type(a) not in (int, float) and not isinstance(a, torch.Tensor):
+            raise TypeError(f"KernelLauncher takes tensors, ints and floats as runtime arguments, got {type(a).__name__}")
 
 
 class KernelLauncher:
@@ -60,14 +70,18 @@ class KernelLauncher:
         if not self._compiles:
             self._kernel[grid](*args, **constexprs, num_warps=num_warps, enable_fp_fusion=False)
             return
-        key = (tuple(map(_specialization, args)), tuple(constexprs.values()), num_warps, device)
+        try:
+            key = (_specialization_key(args), tuple(constexprs.values()), num_warps, device)
+        except AttributeError:  # an argument neither int, float nor tensor: _check_types names it
+            _check_types(args)
+            raise
         compiled = self._compiled.get(key)
-        enter_hooks, exit_hooks = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
-        if compiled is None or enter_hooks.calls or exit_hooks.calls:
+        runtime = knobs.runtime
+        if compiled is None or runtime.launch_enter_hook.calls or runtime.launch_exit_hook.calls:
             # Through Triton: it compiles where needed, and runs any launch hooks (a profiler's).
-            compiled = self._kernel[grid](*args, **constexprs, num_warps=num_warps, enable_fp_fusion=False)
             if list(constexprs) != self._constexpr_names:
                 raise ValueError(f"constexprs must be {self._constexpr_names}, in that order; got {list(constexprs)}")
+            compiled = self._kernel[grid](*args, **constexprs, num_warps=num_warps, enable_fp_fusion=False)
             with self._lock:
                 self._compiled[key] = compiled
             return

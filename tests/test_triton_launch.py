@@ -128,9 +128,12 @@ def test_launch_hooks_go_through_triton(launcher, monkeypatch):
     assert [c[0] for c in kernel.calls] == ["triton", "triton"]
 
 
-def test_other_argument_types_are_refused():
+@pytest.mark.parametrize("arg", ["x", True, None], ids=["str", "bool", "None"])
+def test_other_argument_types_are_refused(launcher, arg):
+    launch, kernel = launcher
     with pytest.raises(TypeError, match="tensors, ints and floats"):
-        triton_launch._specialization("x")
+        launch((1,), (torch.zeros(4), arg, 1e-6), {"A": True, "B": 128}, 4, 0)
+    assert kernel.calls == []
 
 
 @pytest.mark.skipif(not ON_GPU, reason="compiled Triton kernels run only on a CUDA GPU; none here")
