@@ -301,8 +301,9 @@ def _resolve_backend(
 
 
 def _log_call(op: str, backend: str, x: torch.Tensor) -> None:
-    # Logging is host-side chatter that torch.compile cannot trace: eager calls only.
-    if logger.isEnabledFor(logging.DEBUG) and not torch.compiler.is_compiling():
+    # Logging is host-side chatter that torch.compile cannot trace (Logger.isEnabledFor included):
+    # eager calls only, is_compiling first.
+    if not torch.compiler.is_compiling() and logger.isEnabledFor(logging.DEBUG):
         logger.debug("%s: backend=%s shape=%s dtype=%s", op, backend, tuple(x.shape), x.dtype)
 
 
