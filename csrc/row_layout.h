@@ -24,23 +24,36 @@ constexpr int kMaxLeadDims = 4;
 struct RowLayout {
   int64_t inner_sizes[kMaxLeadDims - 1];  // sizes of dims 1 .. kMaxLeadDims - 1
   int64_t strides[kMaxLeadDims];          // elements between consecutive indices of dims 0 .. kMaxLeadDims - 1
+  // floor((2^64 - 1) / size) + 1 for each inner size of 2 .. 2^32 - 1, else 0: row / size is then
+  // the high 64 bits of row * magic for every row < 2^32 (Lemire, Kaser, Kurz, "Faster remainder by
+  // direct computation", 2019), a few multiplies instead of the ~25 instructions of even a 32-bit
+  // division, which cost per-head rows of 128 elements 4 points of copy bandwidth (bench/NOTES.md v0.7).
+  uint64_t inner_magic[kMaxLeadDims - 1];
 
   // Element offset of the first element of row `row` (0 <= row < rows). The size tests are the
   // same for every thread of the grid (uniform branches): one row stride costs one multiply, and
-  // only a dim that could not be merged costs a 64-bit division. The division is unsigned (rows
-  // and sizes are never negative): its inlined code is shorter than the signed one's, which took
-  // a fifth more compile time of rms_norm_fwd.cu.
+  // only a dim that could not be merged costs a division, by multiplication below 2^32 rows. The
+  // fallback division is unsigned (rows and sizes are never negative): its inlined code is shorter
+  // than the signed one's, which took a fifth more compile time of rms_norm_fwd.cu.
   __host__ __device__ __forceinline__ int64_t offset(int64_t row) const {
     int64_t start = 0;
     for (int d = kMaxLeadDims - 1; d > 0; --d) {  // a constant trip count: unrolled, no local array
       const int64_t size = inner_sizes[d - 1];
       if (size != 1) {
-        const auto outer = static_cast<int64_t>(static_cast<uint64_t>(row) / static_cast<uint64_t>(size));
+        const auto outer = static_cast<int64_t>(divide(static_cast<uint64_t>(row), d - 1));
         start += (row - outer * size) * strides[d];
         row = outer;
       }
     }
     return start + row * strides[0];
+  }
+
+  // row / inner_sizes[dim], for row >= 0.
+  __host__ __device__ __forceinline__ uint64_t divide(uint64_t row, int dim) const {
+#ifdef __CUDA_ARCH__
+    if (inner_magic[dim] != 0 && (row >> 32) == 0) return __umul64hi(row, inner_magic[dim]);
+#endif
+    return row / static_cast<uint64_t>(inner_sizes[dim]);
   }
 
   // Whether every stride is a multiple of `elems`: with aligned base pointers, every row then
@@ -78,8 +91,12 @@ inline RowLayout make_row_layout(int dims, const int64_t* sizes, const int64_t* 
   layout.strides[0] = merged_strides[0];
   for (int j = 1; j < count; ++j) {
     const int slot = kMaxLeadDims - count + j;
-    layout.inner_sizes[slot - 1] = merged_sizes[j];
+    const int64_t size = merged_sizes[j];
+    layout.inner_sizes[slot - 1] = size;
     layout.strides[slot] = merged_strides[j];
+    if (size >= 2 && size <= int64_t{0xFFFFFFFF}) {
+      layout.inner_magic[slot - 1] = UINT64_MAX / static_cast<uint64_t>(size) + 1;
+    }
   }
   return layout;
 }
