@@ -43,7 +43,7 @@ def layers() -> dict[str, Callable[[], object]]:
     w = torch.randn(N, device="cuda", dtype=torch.bfloat16)
     y = torch.empty_like(x)
     rstd = torch.empty(1, device="cuda")
-    cfg = triton_kernels.tile_config(N, triton_kernels.FWD_MAX_TILE_N)
+    cfg = triton_kernels.tile_config(N)
     sizes, strides = triton_kernels.row_layout(x)
     args = (x, x, w, y, y, rstd, rstd, x, *sizes, *strides, *strides, 1, N, EPS, 0.0)
     constexprs = {

@@ -380,7 +380,9 @@ class TileConfig:
 # registers per thread at 32 warps (the forward keeps x; the backward keeps x, dy and the dweight
 # accumulator), and ptxas starts spilling. First guesses, to be tuned by the benchmark.
 FWD_MAX_TILE_N = 32768
-BWD_MAX_TILE_N = 8192
+# 16384, not 8192: one tile of 16 warps at 16384 reached 71% of copy (H100, 1 program an SM)
+# against the split-row path's 58.5%; 32768 in one tile spilled (14%) (bench/NOTES.md v0.7).
+BWD_MAX_TILE_N = 16384
 # Elements one program covers when rows are short: enough independent loads in flight per SM.
 SHORT_ROW_TILE_ELEMENTS = 4096
 # fp32 elements per thread a tile aims for: 16 bytes of bf16 and fp16, or four 16-byte fp32 loads.
@@ -396,11 +398,18 @@ WIDE_ROW_ELEMENTS_PER_THREAD = 64
 # 84-92% -> 96-98% of copy, static 92-98% -> 98% (at 16 a thread); the plain forward is half a
 # point to a point better at 16, and keeps it below WIDE_ROW_TILE_N (v0.7).
 QUANT_ELEMENTS_PER_THREAD = 64
+# The backward holds x, dy and a dweight sum a column: 32 elements a thread in its 16384-wide tiles
+# (16 warps: 71.2% of copy, against 65.6% at 64 a thread and 71.3% at 16).
+BWD_WIDE_ROW_ELEMENTS_PER_THREAD = 32
 # Chunk width of the split-row kernels.
 SPLIT_BLOCK_N = 4096
 MAX_NUM_WARPS = 32
-# Persistent backward: programs per SM; two keep the memory pipe busy while one reduces.
+# Persistent backward: programs per SM; two keep the memory pipe busy while one reduces. From
+# rows of BWD_ONE_PROGRAM_TILE_N, one: a program of 16 warps fills an SM's registers, a second
+# waits, and each program adds a row of dweight partials (8192: 86.1% against 83.5%; 16384: 71.2
+# against 69.0%, v0.7).
 BWD_PROGRAMS_PER_SM = 2
+BWD_ONE_PROGRAM_TILE_N = 8192
 DW_REDUCE_BLOCK_P = 32
 DW_REDUCE_BLOCK_N = 128
 DW_REDUCE_NUM_WARPS = 4  # Triton's default, which this kernel always had
@@ -419,18 +428,18 @@ def _tile_warps(elements: int, elements_per_thread: int | None = None) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def tile_config(n: int, max_tile_n: int, quant: bool = False) -> TileConfig:
-    """The launch configuration for rows of n elements (of the quantizing forward when quant); a function
-    of n alone (batch invariance)."""
-    if n > max_tile_n:
+def tile_config(n: int, kind: str = "forward") -> TileConfig:
+    """The launch configuration for rows of n elements of one kernel kind, "forward", "quant" (the
+    quantizing forward) or "backward"; a function of n alone (batch invariance)."""
+    if n > (BWD_MAX_TILE_N if kind == "backward" else FWD_MAX_TILE_N):
         return TileConfig(1, SPLIT_BLOCK_N, _tile_warps(SPLIT_BLOCK_N), split_rows=True)
     block_n = triton.next_power_of_2(n)
     block_m = max(1, SHORT_ROW_TILE_ELEMENTS // block_n)
     per_thread = None
-    if quant:
+    if kind == "quant":
         per_thread = QUANT_ELEMENTS_PER_THREAD
     elif block_n >= WIDE_ROW_TILE_N:
-        per_thread = WIDE_ROW_ELEMENTS_PER_THREAD
+        per_thread = BWD_WIDE_ROW_ELEMENTS_PER_THREAD if kind == "backward" else WIDE_ROW_ELEMENTS_PER_THREAD
     return TileConfig(block_m, block_n, _tile_warps(block_m * block_n, per_thread), split_rows=False)
 
 
@@ -488,7 +497,7 @@ def _forward(
     n = x.shape[-1]
     _check_n(n)
     m = y.numel() // n if n else 0
-    cfg = tile_config(n, FWD_MAX_TILE_N, quant != NO_QUANT)
+    cfg = tile_config(n, "forward" if quant == NO_QUANT else "quant")
     # Rows wider than a tile need rstd between their two kernels.
     rstd = torch.empty(x.shape[:-1], dtype=torch.float32, device=x.device) if need_rstd or cfg.split_rows else None
     residual_out = None if residual is None else torch.empty(x.shape, dtype=residual.dtype, device=x.device)
@@ -570,7 +579,7 @@ def rms_norm_quant_fwd(
         return y_q, residual_out, None
     row_scale = torch.empty((*x.shape[:-1], 1), dtype=torch.float32, device=x.device)
     n = x.shape[-1]
-    if not tile_config(n, FWD_MAX_TILE_N).split_rows:
+    if not tile_config(n, "quant").split_rows:
         residual_out, _ = _forward(
             x, residual, weight, weight_offset, eps, round_xhat, y_q, QUANT_DYNAMIC, row_scale, scale_ub, need_rstd=False
         )
@@ -613,11 +622,12 @@ def rms_norm_bwd(
     dw = torch.empty((n,), dtype=weight.dtype, device=x.device) if compute_dw else None
     if m == 0:
         return dx, dw.zero_() if compute_dw else None
-    cfg = tile_config(n, BWD_MAX_TILE_N)
+    cfg = tile_config(n, "backward")
     col_blocks = _cdiv(n, cfg.block_n)
     # Enough programs to fill the GPU, fewer when there are few tiles; a function of (M, N, GPU)
     # only, so the dweight summation order is the same on every run.
-    programs = min(_cdiv(m, cfg.block_m), max(1, _num_sms(x.device) * BWD_PROGRAMS_PER_SM // col_blocks))
+    per_sm = 1 if cfg.block_n >= BWD_ONE_PROGRAM_TILE_N and not cfg.split_rows else BWD_PROGRAMS_PER_SM
+    programs = min(_cdiv(m, cfg.block_m), max(1, _num_sms(x.device) * per_sm // col_blocks))
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug(
             "triton rms_norm_bwd: M=%d N=%d x=%s dtype=%s %s programs=%d", m, n, tuple(x.shape), x.dtype, cfg, programs
