@@ -30,7 +30,8 @@ CANDIDATES: dict[str, dict[str, str]] = {
 def _rewrite(sources: Path, overrides: dict[str, str]) -> None:
     for name, value in overrides.items():
         pattern = re.compile(rf"(constexpr\s+\w+\s+{name}\s*=\s*)[^;]+;")
-        hits = [p for p in sorted(sources.glob("*.cu")) + sorted(sources.glob("*.cuh")) if pattern.search(p.read_text())]
+        files = sorted(sources.glob("*.cu")) + sorted(sources.glob("*.cuh"))
+        hits = [p for p in files if pattern.search(p.read_text())]
         if len(hits) != 1:
             raise SystemExit(f"constant {name} found in {len(hits)} files of csrc/, expected one")
         hits[0].write_text(pattern.sub(rf"\g<1>{value};", hits[0].read_text()))

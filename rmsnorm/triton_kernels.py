@@ -11,7 +11,9 @@ held in registers: x is read once. Wider rows are split: a first kernel walks ea
 to compute its statistic (rstd forward, the dot product of xhat and dy*w backward), then a 2-D
 grid of column blocks applies it. That reads x once more, but nothing spills.
 
-Every launch passes enable_fp_fusion=False: Triton then emits mul.rn / add.rn, which ptxas may
+Launches go through triton_launch.KernelLauncher (Triton's own launch the first time an argument
+specialization is seen, the compiled kernel directly after: host time). Every launch passes
+enable_fp_fusion=False: Triton then emits mul.rn / add.rn, which ptxas may
 not contract into FMAs; with fusion on it emits plain mul / add, which ptxas may contract where
 its scheduling allows. Off, each product and sum is rounded as written, as in the CUDA kernels
 (__fmul_rn, __fmaf_rn). What stays Triton's choice is the register layout of each kernel variant,
@@ -526,8 +528,8 @@ def _forward(
             (x, res, w, y, res_out, rstd_arg, scale, x if scale_ub is None else scale_ub, *sizes, *x_strides,
              *res_strides, m, n, eps, weight_offset),
             {"HAS_RESIDUAL": residual is not None, "HAS_WEIGHT": weight is not None, "RSTD_GIVEN": cfg.split_rows,
-             "STORE_RSTD": need_rstd and not cfg.split_rows, "ROUND_XHAT": round_xhat, "QUANT": quant, "HAS_SCALE_UB": scale_ub is not None, "BLOCK_M": cfg.block_m,
-             "BLOCK_N": cfg.block_n},
+             "STORE_RSTD": need_rstd and not cfg.split_rows, "ROUND_XHAT": round_xhat, "QUANT": quant,
+             "HAS_SCALE_UB": scale_ub is not None, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n},
             cfg.num_warps, device,
         )  # fmt: skip
     return residual_out, rstd
@@ -581,7 +583,8 @@ def rms_norm_quant_fwd(
     n = x.shape[-1]
     if not tile_config(n, "quant").split_rows:
         residual_out, _ = _forward(
-            x, residual, weight, weight_offset, eps, round_xhat, y_q, QUANT_DYNAMIC, row_scale, scale_ub, need_rstd=False
+            x, residual, weight, weight_offset, eps, round_xhat, y_q, QUANT_DYNAMIC, row_scale, scale_ub,
+            need_rstd=False,
         )
         return y_q, residual_out, row_scale
     # A row wider than one tile: its maximum is known only after the whole row, so y goes through memory.

@@ -46,7 +46,8 @@ def _specialization_key(args: tuple) -> tuple:
 def _check_types(args: tuple) -> None:
     for a in args:
         if type(a) not in (int, float) and not isinstance(a, torch.Tensor):
-            raise TypeError(f"KernelLauncher takes tensors, ints and floats as runtime arguments, got {type(a).__name__}")
+            kind = type(a).__name__
+            raise TypeError(f"KernelLauncher takes tensors, ints and floats as runtime arguments, got {kind}")
 
 
 class KernelLauncher:
