@@ -28,7 +28,7 @@ from bench.cases import ELEMENTS, EPS
 from bench.errors import first_line
 from bench.inputs import release_memory
 from bench.latency import graph_us_per_call
-from rmsnorm.reference import quantize_fp8_reference
+from rmsnorm.reference import fp8_ordinal, quantize_fp8_reference
 
 QK_HEAD_DIM = 128
 QK_HEADS = (32, 64)
@@ -116,21 +116,11 @@ def measure_qk_norm(ceiling: float, log: Callable[[str], None]) -> list[dict]:
     return records
 
 
-def _fp8_steps(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """How many float8_e4m3fn values apart a and b are, elementwise (finite values)."""
-
-    def ordinal(q: torch.Tensor) -> torch.Tensor:
-        bits = q.view(torch.uint8).to(torch.int16)
-        return torch.where(bits >= 0x80, -(bits & 0x7F), bits & 0x7F)
-
-    return (ordinal(a) - ordinal(b)).abs()
-
-
 def _check_fp8(got: torch.Tensor, expected: torch.Tensor, what: str) -> None:
     """At most one fp8 step from the reference quantization of the backend's own output, in at most 1%
     of the elements: Triton's quantizing kernel may sum a row in another order than its plain one
     (tests/test_quant.py, assert_alike); the CUDA kernels match bitwise (the tests hold them to it)."""
-    steps = _fp8_steps(got, expected)
+    steps = (fp8_ordinal(got) - fp8_ordinal(expected)).abs()
     if int(steps.max()) > 1 or float((steps > 0).float().mean()) > MAX_FP8_DIFFERENCE_SHARE:
         raise AssertionError(f"{what} differs from the reference quantization of the same backend's output")
 

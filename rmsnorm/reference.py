@@ -124,3 +124,11 @@ def quantize_fp8_reference(
     inverse = _divide(torch.ones_like(divisor), divisor)
     y_q = (yf * inverse).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
     return y_q, returned
+
+
+def fp8_ordinal(q: torch.Tensor) -> torch.Tensor:
+    """Position of float8_e4m3fn values on their number line: neighbours differ by one, +0 and -0 are
+    both 0. The distance in fp8 steps between two quantizations is the difference of their ordinals."""
+    bits = q.view(torch.uint8).to(torch.int16)
+    magnitude = bits & 0x7F
+    return torch.where(bits >= 0x80, -magnitude, magnitude)

@@ -24,6 +24,7 @@ from rmsnorm.reference import (
     FP8_E4M3_MAX,
     MIN_DYNAMIC_SCALE,
     add_rms_norm_reference,
+    fp8_ordinal,
     quantize_fp8_reference,
     rms_norm_reference,
 )
@@ -105,13 +106,6 @@ def assert_same(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None
         )
 
 
-def fp8_ordinal(q: torch.Tensor) -> torch.Tensor:
-    """Position on the float8_e4m3fn number line: neighbours differ by one, +0 and -0 are both 0."""
-    bits = q.view(torch.uint8).to(torch.int16)
-    magnitude = bits & 0x7F
-    return torch.where(bits >= 0x80, -magnitude, magnitude)
-
-
 # Triton chooses each kernel's register layout from its types and the alignment of its arguments,
 # and the layout fixes the order of a row's sum of squares: the quantizing kernel (an fp8 store)
 # and the plain one, or a strided and a contiguous x, may get rstd one fp32 ulp apart (H100 and
@@ -139,6 +133,16 @@ def assert_alike(backend: str, actual: torch.Tensor, expected: torch.Tensor, wha
         a, e = actual[~nan_expected], expected[~nan_expected]
         close = (a == e) | ((a - e).abs() <= TRITON_SCALE_RELATIVE * e.abs())
         assert bool(close.all()), f"{what}: {TRITON_LAYOUT_NOTE}, scales more than a few ulps apart"
+
+
+def test_fp8_ordinal_counts_steps():
+    """Every finite float8_e4m3fn value, in increasing order, has ordinals one apart (+0 and -0 both 0)."""
+    values = torch.arange(256, dtype=torch.int16).to(torch.uint8).view(torch.float8_e4m3fn)
+    finite = values[~torch.isnan(values.float())]
+    ordered = finite[torch.argsort(finite.float(), stable=True)]
+    steps = fp8_ordinal(ordered).diff()
+    assert int(fp8_ordinal(ordered)[0]) == -126 and int(fp8_ordinal(ordered)[-1]) == 126
+    assert set(steps.tolist()) == {0, 1} and int((steps == 0).sum()) == 1  # -0 beside +0
 
 
 def static_scale(y: torch.Tensor) -> torch.Tensor:
