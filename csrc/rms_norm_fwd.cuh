@@ -71,8 +71,9 @@ constexpr int kFwdSubWarpBlockThreads = 128;
 // row: for a residual, and for the fp8 epilogue. Not with 4 Vecs of a 2-byte T unaligned, where
 // x arrives one element per register: with a residual, x's and the residual's 64 loads in flight
 // spilled under the 64-register cap (ptxas -v, sm_90 most), whether the residual was a runtime
-// option or a template flag; quantizing, it spilled ~100 bytes on sm_80 and sm_90 (y formed
-// twice beside the row, sm_80's software fp8 conversion). Those rows go to
+// option or a template flag; quantizing, it spilled ~100 bytes on sm_80 and sm_90 when y was
+// formed twice beside the row (before bench/NOTES.md v0.7, which forms it once in the row's
+// registers; not tried again since), with sm_80's software fp8 conversion. Those rows go to
 // rms_norm_fwd_looped_kernel with the register kernel's threads_per_row threads a block (see the
 // launcher), and the register kernel is not instantiated to quantize them.
 template <typename T, int ITEMS, bool ALIGNED>
