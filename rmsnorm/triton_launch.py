@@ -11,7 +11,8 @@ specialization, and sends later calls with the same key straight to the C launch
 The key holds everything Triton specializes a kernel on, and more (never less, or a call would
 run a kernel compiled for other arguments): per tensor its dtype and whether its address is a
 multiple of 16 bytes; per int whether it is 1, whether it is a multiple of 16 and whether it fits
-in int32; per float its type; the constexpr values, num_warps and the device. Kernels are compiled
+in int32 (the ints passed are sizes, strides and counts, never past 2^63, where Triton would type
+one uint64); per float its type; the constexpr values, num_warps and the device. Kernels are compiled
 with the process's Triton settings (debug, instrumentation) of the first launch of each key.
 Under TRITON_INTERPRET there is no compiled kernel: every call goes through Triton.
 """
