@@ -1,8 +1,8 @@
 """rmsnorm.triton_launch: a compiled kernel is reused only for arguments Triton would specialize the same way.
 
 On CPU a stand-in for the @triton.jit kernel records what goes through Triton and what goes
-straight to the compiled kernel's launcher; on a GPU the real forward runs through both paths and
-must give the same bits, aligned and misaligned.
+straight to the compiled kernel's launcher; on a GPU the real forward and backward run through both
+paths, aligned and misaligned, against float64, and the two paths' outputs must be the same bits.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rmsnorm import triton_launch
+from rmsnorm import rms_norm, triton_launch
 from tests.conftest import ON_GPU
 from tests.inputs import randn, random_weight
 from tests.numerics import check_rms_norm
@@ -46,9 +46,8 @@ class _Kernel:
 @pytest.fixture
 def launcher(monkeypatch):
     kernel = _Kernel()
-    launch = triton_launch.KernelLauncher.__new__(triton_launch.KernelLauncher)
-    launch.__init__(kernel)  # a stand-in is not a JITFunction: say it compiles, as the real one does
-    launch._compiles = True
+    launch = triton_launch.KernelLauncher(kernel)
+    launch._compiles = True  # a stand-in is not a JITFunction: say it compiles, as the real one does
     launch._constexpr_names = ["A", "B"]
     monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda device: f"stream{device}", raising=False)
     return launch, kernel
@@ -150,3 +149,7 @@ def test_direct_launches_are_right(offset):
     weight = random_weight(n, torch.bfloat16)
     for _ in range(2):
         check_rms_norm("triton", x, (n,), weight, 1e-6)
+    triton_kernels._launch_fwd._compiled.clear()
+    through_triton = rms_norm(x, (n,), weight, 1e-6, backend="triton")
+    direct = rms_norm(x, (n,), weight, 1e-6, backend="triton")
+    assert torch.equal(through_triton, direct)
