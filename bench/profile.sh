@@ -17,7 +17,7 @@ for case in "$@"; do
   # call (SKIP and COUNT for the split-row cases, which launch two or three).
   ncu "${sections[@]}" --kernel-name regex:rms_norm --launch-skip "${SKIP:-2}" --launch-count "${COUNT:-1}" \
     python -m bench.profile_case "$op" "$backend" "$n" >> "$out/ncu.log" 2>&1
-  tail -n +1 "$out/ncu.log" | awk -v c="=== $case" '$0 == c {p=1; next} p' |
+  awk -v c="=== $case" '$0 == c {p=1; next} p' "$out/ncu.log" |
     grep -E "rms_norm.*\(|DRAM Throughput|Duration|Registers Per|Block Size|Grid Size|Achieved Occupancy|Theoretical Occupancy|Warp Cycles Per Issued|Stall|Issue Slot|No Eligible|Active Warps Per|Eligible Warps|stalled_" \
     >> "$out/ncu-summary.log"
 done
