@@ -19,8 +19,6 @@ Under TRITON_INTERPRET there is no compiled kernel: every call goes through Trit
 
 from __future__ import annotations
 
-import threading
-
 import torch
 import triton
 from triton import knobs
@@ -62,7 +60,6 @@ class KernelLauncher:
     def __init__(self, kernel) -> None:
         self._kernel = kernel
         self._compiled: dict[tuple, object] = {}
-        self._lock = threading.Lock()
         # A JITFunction compiles; the interpreter's function does not (TRITON_INTERPRET=1).
         self._compiles = isinstance(kernel, triton.runtime.JITFunction)
         if self._compiles:
@@ -84,8 +81,7 @@ class KernelLauncher:
             if list(constexprs) != self._constexpr_names:
                 raise ValueError(f"constexprs must be {self._constexpr_names}, in that order; got {list(constexprs)}")
             compiled = self._kernel[grid](*args, **constexprs, num_warps=num_warps, enable_fp_fusion=False)
-            with self._lock:
-                self._compiled[key] = compiled
+            self._compiled[key] = compiled  # one dict assignment: atomic, no lock needed
             return
         grid_x, grid_y, grid_z = (*grid, 1, 1)[:3]
         stream = torch._C._cuda_getCurrentRawStream(device)
