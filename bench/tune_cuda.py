@@ -23,7 +23,9 @@ NS = (1024, 2048, 4096, 8192, 16384, 32768)
 # label -> {constant name in csrc/*.cu: value written in its place}; {} is csrc as it is.
 CANDIDATES: dict[str, dict[str, str]] = {
     "as is": {},
-    "2 Vecs a thread at most (N > 16384 looped)": {"kFwdMaxItems": "2"},
+    "staged from 8 KB rows": {"kFwdStagedMinRowBytes": "8 * 1024"},
+    "staged from 16 KB rows": {"kFwdStagedMinRowBytes": "16 * 1024"},
+    "never staged": {"kFwdStagedMinRowBytes": "int64_t{1} << 62", "kFwdStagedMaxItems": "kFwdMaxItems"},
 }
 
 
@@ -57,7 +59,7 @@ def _build(index: int, overrides: dict[str, str], root: Path) -> Path:
     return build_dir / f"{name}.so"
 
 
-def _time(library: str) -> None:
+def _time(library: str, ns: tuple[int, ...]) -> None:
     """Child process: load one build and print `N fwd add bwd` in % of the copy ceiling."""
     import torch
 
@@ -71,7 +73,7 @@ def _time(library: str) -> None:
     def percent(ms: float, tensors: float) -> float:
         return 100 * tensors * ELEMENTS * 2 / ms / 1e6 / ceiling  # 2 bytes a bf16 element
 
-    for n in NS:
+    for n in ns:
         print(
             n,
             *(f"{percent(ms, tensors):.1f}" for ms, tensors in _time_width(ops, n)),
@@ -104,9 +106,10 @@ def _time_width(ops, n: int) -> list[tuple[float, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--time", metavar="LIBRARY", help=argparse.SUPPRESS)  # the child's entry
+    parser.add_argument("--ns", type=int, nargs="+", default=NS, help="row widths to time (default: %(default)s)")
     args = parser.parse_args()
     if args.time:
-        _time(args.time)
+        _time(args.time, tuple(args.ns))
         return
     with tempfile.TemporaryDirectory() as tmp:
         with ThreadPoolExecutor(len(CANDIDATES)) as pool:
@@ -123,7 +126,7 @@ def main() -> None:
         print("candidate | N | fwd | add fwd | bwd | quant static | quant dynamic", flush=True)
         for label, library in zip(CANDIDATES, libraries):
             result = subprocess.run(
-                [sys.executable, "-m", "bench.tune_cuda", "--time", str(library)],
+                [sys.executable, "-m", "bench.tune_cuda", "--time", str(library), "--ns", *map(str, args.ns)],
                 capture_output=True, text=True, check=True,
             )  # fmt: skip
             for line in result.stdout.split("\n"):

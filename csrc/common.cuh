@@ -144,6 +144,26 @@ __device__ __forceinline__ Vec<T, N> load_vec(const T* p, Index col, Index end) 
   return out;
 }
 
+// Copies the 16 bytes at global `src` to shared `dst` (both 16-byte aligned) without passing them
+// through registers: cp.async (sm_80 and later), so a row in flight costs the SM no registers; the
+// .cg form leaves L1 to the weight. Visible to the calling thread, and only to it, after
+// wait_async_copies(). Before sm_80 a plain load and store, the same bytes.
+__device__ __forceinline__ void copy_async_16(void* dst, const void* src) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned dst_shared = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst_shared), "l"(src) : "memory");
+#else
+  *static_cast<uint4*>(dst) = __ldg(static_cast<const uint4*>(src));
+#endif
+}
+
+// Waits for every copy_async_16 this thread has issued.
+__device__ __forceinline__ void wait_async_copies() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
+#endif
+}
+
 // Stores the elements of `in` that fall in [col, end) to global memory p[col, ...); same
 // ALIGNED contract.
 template <bool ALIGNED, int N, typename T, typename Index>
@@ -240,7 +260,7 @@ __device__ __forceinline__ RowGroupPlace row_group_place(int threads_per_row) {
 // elements [c * vec, c * vec + vec)).
 struct RowTiling {
   int threads_per_row;  // a power of two <= 32 (several rows per block), or a multiple of 32 (one row per block)
-  int items;            // Vecs per thread: 1, 2 or 4 (<= max_items); 0 when the row does not fit
+  int items;            // Vecs per thread: 1, 2, 4 or 8 (<= max_items); 0 when the row does not fit
 };
 
 __host__ __device__ constexpr int64_t next_pow2(int64_t v) {
@@ -250,7 +270,7 @@ __host__ __device__ constexpr int64_t next_pow2(int64_t v) {
 }
 
 // The tiling of a row of `chunks` Vecs, given the largest items per thread that stays in
-// registers without spilling (`max_items`: 1, 2 or 4) and the most threads a row may have
+// registers without spilling, or in shared memory (`max_items`: 1, 2, 4 or 8) and the most threads a row may have
 // (`max_threads_per_row`, a multiple of 32):
 //   chunks <= 32:              threads_per_row = next_pow2(chunks), one Vec each: sub-warp
 //                              groups reduce with shuffles alone, several rows per block;
@@ -278,7 +298,7 @@ inline RowTiling tile_row(int64_t chunks, int max_items, int preferred_threads_p
   return {0, 0};
 }
 
-// Calls launch(std::integral_constant<int, ITEMS>{}) for items in {1, 2, 4}, instantiating only
+// Calls launch(std::integral_constant<int, ITEMS>{}) for items in {1, 2, 4, 8}, instantiating only
 // ITEMS <= MAX_ITEMS: the one place where the runtime items count becomes a template constant.
 template <int MAX_ITEMS, typename F>
 cudaError_t dispatch_items(int items, F&& launch) {
@@ -289,6 +309,9 @@ cudaError_t dispatch_items(int items, F&& launch) {
       break;
     case 4:
       if constexpr (MAX_ITEMS >= 4) return launch(std::integral_constant<int, 4>{});
+      break;
+    case 8:
+      if constexpr (MAX_ITEMS >= 8) return launch(std::integral_constant<int, 8>{});
       break;
   }
   return cudaErrorInvalidConfiguration;  // tile_row never returns another items count

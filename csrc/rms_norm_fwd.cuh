@@ -79,8 +79,35 @@ constexpr int kFwdSubWarpBlockThreads = 128;
 template <typename T, int ITEMS, bool ALIGNED>
 constexpr bool kRegisterKernelHasRoom = ALIGNED || sizeof(T) > 2 || ITEMS < kFwdMaxItems;
 
+// Rows of at least this many bytes, one a block, go through rms_norm_fwd_staged_kernel when they
+// are aligned and have no residual: below it the register kernel already fits several blocks an
+// SM. First guess (16384 bf16 elements), to be tuned by the benchmark.
+constexpr int64_t kFwdStagedMinRowBytes = 32 * 1024;
+// Vecs a thread of rms_norm_fwd_staged_kernel may stage: rows of up to 1024 x 8 Vecs (64K halves,
+// 32K floats: 128 KB of shared memory, one block an SM on an A100 or H100) no longer walk x twice
+// in the looped kernel.
+constexpr int kFwdStagedMaxItems = 8;
+// Chunks a thread of rms_norm_fwd_staged_kernel forms y for at once: its loops over the stage are
+// unrolled this far, not fully. Two blocks of 1024 threads an SM cap a thread at 32 registers,
+// and forming y for all 4 or 8 chunks at once, each with its own weights in flight, spilled
+// (ptxas -v, an fp32 weight); the SM's 64 warps hide the latency the loads of one chunk leave.
+constexpr int kStagedUnroll = 2;
+// Blocks of rms_norm_fwd_staged_kernel an SM should hold: two (32 registers a thread at 1024
+// threads); one at kFwdStagedMaxItems, where a row of 1024 threads fills 128 KB of shared memory
+// and two never fit, so the 32-register cap would buy nothing (it spilled on sm_80, ptxas -v).
+template <int ITEMS>
+constexpr int kStagedMinBlocksPerSm = ITEMS == kFwdStagedMaxItems ? 1 : 2;
+
+enum class FwdKernel {
+  kRegisters,  // rms_norm_fwd_kernel
+  kStaged,     // rms_norm_fwd_staged_kernel for aligned rows without a residual, else the looped
+               // kernel on tiling.threads_per_row threads (the same order of every sum)
+  kLooped,     // rms_norm_fwd_looped_kernel on block_threads threads
+};
+
 struct FwdConfig {
-  RowTiling tiling;    // tiling.items == 0: the row does not fit, rms_norm_fwd_looped_kernel
+  FwdKernel kernel;
+  RowTiling tiling;    // kLooped: unused
   int rows_per_block;  // rows of one block, each handled by tiling.threads_per_row threads
   int block_threads;
 };
@@ -88,13 +115,19 @@ struct FwdConfig {
 // The forward configuration for rows of n elements of elem_bytes each: from n and the element
 // size only, never from the number of rows (batch invariance).
 FwdConfig fwd_config(int64_t n, int elem_bytes) {
-  const RowTiling tiling = tile_row(ceil_div(n, kVectorBytes / elem_bytes), kFwdMaxItems,
-                                    kFwdPreferredThreadsPerRow, kMaxBlockThreads);
-  if (tiling.items == 0) return {tiling, 1, kLoopedBlockThreads};
-  if (tiling.threads_per_row <= kWarpSize) {
-    return {tiling, kFwdSubWarpBlockThreads / tiling.threads_per_row, kFwdSubWarpBlockThreads};
+  const int64_t chunks = ceil_div(n, kVectorBytes / elem_bytes);
+  const RowTiling tiling = tile_row(chunks, kFwdMaxItems, kFwdPreferredThreadsPerRow, kMaxBlockThreads);
+  if (tiling.items == 0) {
+    const RowTiling staged = tile_row(chunks, kFwdStagedMaxItems, kFwdPreferredThreadsPerRow, kMaxBlockThreads);
+    if (staged.items == 0) return {FwdKernel::kLooped, staged, 1, kLoopedBlockThreads};
+    return {FwdKernel::kStaged, staged, 1, staged.threads_per_row};
   }
-  return {tiling, 1, tiling.threads_per_row};
+  if (tiling.threads_per_row <= kWarpSize) {
+    return {FwdKernel::kRegisters, tiling, kFwdSubWarpBlockThreads / tiling.threads_per_row,
+            kFwdSubWarpBlockThreads};
+  }
+  const bool staged = tiling.items == kFwdMaxItems && n * elem_bytes >= kFwdStagedMinRowBytes;
+  return {staged ? FwdKernel::kStaged : FwdKernel::kRegisters, tiling, 1, tiling.threads_per_row};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -339,6 +372,86 @@ __global__ void __launch_bounds__(kMaxBlockThreads, 1) rms_norm_fwd_kernel(
   }
 }
 
+// Long rows, one a block, staged in shared memory: rms_norm_fwd_kernel's tiling (thread t of the
+// row owns chunks t, t + blockDim.x, ...) and its order of every sum, hence its bits, but the row
+// is copied to shared memory with cp.async instead of loaded into registers, and each pass (sum
+// of squares, the dynamic amax, the stores) reads the thread's own chunks back from there. In
+// registers, a row of 32768 bf16 on 1024 threads under the 64-register cap left one block, one
+// row, an SM: nothing in flight from its reduction to its stores (bench/NOTES.md v0.7). Here a
+// block needs few registers, and two blocks share an SM, one reducing or storing while the
+// other's row arrives, which costs the SM no registers. Each thread reads back only what it
+// copied itself, so no barrier guards the stage.
+template <typename T, typename W, typename Y, int ITEMS>
+__global__ void __launch_bounds__(kMaxBlockThreads, kStagedMinBlocksPerSm<ITEMS>) rms_norm_fwd_staged_kernel(
+    const T* __restrict__ x,  // [rows, n], row i at x + x_layout.offset(i); 16-byte aligned rows
+    RowLayout x_layout,
+    const W* __restrict__ weight,  // [n], or nullptr for no weight
+    float weight_offset,           // added to the weight
+    Y* __restrict__ y,             // [rows, n], contiguous: T, or fp8 bits scaled by `scaling`
+    Fp8Scaling scaling,            // Y = Fp8 only
+    float* __restrict__ rstd,      // [rows], or nullptr: not stored
+    int64_t rows,
+    int n,  // a multiple of VEC, <= blockDim.x * ITEMS * VEC
+    float eps,
+    bool round_xhat) {
+  constexpr int VEC = kVecElems<T>;
+  // blockDim.x * ITEMS Vecs, the row's chunks in order (dynamic shared memory: up to 128 KB).
+  extern __shared__ uint4 stage_words[];
+  Vec<T, VEC>* const stage = reinterpret_cast<Vec<T, VEC>*>(stage_words);
+  const int first_col = threadIdx.x * VEC;
+  const int col_step = blockDim.x * VEC;
+  const float static_scale = kQuantizes<Y> && scaling.scale != nullptr ? *scaling.scale : 1.0f;
+  // The chunk at col, from the stage; zeros past the row's end, as load_vec gives.
+  const auto staged_chunk = [&](int col) {
+    if (col < n) return stage[col / VEC];
+    Vec<T, VEC> zeros;
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) zeros.v[k] = zero_value<T>();
+    return zeros;
+  };
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const T* x_row = x + x_layout.offset(row);
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      const int col = first_col + i * col_step;
+      if (col < n) copy_async_16(&stage[col / VEC], x_row + col);
+    }
+    wait_async_copies();
+    float sum_sq = 0.0f;
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) sum_sq = add_squares(sum_sq, staged_chunk(first_col + i * col_step));
+    const float row_rstd = rstd_of(block_reduce_sum(sum_sq, blockDim.x), n, eps);
+    if (threadIdx.x == 0 && rstd != nullptr) rstd[row] = row_rstd;
+    float y_inv_scale = 1.0f;
+    if constexpr (kQuantizes<Y>) {
+      float y_scale = static_scale;  // y is multiplied by its reciprocal before the rounding
+      if (scaling.scale == nullptr) {
+        float amax = 0.0f;
+#pragma unroll(kStagedUnroll)
+        for (int i = 0; i < ITEMS; ++i) {
+          const int col = first_col + i * col_step;
+          amax = add_abs_max<true>(
+              amax, y_of<true, T>(staged_chunk(col), weight, weight_offset, round_xhat, col, n, row_rstd), col, n);
+        }
+        y_scale = dynamic_scale(block_reduce_max(amax, blockDim.x), scaling.scale_ub);
+        if (threadIdx.x == 0) scaling.row_scale[row] = y_scale;
+      }
+      y_inv_scale = inverse_scale(y_scale);
+    }
+    Y* y_row = y + row * n;
+#pragma unroll(kStagedUnroll)
+    for (int i = 0; i < ITEMS; ++i) {
+      const int col = first_col + i * col_step;
+      if (col < n) {
+        store_y<true>(y_row, col, n, y_of<true, T>(stage[col / VEC], weight, weight_offset, round_xhat, col, n, row_rstd),
+                      y_inv_scale);
+      }
+    }
+    // The next row's copies land where this row's last reads were: let them finish first.
+    if (row + gridDim.x < rows) __syncthreads();
+  }
+}
+
 // Rows too long for registers, on kLoopedBlockThreads threads a block; also, on
 // threads_per_row threads, the rows rms_norm_fwd_kernel has no room to add a residual to or to
 // quantize (see kRegisterKernelHasRoom). Block b handles rows b, b + gridDim.x, ...; thread t
@@ -407,6 +520,33 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
 // Launch
 // ---------------------------------------------------------------------------------------------
 
+// rms_norm_fwd_staged_kernel on tiling (kFwdMaxItems or kFwdStagedMaxItems Vecs a thread, the
+// only counts fwd_config stages with: two instantiations, not four).
+template <typename T, typename W, typename Y>
+cudaError_t launch_rms_norm_fwd_staged(const T* x, RowLayout x_layout, const W* weight, float weight_offset, Y* y,
+                                       Fp8Scaling scaling, float* rstd, int64_t rows, int n, float eps,
+                                       bool round_xhat, RowTiling tiling, cudaStream_t stream) {
+  const auto launch = [&](auto items_tag) {
+    constexpr int ITEMS = decltype(items_tag)::value;
+    const auto kernel = rms_norm_fwd_staged_kernel<T, W, Y, ITEMS>;
+    const int stage_bytes = tiling.threads_per_row * ITEMS * kVectorBytes;
+    // Over 48 KB of dynamic shared memory must be asked for; and the L1 / shared memory split is
+    // tilted to shared memory, or the driver may leave room for one block an SM where two fit.
+    cudaError_t status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, stage_bytes);
+    if (status == cudaSuccess) {
+      status = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                    cudaSharedmemCarveoutMaxShared);
+    }
+    if (status != cudaSuccess) return status;
+    kernel<<<std::min(rows, kMaxGridX), tiling.threads_per_row, stage_bytes, stream>>>(
+        x, x_layout, weight, weight_offset, y, scaling, rstd, rows, n, eps, round_xhat);
+    return cudaGetLastError();
+  };
+  if (tiling.items == kFwdStagedMaxItems) return launch(std::integral_constant<int, kFwdStagedMaxItems>{});
+  if (tiling.items == kFwdMaxItems) return launch(std::integral_constant<int, kFwdMaxItems>{});
+  return cudaErrorInvalidConfiguration;
+}
+
 // rms_norm_fwd (Y = T) and rms_norm_quant_fwd (Y = Fp8): rms_norm.h documents the arguments.
 template <typename T, typename W, typename R, typename Y>
 cudaError_t launch_rms_norm_fwd(const T* x, RowLayout x_layout, const R* residual, RowLayout residual_layout,
@@ -444,7 +584,16 @@ cudaError_t launch_rms_norm_fwd(const T* x, RowLayout x_layout, const R* residua
           round_xhat);
       return cudaGetLastError();
     };
-    if (config.tiling.items == 0) return launch_looped(config.block_threads);
+    if (config.kernel == FwdKernel::kLooped) return launch_looped(config.block_threads);
+    if (config.kernel == FwdKernel::kStaged) {
+      if constexpr (ALIGNED && std::is_same_v<R, T>) {
+        if (residual == nullptr) {
+          return launch_rms_norm_fwd_staged(x, x_layout, weight, offset, y, scaling, rstd, rows, static_cast<int>(n),
+                                            eps, round_xhat, config.tiling, stream);
+        }
+      }
+      if (config.tiling.items > kFwdMaxItems) return launch_looped(config.tiling.threads_per_row);
+    }
     return dispatch_items<kFwdMaxItems>(config.tiling.items, [&](auto items_tag) {
       constexpr int ITEMS = decltype(items_tag)::value;
       // threads_per_row is a multiple of 32 where there is no room (ITEMS > 1). On a block of

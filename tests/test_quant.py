@@ -33,9 +33,10 @@ from tests.inputs import randn, random_weight
 
 FP8 = torch.float8_e4m3fn
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-# Sub-warp rows, an odd tail, one tile; on the GPU also a wide tile and, past 32768, the split rows
-# whose dynamic scale comes from a second walk over y (rms_norm_quantize_rows_kernel).
-WIDTHS = (1, 3, 127, 4097, 12288, 65537) if ON_GPU else (1, 3, 127, 4097)
+# Sub-warp rows, an odd tail, one tile; on the GPU also a wide tile, the rows CUDA stages in shared
+# memory (16384-65536), and, past 32768, the split rows whose dynamic scale comes from a second walk
+# over y (rms_norm_quantize_rows_kernel).
+WIDTHS = (1, 3, 127, 4097, 12288, 16384, 32768, 65536, 65537) if ON_GPU else (1, 3, 127, 4097)
 # The float-reference comparison: one tile and, on the GPU, the split rows.
 REFERENCE_WIDTHS = (127, 4097, 12288, 65537) if ON_GPU else (127, 4097)
 # Special rows: many rows per program (64) and, on CPU too, the split rows (32769 > 32768).
@@ -439,6 +440,8 @@ def test_strided_inputs(backend, layout, dtype, mode):
 
 # --- 6. weight=None, weight_offset, casting_mode "llama" -----------------------------------------
 
+# An odd width; on the GPU also one that CUDA stages in shared memory.
+VARIANT_WIDTHS = (257, 32768) if ON_GPU else (257,)
 VARIANTS = {
     "no_weight": {"weight": False, "weight_offset": 0.0, "casting_mode": "fp32"},
     "weight_offset": {"weight": True, "weight_offset": 1.0, "casting_mode": "fp32"},
@@ -447,14 +450,14 @@ VARIANTS = {
 }
 
 
+@pytest.mark.parametrize("n", VARIANT_WIDTHS)
 @pytest.mark.parametrize("mode", ("static", "dynamic"))
 @pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16), ids=str)
 @pytest.mark.parametrize("with_residual", (False, True), ids=("rms_norm_quant", "add_rms_norm_quant"))
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_variants_exact_against_own_output(backend, variant, with_residual, dtype, mode):
+def test_variants_exact_against_own_output(backend, variant, with_residual, dtype, mode, n):
     """weight=None, weight_offset=1.0 (Gemma) and casting_mode="llama": the quantization of the backend's own y."""
     spec = VARIANTS[variant]
-    n = 257
     x, residual = randn(ROWS, n, dtype=dtype), randn(ROWS, n, dtype=dtype)
     w = random_weight(n, dtype, mean=0.0 if spec["weight_offset"] else 1.0) if spec["weight"] else None
     options = {"weight_offset": spec["weight_offset"], "casting_mode": spec["casting_mode"], "backend": backend}
