@@ -357,7 +357,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads, 1) rms_norm_fwd_kernel(
       if (!in_range) continue;
       if (first_col == 0 && rstd != nullptr) rstd[row] = row_rstd;
       const float y_inv_scale = inverse_scale(y_scale);
-#pragma unroll
+#pragma unroll(kStagedUnroll)
       for (int i = 0; i < ITEMS; ++i) store_y<ALIGNED>(y_row, first_col + i * col_step, n, y_chunks[i], y_inv_scale);
     } else {
       if (!in_range) continue;
@@ -396,19 +396,23 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kStagedMinBlocksPerSm<ITEMS>
     bool round_xhat) {
   constexpr int VEC = kVecElems<T>;
   // blockDim.x * ITEMS Vecs, the row's chunks in order (dynamic shared memory: up to 128 KB).
-  extern __shared__ uint4 stage_words[];
-  Vec<T, VEC>* const stage = reinterpret_cast<Vec<T, VEC>*>(stage_words);
+  extern __shared__ uint4 stage[];
+  // Chunks move between the stage and registers as whole 16-byte words (LDS.128 / STS.128): copied
+  // as a Vec, a chunk was read element by element, 8 loads for one.
+  const auto load_staged = [&](int col) {
+    const uint4 word = stage[col / VEC];
+    Vec<T, VEC> chunk;
+    memcpy(&chunk, &word, sizeof(chunk));
+    return chunk;
+  };
+  const auto store_staged = [&](int col, const Vec<T, VEC>& chunk) {
+    uint4 word;
+    memcpy(&word, &chunk, sizeof(word));
+    stage[col / VEC] = word;
+  };
   const int first_col = threadIdx.x * VEC;
   const int col_step = blockDim.x * VEC;
   const float static_scale = kQuantizes<Y> && scaling.scale != nullptr ? *scaling.scale : 1.0f;
-  // The chunk at col, from the stage; zeros past the row's end, as load_vec gives.
-  const auto staged_chunk = [&](int col) {
-    if (col < n) return stage[col / VEC];
-    Vec<T, VEC> zeros;
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) zeros.v[k] = zero_value<T>();
-    return zeros;
-  };
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const T* x_row = x + x_layout.offset(row);
 #pragma unroll
@@ -417,34 +421,45 @@ __global__ void __launch_bounds__(kMaxBlockThreads, kStagedMinBlocksPerSm<ITEMS>
       if (col < n) copy_async_16(&stage[col / VEC], x_row + col);
     }
     wait_async_copies();
+    // Chunks past the row's end add nothing: skipped, as the register kernel adds their zeros.
     float sum_sq = 0.0f;
 #pragma unroll
-    for (int i = 0; i < ITEMS; ++i) sum_sq = add_squares(sum_sq, staged_chunk(first_col + i * col_step));
-    const float row_rstd = rstd_of(block_reduce_sum(sum_sq, blockDim.x), n, eps);
-    if (threadIdx.x == 0 && rstd != nullptr) rstd[row] = row_rstd;
-    float y_inv_scale = 1.0f;
-    if constexpr (kQuantizes<Y>) {
-      float y_scale = static_scale;  // y is multiplied by its reciprocal before the rounding
-      if (scaling.scale == nullptr) {
-        float amax = 0.0f;
-#pragma unroll(kStagedUnroll)
-        for (int i = 0; i < ITEMS; ++i) {
-          const int col = first_col + i * col_step;
-          amax = add_abs_max<true>(
-              amax, y_of<true, T>(staged_chunk(col), weight, weight_offset, round_xhat, col, n, row_rstd), col, n);
-        }
-        y_scale = dynamic_scale(block_reduce_max(amax, blockDim.x), scaling.scale_ub);
-        if (threadIdx.x == 0) scaling.row_scale[row] = y_scale;
-      }
-      y_inv_scale = inverse_scale(y_scale);
-    }
-    Y* y_row = y + row * n;
-#pragma unroll(kStagedUnroll)
     for (int i = 0; i < ITEMS; ++i) {
       const int col = first_col + i * col_step;
-      if (col < n) {
-        store_y<true>(y_row, col, n, y_of<true, T>(stage[col / VEC], weight, weight_offset, round_xhat, col, n, row_rstd),
-                      y_inv_scale);
+      if (col < n) sum_sq = add_squares(sum_sq, load_staged(col));
+    }
+    const float row_rstd = rstd_of(block_reduce_sum(sum_sq, blockDim.x), n, eps);
+    if (threadIdx.x == 0 && rstd != nullptr) rstd[row] = row_rstd;
+    const auto y_at = [&](int col) {
+      return y_of<true, T>(load_staged(col), weight, weight_offset, round_xhat, col, n, row_rstd);
+    };
+    Y* y_row = y + row * n;
+    if (kQuantizes<Y> && scaling.scale == nullptr) {
+      // Dynamic: y formed once, in place of the row on the stage, for its amax and its stores.
+      float amax = 0.0f;
+#pragma unroll(kStagedUnroll)
+      for (int i = 0; i < ITEMS; ++i) {
+        const int col = first_col + i * col_step;
+        if (col < n) {
+          const Vec<T, VEC> y_chunk = y_at(col);
+          store_staged(col, y_chunk);
+          amax = add_abs_max<true>(amax, y_chunk, col, n);
+        }
+      }
+      const float y_scale = dynamic_scale(block_reduce_max(amax, blockDim.x), scaling.scale_ub);
+      if (threadIdx.x == 0) scaling.row_scale[row] = y_scale;
+      const float y_inv_scale = inverse_scale(y_scale);
+#pragma unroll(kStagedUnroll)
+      for (int i = 0; i < ITEMS; ++i) {
+        const int col = first_col + i * col_step;
+        if (col < n) store_y<true>(y_row, col, n, load_staged(col), y_inv_scale);
+      }
+    } else {
+      const float y_inv_scale = kQuantizes<Y> ? inverse_scale(static_scale) : 1.0f;
+#pragma unroll(kStagedUnroll)
+      for (int i = 0; i < ITEMS; ++i) {
+        const int col = first_col + i * col_step;
+        if (col < n) store_y<true>(y_row, col, n, y_at(col), y_inv_scale);
       }
     }
     // The next row's copies land where this row's last reads were: let them finish first.
