@@ -23,8 +23,9 @@ NS = (1024, 2048, 4096, 8192, 16384, 32768)
 # label -> {constant name in csrc/*.cu: value written in its place}; {} is csrc as it is.
 CANDIDATES: dict[str, dict[str, str]] = {
     "as is": {},
-    "staged from 16 KB rows": {"kFwdStagedMinRowBytes": "16 * 1024"},
-    "never staged": {"kFwdStagedMinRowBytes": "int64_t{1} << 62", "kFwdStagedMaxItems": "kFwdMaxItems"},
+    "staged, 4 Vecs a thread": {"kFwdStagedChunksPerThread": "4"},
+    "staged, 16 Vecs a thread": {"kFwdStagedChunksPerThread": "16"},
+    "never staged": {"kFwdStagedMinRowBytes": "int64_t{1} << 62"},
 }
 
 

@@ -260,7 +260,7 @@ __device__ __forceinline__ RowGroupPlace row_group_place(int threads_per_row) {
 // elements [c * vec, c * vec + vec)).
 struct RowTiling {
   int threads_per_row;  // a power of two <= 32 (several rows per block), or a multiple of 32 (one row per block)
-  int items;            // Vecs per thread: 1, 2, 4 or 8 (<= max_items); 0 when the row does not fit
+  int items;            // Vecs per thread: 1, 2 or 4 (<= max_items); 0 when the row does not fit
 };
 
 __host__ __device__ constexpr int64_t next_pow2(int64_t v) {
@@ -270,7 +270,7 @@ __host__ __device__ constexpr int64_t next_pow2(int64_t v) {
 }
 
 // The tiling of a row of `chunks` Vecs, given the largest items per thread that stays in
-// registers without spilling, or in shared memory (`max_items`: 1, 2, 4 or 8) and the most threads a row may have
+// registers without spilling (`max_items`: 1, 2 or 4) and the most threads a row may have
 // (`max_threads_per_row`, a multiple of 32):
 //   chunks <= 32:              threads_per_row = next_pow2(chunks), one Vec each: sub-warp
 //                              groups reduce with shuffles alone, several rows per block;
@@ -298,7 +298,7 @@ inline RowTiling tile_row(int64_t chunks, int max_items, int preferred_threads_p
   return {0, 0};
 }
 
-// Calls launch(std::integral_constant<int, ITEMS>{}) for items in {1, 2, 4, 8}, instantiating only
+// Calls launch(std::integral_constant<int, ITEMS>{}) for items in {1, 2, 4}, instantiating only
 // ITEMS <= MAX_ITEMS: the one place where the runtime items count becomes a template constant.
 template <int MAX_ITEMS, typename F>
 cudaError_t dispatch_items(int items, F&& launch) {
@@ -309,9 +309,6 @@ cudaError_t dispatch_items(int items, F&& launch) {
       break;
     case 4:
       if constexpr (MAX_ITEMS >= 4) return launch(std::integral_constant<int, 4>{});
-      break;
-    case 8:
-      if constexpr (MAX_ITEMS >= 8) return launch(std::integral_constant<int, 8>{});
       break;
   }
   return cudaErrorInvalidConfiguration;  // tile_row never returns another items count

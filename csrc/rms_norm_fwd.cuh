@@ -22,9 +22,11 @@
 //                               DRAM once and y (and residual_out) written once; quantizing, y
 //                               replaces the row in registers, and the dynamic amax is taken
 //                               from there.
-//   rms_norm_fwd_looped_kernel: rows too long for registers; one block per row walks the row
+//   rms_norm_fwd_looped_kernel: rows too long for registers, and long rows without a residual
+//                               (FwdConfig::staged_threads); one block per row walks the row
 //                               twice (sum of squares, then scaling), the second time mostly
-//                               from L2; three times for the dynamic amax. With a residual every
+//                               from L2, or, staged, every time from shared memory, where the
+//                               first copied it; three times for the dynamic amax. With a residual every
 //                               walk reads x and residual and forms r: reading residual_out back
 //                               instead would read memory the kernel writes, which load_vec's
 //                               non-coherent loads must not.
@@ -79,55 +81,49 @@ constexpr int kFwdSubWarpBlockThreads = 128;
 template <typename T, int ITEMS, bool ALIGNED>
 constexpr bool kRegisterKernelHasRoom = ALIGNED || sizeof(T) > 2 || ITEMS < kFwdMaxItems;
 
-// Rows of at least this many bytes, one a block, go through rms_norm_fwd_staged_kernel when they
-// are aligned and have no residual: below it the register kernel already fits several blocks an
-// SM. First guess (16384 bf16 elements), to be tuned by the benchmark.
-constexpr int64_t kFwdStagedMinRowBytes = 32 * 1024;
-// Vecs a thread of rms_norm_fwd_staged_kernel may stage: rows of up to 1024 x 8 Vecs (64K halves,
-// 32K floats: 128 KB of shared memory, one block an SM on an A100 or H100) no longer walk x twice
-// in the looped kernel.
-constexpr int kFwdStagedMaxItems = 8;
-// Chunks a thread of rms_norm_fwd_staged_kernel forms y for at once: its loops over the stage are
-// unrolled this far, not fully. Two blocks of 1024 threads an SM cap a thread at 32 registers,
-// and forming y for all 4 or 8 chunks at once, each with its own weights in flight, spilled
-// (ptxas -v, an fp32 weight); the SM's 64 warps hide the latency the loads of one chunk leave.
+// Rows without a residual of kFwdStagedMinRowBytes to kFwdStagedMaxRowBytes go to the looped
+// kernel on fewer threads, each walking kFwdStagedChunksPerThread chunks, staged in shared memory
+// when aligned (see rms_norm_fwd_looped_kernel). Those widths held in registers leave one block, one
+// row, an SM (a row of 32768 bf16 fills 1024 threads under their 64-register cap): idle from its
+// reduction to its stores, 68% of copy for rms_norm_quant at 32768 and 69% for the forward at 65536
+// (bench/NOTES.md v0.8). Staged, a row in flight costs no registers, and blocks of few threads
+// spread each thread's share of the reductions and the fp32 divisions over more elements: the
+// quantizing forward is issue-bound.
+// 16 KB: 8192 bf16 elements, first guess, to be tuned by the benchmark.
+constexpr int64_t kFwdStagedMinRowBytes = 16 * 1024;
+// 128 KB: 65536 bf16 / 32768 fp32 elements, one block an SM on an A100 (164 KB) or H100 (227 KB).
+constexpr int64_t kFwdStagedMaxRowBytes = 128 * 1024;
+// 8 Vecs, 64 bf16 elements a thread: the share of Triton's quantizing tile (QUANT_ELEMENTS_PER_THREAD).
+constexpr int kFwdStagedChunksPerThread = 8;
+// The unroll of a staged walk: shared memory answers within tens of cycles, and the SM has other
+// warps; the looped kernel's kLoopedUnroll is for loads from DRAM.
 constexpr int kStagedUnroll = 2;
-// Blocks of rms_norm_fwd_staged_kernel an SM should hold: two (32 registers a thread at 1024
-// threads); one at kFwdStagedMaxItems, where a row of 1024 threads fills 128 KB of shared memory
-// and two never fit, so the 32-register cap would buy nothing (it spilled on sm_80, ptxas -v).
-template <int ITEMS>
-constexpr int kStagedMinBlocksPerSm = ITEMS == kFwdStagedMaxItems ? 1 : 2;
-
-enum class FwdKernel {
-  kRegisters,  // rms_norm_fwd_kernel
-  kStaged,     // rms_norm_fwd_staged_kernel for aligned rows without a residual, else the looped
-               // kernel on tiling.threads_per_row threads (the same order of every sum)
-  kLooped,     // rms_norm_fwd_looped_kernel on block_threads threads
-};
 
 struct FwdConfig {
-  FwdKernel kernel;
-  RowTiling tiling;    // kLooped: unused
+  RowTiling tiling;    // tiling.items == 0: the row does not fit, rms_norm_fwd_looped_kernel
   int rows_per_block;  // rows of one block, each handled by tiling.threads_per_row threads
   int block_threads;
+  // > 0: rows without a residual go to the looped kernel on this many threads, staged when aligned,
+  // whatever the tiling (the same walk either way: the same bits); rows with one follow the tiling.
+  int staged_threads;
 };
 
 // The forward configuration for rows of n elements of elem_bytes each: from n and the element
 // size only, never from the number of rows (batch invariance).
 FwdConfig fwd_config(int64_t n, int elem_bytes) {
   const int64_t chunks = ceil_div(n, kVectorBytes / elem_bytes);
+  const int64_t row_bytes = n * elem_bytes;
+  int staged_threads = 0;
+  if (row_bytes >= kFwdStagedMinRowBytes && row_bytes <= kFwdStagedMaxRowBytes) {
+    staged_threads = static_cast<int>(
+        std::min(round_up(ceil_div(chunks, kFwdStagedChunksPerThread), kWarpSize), int64_t{kMaxBlockThreads}));
+  }
   const RowTiling tiling = tile_row(chunks, kFwdMaxItems, kFwdPreferredThreadsPerRow, kMaxBlockThreads);
-  if (tiling.items == 0) {
-    const RowTiling staged = tile_row(chunks, kFwdStagedMaxItems, kFwdPreferredThreadsPerRow, kMaxBlockThreads);
-    if (staged.items == 0) return {FwdKernel::kLooped, staged, 1, kLoopedBlockThreads};
-    return {FwdKernel::kStaged, staged, 1, staged.threads_per_row};
-  }
+  if (tiling.items == 0) return {tiling, 1, kLoopedBlockThreads, staged_threads};
   if (tiling.threads_per_row <= kWarpSize) {
-    return {FwdKernel::kRegisters, tiling, kFwdSubWarpBlockThreads / tiling.threads_per_row,
-            kFwdSubWarpBlockThreads};
+    return {tiling, kFwdSubWarpBlockThreads / tiling.threads_per_row, kFwdSubWarpBlockThreads, staged_threads};
   }
-  const bool staged = tiling.items == kFwdMaxItems && n * elem_bytes >= kFwdStagedMinRowBytes;
-  return {staged ? FwdKernel::kStaged : FwdKernel::kRegisters, tiling, 1, tiling.threads_per_row};
+  return {tiling, 1, tiling.threads_per_row, staged_threads};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -372,109 +368,20 @@ __global__ void __launch_bounds__(kMaxBlockThreads, 1) rms_norm_fwd_kernel(
   }
 }
 
-// Long rows, one a block, staged in shared memory: rms_norm_fwd_kernel's tiling (thread t of the
-// row owns chunks t, t + blockDim.x, ...) and its order of every sum, hence its bits, but the row
-// is copied to shared memory with cp.async instead of loaded into registers, and each pass (sum
-// of squares, the dynamic amax, the stores) reads the thread's own chunks back from there. In
-// registers, a row of 32768 bf16 on 1024 threads under the 64-register cap left one block, one
-// row, an SM: nothing in flight from its reduction to its stores (bench/NOTES.md v0.7). Here a
-// block needs few registers, and two blocks share an SM, one reducing or storing while the
-// other's row arrives, which costs the SM no registers. Each thread reads back only what it
-// copied itself, so no barrier guards the stage.
-template <typename T, typename W, typename Y, int ITEMS>
-__global__ void __launch_bounds__(kMaxBlockThreads, kStagedMinBlocksPerSm<ITEMS>) rms_norm_fwd_staged_kernel(
-    const T* __restrict__ x,  // [rows, n], row i at x + x_layout.offset(i); 16-byte aligned rows
-    RowLayout x_layout,
-    const W* __restrict__ weight,  // [n], or nullptr for no weight
-    float weight_offset,           // added to the weight
-    Y* __restrict__ y,             // [rows, n], contiguous: T, or fp8 bits scaled by `scaling`
-    Fp8Scaling scaling,            // Y = Fp8 only
-    float* __restrict__ rstd,      // [rows], or nullptr: not stored
-    int64_t rows,
-    int n,  // a multiple of VEC, <= blockDim.x * ITEMS * VEC
-    float eps,
-    bool round_xhat) {
-  constexpr int VEC = kVecElems<T>;
-  // blockDim.x * ITEMS Vecs, the row's chunks in order (dynamic shared memory: up to 128 KB).
-  extern __shared__ uint4 stage[];
-  // Chunks move between the stage and registers as whole 16-byte words (LDS.128 / STS.128): copied
-  // as a Vec, a chunk was read element by element, 8 loads for one.
-  const auto load_staged = [&](int col) {
-    const uint4 word = stage[col / VEC];
-    Vec<T, VEC> chunk;
-    memcpy(&chunk, &word, sizeof(chunk));
-    return chunk;
-  };
-  const auto store_staged = [&](int col, const Vec<T, VEC>& chunk) {
-    uint4 word;
-    memcpy(&word, &chunk, sizeof(word));
-    stage[col / VEC] = word;
-  };
-  const int first_col = threadIdx.x * VEC;
-  const int col_step = blockDim.x * VEC;
-  const float static_scale = kQuantizes<Y> && scaling.scale != nullptr ? *scaling.scale : 1.0f;
-  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
-    const T* x_row = x + x_layout.offset(row);
-#pragma unroll
-    for (int i = 0; i < ITEMS; ++i) {
-      const int col = first_col + i * col_step;
-      if (col < n) copy_async_16(&stage[col / VEC], x_row + col);
-    }
-    wait_async_copies();
-    // Chunks past the row's end add nothing: skipped, as the register kernel adds their zeros.
-    float sum_sq = 0.0f;
-#pragma unroll
-    for (int i = 0; i < ITEMS; ++i) {
-      const int col = first_col + i * col_step;
-      if (col < n) sum_sq = add_squares(sum_sq, load_staged(col));
-    }
-    const float row_rstd = rstd_of(block_reduce_sum(sum_sq, blockDim.x), n, eps);
-    if (threadIdx.x == 0 && rstd != nullptr) rstd[row] = row_rstd;
-    const auto y_at = [&](int col) {
-      return y_of<true, T>(load_staged(col), weight, weight_offset, round_xhat, col, n, row_rstd);
-    };
-    Y* y_row = y + row * n;
-    if (kQuantizes<Y> && scaling.scale == nullptr) {
-      // Dynamic: y formed once, in place of the row on the stage, for its amax and its stores.
-      float amax = 0.0f;
-#pragma unroll(kStagedUnroll)
-      for (int i = 0; i < ITEMS; ++i) {
-        const int col = first_col + i * col_step;
-        if (col < n) {
-          const Vec<T, VEC> y_chunk = y_at(col);
-          store_staged(col, y_chunk);
-          amax = add_abs_max<true>(amax, y_chunk, col, n);
-        }
-      }
-      const float y_scale = dynamic_scale(block_reduce_max(amax, blockDim.x), scaling.scale_ub);
-      if (threadIdx.x == 0) scaling.row_scale[row] = y_scale;
-      const float y_inv_scale = inverse_scale(y_scale);
-#pragma unroll(kStagedUnroll)
-      for (int i = 0; i < ITEMS; ++i) {
-        const int col = first_col + i * col_step;
-        if (col < n) store_y<true>(y_row, col, n, load_staged(col), y_inv_scale);
-      }
-    } else {
-      const float y_inv_scale = kQuantizes<Y> ? inverse_scale(static_scale) : 1.0f;
-#pragma unroll(kStagedUnroll)
-      for (int i = 0; i < ITEMS; ++i) {
-        const int col = first_col + i * col_step;
-        if (col < n) store_y<true>(y_row, col, n, y_at(col), y_inv_scale);
-      }
-    }
-    // The next row's copies land where this row's last reads were: let them finish first.
-    if (row + gridDim.x < rows) __syncthreads();
-  }
-}
-
 // Rows too long for registers, on kLoopedBlockThreads threads a block; also, on
 // threads_per_row threads, the rows rms_norm_fwd_kernel has no room to add a residual to or to
-// quantize (see kRegisterKernelHasRoom). Block b handles rows b, b + gridDim.x, ...; thread t
-// walks the row's chunks t, t + blockDim.x, ... twice: sum of squares, then scaling (three times
-// for a dynamic fp8 scale: sum of squares, amax, then scaling). With a residual, every walk forms
-// r = x + residual from the inputs (the same bits each time), the last one also storing it to
-// residual_out.
-template <typename T, typename W, typename R, typename Y, bool ALIGNED>
+// quantize (see kRegisterKernelHasRoom); and, on FwdConfig::staged_threads, the long rows without a
+// residual. Block b handles rows b, b + gridDim.x, ...; thread t walks the row's chunks t,
+// t + blockDim.x, ... twice: sum of squares, then scaling (three times for a dynamic fp8 scale:
+// sum of squares, amax, then scaling). With a residual, every walk forms r = x + residual from the
+// inputs (the same bits each time), the last one also storing it to residual_out.
+//
+// STAGED (aligned rows without a residual): the thread first copies its chunks to shared memory
+// with cp.async, and every walk reads them from there, not from L2 and DRAM; a dynamic fp8 scale's
+// walk writes y back in their place, for the stores to read. Each thread reads back only what it
+// wrote, so no barrier guards the stage but the one before the next row's copies. The same walks in
+// the same order: the same bits as unstaged on as many threads.
+template <typename T, typename W, typename R, typename Y, bool ALIGNED, bool STAGED>
 __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_kernel(
     const T* __restrict__ x,         // [rows, n], row i at x + x_layout.offset(i)
     RowLayout x_layout,
@@ -490,77 +397,78 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
     int64_t n,
     float eps,
     bool round_xhat) {
+  static_assert(!STAGED || (ALIGNED && std::is_same_v<R, T>), "staged rows are aligned and have no residual");
   constexpr int VEC = kVecElems<T>;
+  constexpr int kUnroll = STAGED ? kStagedUnroll : kLoopedUnroll;
+  // STAGED: the row's n / VEC chunks in order (dynamic shared memory, up to kFwdStagedMaxRowBytes),
+  // moved as 16-byte words (LDS.128 / STS.128: copied as a Vec, a chunk went element by element).
+  extern __shared__ uint4 stage[];
+  const auto load_staged = [&](int64_t col) {
+    const uint4 word = stage[col / VEC];
+    Vec<T, VEC> chunk;
+    memcpy(&chunk, &word, sizeof(chunk));
+    return chunk;
+  };
   const int64_t first_col = int64_t{threadIdx.x} * VEC;
   const int64_t col_step = int64_t{blockDim.x} * VEC;
   const float static_scale = kQuantizes<Y> && scaling.scale != nullptr ? *scaling.scale : 1.0f;
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const T* x_row = x + x_layout.offset(row);
     const R* residual_row = residual != nullptr ? residual + residual_layout.offset(row) : nullptr;
-    float sum_sq = 0.0f;
-#pragma unroll(kLoopedUnroll)
-    for (int64_t col = first_col; col < n; col += col_step) {
-      sum_sq = add_squares(sum_sq, load_input<ALIGNED, VEC>(x_row, residual_row, col, n));
+    if constexpr (STAGED) {
+      for (int64_t col = first_col; col < n; col += col_step) copy_async_16(&stage[col / VEC], x_row + col);
+      wait_async_copies();
     }
+    const auto input_at = [&](int64_t col) {
+      if constexpr (STAGED) {
+        return load_staged(col);
+      } else {
+        return load_input<ALIGNED, VEC>(x_row, residual_row, col, n);
+      }
+    };
+    const auto y_at = [&](int64_t col, float row_rstd) {
+      return y_of<ALIGNED, T>(input_at(col), weight, weight_offset, round_xhat, col, n, row_rstd);
+    };
+    float sum_sq = 0.0f;
+#pragma unroll(kUnroll)
+    for (int64_t col = first_col; col < n; col += col_step) sum_sq = add_squares(sum_sq, input_at(col));
     const float row_rstd = rstd_of(block_reduce_sum(sum_sq, blockDim.x), n, eps);
     float y_scale = static_scale;  // y is multiplied by its reciprocal before the rounding
-    if constexpr (kQuantizes<Y>) {
-      if (scaling.scale == nullptr) {
-        float amax = 0.0f;
-#pragma unroll(kLoopedUnroll)
-        for (int64_t col = first_col; col < n; col += col_step) {
-          const Vec<R, VEC> in = load_input<ALIGNED, VEC>(x_row, residual_row, col, n);
-          amax = add_abs_max<ALIGNED>(amax, y_of<ALIGNED, T>(in, weight, weight_offset, round_xhat, col, n, row_rstd),
-                                      col, n);
-        }
-        y_scale = dynamic_scale(block_reduce_max(amax, blockDim.x), scaling.scale_ub);
-        if (threadIdx.x == 0) scaling.row_scale[row] = y_scale;
+    const bool dynamic = kQuantizes<Y> && scaling.scale == nullptr;
+    if (dynamic) {
+      float amax = 0.0f;
+#pragma unroll(kUnroll)
+      for (int64_t col = first_col; col < n; col += col_step) {
+        const Vec<T, VEC> y_chunk = y_at(col, row_rstd);
+        if constexpr (STAGED) memcpy(&stage[col / VEC], &y_chunk, sizeof(y_chunk));
+        amax = add_abs_max<ALIGNED>(amax, y_chunk, col, n);
       }
+      y_scale = dynamic_scale(block_reduce_max(amax, blockDim.x), scaling.scale_ub);
+      if (threadIdx.x == 0) scaling.row_scale[row] = y_scale;
     }
 
     if (threadIdx.x == 0 && rstd != nullptr) rstd[row] = row_rstd;
     const float y_inv_scale = kQuantizes<Y> ? inverse_scale(y_scale) : 1.0f;
     Y* y_row = y + row * n;
-#pragma unroll(kLoopedUnroll)
+#pragma unroll(kUnroll)
     for (int64_t col = first_col; col < n; col += col_step) {
-      const Vec<R, VEC> in = load_input<ALIGNED, VEC>(x_row, residual_row, col, n);
-      if (residual_row != nullptr) store_vec<ALIGNED>(residual_out + row * n, col, n, in);
-      const Vec<T, VEC> y_chunk = y_of<ALIGNED, T>(in, weight, weight_offset, round_xhat, col, n, row_rstd);
-      store_y<ALIGNED>(y_row, col, n, y_chunk, y_inv_scale);
+      if (STAGED && dynamic) {
+        store_y<ALIGNED>(y_row, col, n, load_staged(col), y_inv_scale);  // y, from the amax walk
+      } else {
+        const Vec<R, VEC> in = input_at(col);
+        if (residual_row != nullptr) store_vec<ALIGNED>(residual_out + row * n, col, n, in);
+        store_y<ALIGNED>(y_row, col, n, y_of<ALIGNED, T>(in, weight, weight_offset, round_xhat, col, n, row_rstd),
+                         y_inv_scale);
+      }
     }
+    // The next row's copies land where this row's last reads were: those must be done.
+    if (STAGED && row + gridDim.x < rows) __syncthreads();
   }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Launch
 // ---------------------------------------------------------------------------------------------
-
-// rms_norm_fwd_staged_kernel on tiling (kFwdMaxItems or kFwdStagedMaxItems Vecs a thread, the
-// only counts fwd_config stages with: two instantiations, not four).
-template <typename T, typename W, typename Y>
-cudaError_t launch_rms_norm_fwd_staged(const T* x, RowLayout x_layout, const W* weight, float weight_offset, Y* y,
-                                       Fp8Scaling scaling, float* rstd, int64_t rows, int n, float eps,
-                                       bool round_xhat, RowTiling tiling, cudaStream_t stream) {
-  const auto launch = [&](auto items_tag) {
-    constexpr int ITEMS = decltype(items_tag)::value;
-    const auto kernel = rms_norm_fwd_staged_kernel<T, W, Y, ITEMS>;
-    const int stage_bytes = tiling.threads_per_row * ITEMS * kVectorBytes;
-    // Over 48 KB of dynamic shared memory must be asked for; and the L1 / shared memory split is
-    // tilted to shared memory, or the driver may leave room for one block an SM where two fit.
-    cudaError_t status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, stage_bytes);
-    if (status == cudaSuccess) {
-      status = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                    cudaSharedmemCarveoutMaxShared);
-    }
-    if (status != cudaSuccess) return status;
-    kernel<<<std::min(rows, kMaxGridX), tiling.threads_per_row, stage_bytes, stream>>>(
-        x, x_layout, weight, weight_offset, y, scaling, rstd, rows, n, eps, round_xhat);
-    return cudaGetLastError();
-  };
-  if (tiling.items == kFwdStagedMaxItems) return launch(std::integral_constant<int, kFwdStagedMaxItems>{});
-  if (tiling.items == kFwdMaxItems) return launch(std::integral_constant<int, kFwdMaxItems>{});
-  return cudaErrorInvalidConfiguration;
-}
 
 // rms_norm_fwd (Y = T) and rms_norm_quant_fwd (Y = Fp8): rms_norm.h documents the arguments.
 template <typename T, typename W, typename R, typename Y>
@@ -593,22 +501,34 @@ cudaError_t launch_rms_norm_fwd(const T* x, RowLayout x_layout, const R* residua
       (weight == nullptr || is_aligned(weight, alignof(Vec<W, VEC>)));
   return dispatch_aligned(aligned, [&](auto aligned_tag) {
     constexpr bool ALIGNED = decltype(aligned_tag)::value;
-    const auto launch_looped = [&](int block_threads) {
-      rms_norm_fwd_looped_kernel<T, W, R, Y, ALIGNED><<<std::min(rows, kMaxGridX), block_threads, 0, stream>>>(
+    const auto launch_looped = [&](int block_threads, auto staged_tag) {
+      constexpr bool STAGED = decltype(staged_tag)::value;
+      const auto kernel = rms_norm_fwd_looped_kernel<T, W, R, Y, ALIGNED, STAGED>;
+      int stage_bytes = 0;
+      if constexpr (STAGED) {
+        stage_bytes = static_cast<int>(n * sizeof(T));  // n is a multiple of VEC
+        // Over 48 KB must be asked for; and the carveout tilted to shared memory, or the driver may
+        // leave L1 the room where a second block's stage would fit.
+        cudaError_t status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, stage_bytes);
+        if (status == cudaSuccess) {
+          status = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                        cudaSharedmemCarveoutMaxShared);
+        }
+        if (status != cudaSuccess) return status;
+      }
+      kernel<<<std::min(rows, kMaxGridX), block_threads, stage_bytes, stream>>>(
           x, x_layout, residual, residual_layout, weight, offset, y, scaling, residual_out, rstd, rows, n, eps,
           round_xhat);
       return cudaGetLastError();
     };
-    if (config.kernel == FwdKernel::kLooped) return launch_looped(config.block_threads);
-    if (config.kernel == FwdKernel::kStaged) {
+    if (config.staged_threads > 0 && residual == nullptr) {
       if constexpr (ALIGNED && std::is_same_v<R, T>) {
-        if (residual == nullptr) {
-          return launch_rms_norm_fwd_staged(x, x_layout, weight, offset, y, scaling, rstd, rows, static_cast<int>(n),
-                                            eps, round_xhat, config.tiling, stream);
-        }
+        return launch_looped(config.staged_threads, std::true_type{});
+      } else {
+        return launch_looped(config.staged_threads, std::false_type{});
       }
-      if (config.tiling.items > kFwdMaxItems) return launch_looped(config.tiling.threads_per_row);
     }
+    if (config.tiling.items == 0) return launch_looped(config.block_threads, std::false_type{});
     return dispatch_items<kFwdMaxItems>(config.tiling.items, [&](auto items_tag) {
       constexpr int ITEMS = decltype(items_tag)::value;
       // threads_per_row is a multiple of 32 where there is no room (ITEMS > 1). On a block of
@@ -617,9 +537,9 @@ cudaError_t launch_rms_norm_fwd(const T* x, RowLayout x_layout, const R* residua
       // x and residual read twice (three times for a dynamic fp8 scale).
       constexpr bool kHasRoom = kRegisterKernelHasRoom<T, ITEMS, ALIGNED>;
       if constexpr (!kHasRoom && kQuantizes<Y>) {
-        return launch_looped(config.tiling.threads_per_row);
+        return launch_looped(config.tiling.threads_per_row, std::false_type{});
       } else {
-        if (!kHasRoom && residual != nullptr) return launch_looped(config.tiling.threads_per_row);
+        if (!kHasRoom && residual != nullptr) return launch_looped(config.tiling.threads_per_row, std::false_type{});
         const int64_t grid = std::min(ceil_div(rows, config.rows_per_block), kMaxGridX);
         const auto launch_registers = [&](auto round_xhat_arg) {
           rms_norm_fwd_kernel<T, W, R, Y, ITEMS, ALIGNED, decltype(round_xhat_arg)>
