@@ -9,7 +9,7 @@ out="${OUT:-$PWD/gpu-results}"
 mkdir -p "$out"
 sections=(--section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats
   --section MemoryWorkloadAnalysis --section SchedulerStats
-  --metrics 'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio')
+  --metrics 'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,smsp__inst_executed.sum,smsp__cycles_elapsed.avg.per_second')
 for case in "$@"; do
   read -r op backend n <<< "$case"
   echo "=== $case" | tee -a "$out/ncu.log" >> "$out/ncu-summary.log"
@@ -18,7 +18,7 @@ for case in "$@"; do
   ncu "${sections[@]}" --kernel-name regex:rms_norm --launch-skip "${SKIP:-2}" --launch-count "${COUNT:-1}" \
     python -m bench.profile_case "$op" "$backend" "$n" >> "$out/ncu.log" 2>&1
   awk -v c="=== $case" '$0 == c {p=1; next} p' "$out/ncu.log" |
-    grep -E "rms_norm.*\(|DRAM Throughput|Duration|Registers Per|Block Size|Grid Size|Achieved Occupancy|Theoretical Occupancy|Warp Cycles Per Issued|Stall|Issue Slot|No Eligible|Active Warps Per|Eligible Warps|stalled_" \
+    grep -E "rms_norm.*\(|DRAM Throughput|Duration|Registers Per|Block Size|Grid Size|Achieved Occupancy|Theoretical Occupancy|Warp Cycles Per Issued|Stall|Issue Slot|No Eligible|Active Warps Per|Eligible Warps|stalled_|inst_executed|cycles_elapsed" \
     >> "$out/ncu-summary.log"
 done
 cat "$out/ncu-summary.log"

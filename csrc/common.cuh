@@ -13,6 +13,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include <cuda_bf16.h>
@@ -78,20 +79,18 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { re
 template <typename T, int N>
 __device__ __forceinline__ Vec<T, N> vec_from_floats(const float (&f)[N]) {
   Vec<T, N> out;
+  // The pairs are copied in whole: split into .x and .y, each pair was taken apart and put back
+  // together (two byte permutes a pair, SASS).
   if constexpr (std::is_same_v<T, __nv_bfloat16> && N % 2 == 0) {
+    __nv_bfloat162 pairs[N / 2];
 #pragma unroll
-    for (int k = 0; k < N; k += 2) {
-      const __nv_bfloat162 pair = __floats2bfloat162_rn(f[k], f[k + 1]);
-      out.v[k] = pair.x;
-      out.v[k + 1] = pair.y;
-    }
+    for (int k = 0; k < N; k += 2) pairs[k / 2] = __floats2bfloat162_rn(f[k], f[k + 1]);
+    memcpy(&out, pairs, sizeof(out));
   } else if constexpr (std::is_same_v<T, __half> && N % 2 == 0) {
+    __half2 pairs[N / 2];
 #pragma unroll
-    for (int k = 0; k < N; k += 2) {
-      const __half2 pair = __floats2half2_rn(f[k], f[k + 1]);
-      out.v[k] = pair.x;
-      out.v[k + 1] = pair.y;
-    }
+    for (int k = 0; k < N; k += 2) pairs[k / 2] = __floats2half2_rn(f[k], f[k + 1]);
+    memcpy(&out, pairs, sizeof(out));
   } else {
 #pragma unroll
     for (int k = 0; k < N; ++k) out.v[k] = from_float<T>(f[k]);

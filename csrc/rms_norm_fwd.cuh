@@ -403,45 +403,50 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
   // STAGED: the row's n / VEC chunks in order (dynamic shared memory, up to kFwdStagedMaxRowBytes),
   // moved as 16-byte words (LDS.128 / STS.128: copied as a Vec, a chunk went element by element).
   extern __shared__ uint4 stage[];
-  const auto load_staged = [&](int64_t col) {
+  const auto load_staged = [&](auto col) {
     const uint4 word = stage[col / VEC];
     Vec<T, VEC> chunk;
     memcpy(&chunk, &word, sizeof(chunk));
     return chunk;
   };
-  const int64_t first_col = int64_t{threadIdx.x} * VEC;
-  const int64_t col_step = int64_t{blockDim.x} * VEC;
+  // 32-bit columns where the row is staged (at most kFwdStagedMaxRowBytes): half the address
+  // arithmetic of 64-bit ones, in a kernel whose instructions bound its speed.
+  using Index = std::conditional_t<STAGED, int, int64_t>;
+  const Index row_n = static_cast<Index>(n);
+  const Index first_col = static_cast<Index>(threadIdx.x) * VEC;
+  const Index col_step = static_cast<Index>(blockDim.x) * VEC;
   const float static_scale = kQuantizes<Y> && scaling.scale != nullptr ? *scaling.scale : 1.0f;
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const T* x_row = x + x_layout.offset(row);
-    const R* residual_row = residual != nullptr ? residual + residual_layout.offset(row) : nullptr;
+    // Staged rows have none: a constant null lets the compiler drop the residual's branches.
+    const R* residual_row = !STAGED && residual != nullptr ? residual + residual_layout.offset(row) : nullptr;
     if constexpr (STAGED) {
-      for (int64_t col = first_col; col < n; col += col_step) copy_async_16(&stage[col / VEC], x_row + col);
+      for (Index col = first_col; col < row_n; col += col_step) copy_async_16(&stage[col / VEC], x_row + col);
       wait_async_copies();
     }
-    const auto input_at = [&](int64_t col) {
+    const auto input_at = [&](Index col) {
       if constexpr (STAGED) {
         return load_staged(col);
       } else {
-        return load_input<ALIGNED, VEC>(x_row, residual_row, col, n);
+        return load_input<ALIGNED, VEC>(x_row, residual_row, col, row_n);
       }
     };
-    const auto y_at = [&](int64_t col, float row_rstd) {
-      return y_of<ALIGNED, T>(input_at(col), weight, weight_offset, round_xhat, col, n, row_rstd);
+    const auto y_at = [&](Index col, float row_rstd) {
+      return y_of<ALIGNED, T>(input_at(col), weight, weight_offset, round_xhat, col, row_n, row_rstd);
     };
     float sum_sq = 0.0f;
 #pragma unroll(kUnroll)
-    for (int64_t col = first_col; col < n; col += col_step) sum_sq = add_squares(sum_sq, input_at(col));
+    for (Index col = first_col; col < row_n; col += col_step) sum_sq = add_squares(sum_sq, input_at(col));
     const float row_rstd = rstd_of(block_reduce_sum(sum_sq, blockDim.x), n, eps);
     float y_scale = static_scale;  // y is multiplied by its reciprocal before the rounding
     const bool dynamic = kQuantizes<Y> && scaling.scale == nullptr;
     if (dynamic) {
       float amax = 0.0f;
 #pragma unroll(kUnroll)
-      for (int64_t col = first_col; col < n; col += col_step) {
+      for (Index col = first_col; col < row_n; col += col_step) {
         const Vec<T, VEC> y_chunk = y_at(col, row_rstd);
         if constexpr (STAGED) memcpy(&stage[col / VEC], &y_chunk, sizeof(y_chunk));
-        amax = add_abs_max<ALIGNED>(amax, y_chunk, col, n);
+        amax = add_abs_max<ALIGNED>(amax, y_chunk, col, row_n);
       }
       y_scale = dynamic_scale(block_reduce_max(amax, blockDim.x), scaling.scale_ub);
       if (threadIdx.x == 0) scaling.row_scale[row] = y_scale;
@@ -451,14 +456,14 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
     const float y_inv_scale = kQuantizes<Y> ? inverse_scale(y_scale) : 1.0f;
     Y* y_row = y + row * n;
 #pragma unroll(kUnroll)
-    for (int64_t col = first_col; col < n; col += col_step) {
+    for (Index col = first_col; col < row_n; col += col_step) {
       if (STAGED && dynamic) {
-        store_y<ALIGNED>(y_row, col, n, load_staged(col), y_inv_scale);  // y, from the amax walk
+        store_y<ALIGNED>(y_row, col, row_n, load_staged(col), y_inv_scale);  // y, from the amax walk
       } else {
         const Vec<R, VEC> in = input_at(col);
-        if (residual_row != nullptr) store_vec<ALIGNED>(residual_out + row * n, col, n, in);
-        store_y<ALIGNED>(y_row, col, n, y_of<ALIGNED, T>(in, weight, weight_offset, round_xhat, col, n, row_rstd),
-                         y_inv_scale);
+        if (residual_row != nullptr) store_vec<ALIGNED>(residual_out + row * n, col, row_n, in);
+        store_y<ALIGNED>(y_row, col, row_n,
+                         y_of<ALIGNED, T>(in, weight, weight_offset, round_xhat, col, row_n, row_rstd), y_inv_scale);
       }
     }
     // The next row's copies land where this row's last reads were: those must be done.
