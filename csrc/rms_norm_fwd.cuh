@@ -416,58 +416,87 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
   const Index first_col = static_cast<Index>(threadIdx.x) * VEC;
   const Index col_step = static_cast<Index>(blockDim.x) * VEC;
   const float static_scale = kQuantizes<Y> && scaling.scale != nullptr ? *scaling.scale : 1.0f;
-  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
-    const T* x_row = x + x_layout.offset(row);
-    // Staged rows have none: a constant null lets the compiler drop the residual's branches.
-    const R* residual_row = !STAGED && residual != nullptr ? residual + residual_layout.offset(row) : nullptr;
-    if constexpr (STAGED) {
-      for (Index col = first_col; col < row_n; col += col_step) copy_async_16(&stage[col / VEC], x_row + col);
-      wait_async_copies();
-    }
-    const auto input_at = [&](Index col) {
+  // w: the weight, or a constant null; round (casting_mode "llama") and dynamic (an fp8 scale per
+  // row): bools, or std::bool_constants. Staged rows are walked by code unswitched on all three: as
+  // runtime flags they cost a uniform branch or two a chunk, a tenth of the staged quantizing
+  // forward's instructions (ncu, bench/NOTES.md v0.8), in a kernel that instructions bound.
+  const auto walk_rows = [&](const W* w, auto round, auto dynamic) {
+    for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+      const T* x_row = x + x_layout.offset(row);
+      // Staged rows have none: a constant null lets the compiler drop the residual's branches.
+      const R* residual_row = !STAGED && residual != nullptr ? residual + residual_layout.offset(row) : nullptr;
       if constexpr (STAGED) {
-        return load_staged(col);
-      } else {
-        return load_input<ALIGNED, VEC>(x_row, residual_row, col, row_n);
+        for (Index col = first_col; col < row_n; col += col_step) copy_async_16(&stage[col / VEC], x_row + col);
+        wait_async_copies();
       }
-    };
-    const auto y_at = [&](Index col, float row_rstd) {
-      return y_of<ALIGNED, T>(input_at(col), weight, weight_offset, round_xhat, col, row_n, row_rstd);
-    };
-    float sum_sq = 0.0f;
-#pragma unroll(kUnroll)
-    for (Index col = first_col; col < row_n; col += col_step) sum_sq = add_squares(sum_sq, input_at(col));
-    const float row_rstd = rstd_of(block_reduce_sum(sum_sq, blockDim.x), n, eps);
-    float y_scale = static_scale;  // y is multiplied by its reciprocal before the rounding
-    const bool dynamic = kQuantizes<Y> && scaling.scale == nullptr;
-    if (dynamic) {
-      float amax = 0.0f;
-#pragma unroll(kUnroll)
-      for (Index col = first_col; col < row_n; col += col_step) {
-        const Vec<T, VEC> y_chunk = y_at(col, row_rstd);
-        if constexpr (STAGED) memcpy(&stage[col / VEC], &y_chunk, sizeof(y_chunk));
-        amax = add_abs_max<ALIGNED>(amax, y_chunk, col, row_n);
+      const auto input_at = [&](Index col) {
+        if constexpr (STAGED) {
+          return load_staged(col);
+        } else {
+          return load_input<ALIGNED, VEC>(x_row, residual_row, col, row_n);
+        }
+      };
+      const auto y_at = [&](Index col, float row_rstd) {
+        return y_of<ALIGNED, T>(input_at(col), w, weight_offset, round, col, row_n, row_rstd);
+      };
+      float sum_sq = 0.0f;
+  #pragma unroll(kUnroll)
+      for (Index col = first_col; col < row_n; col += col_step) sum_sq = add_squares(sum_sq, input_at(col));
+      const float row_rstd = rstd_of(block_reduce_sum(sum_sq, blockDim.x), n, eps);
+      float y_scale = static_scale;  // y is multiplied by its reciprocal before the rounding
+      if (dynamic) {
+        float amax = 0.0f;
+  #pragma unroll(kUnroll)
+        for (Index col = first_col; col < row_n; col += col_step) {
+          const Vec<T, VEC> y_chunk = y_at(col, row_rstd);
+          if constexpr (STAGED) memcpy(&stage[col / VEC], &y_chunk, sizeof(y_chunk));
+          amax = add_abs_max<ALIGNED>(amax, y_chunk, col, row_n);
+        }
+        y_scale = dynamic_scale(block_reduce_max(amax, blockDim.x), scaling.scale_ub);
+        if (threadIdx.x == 0) scaling.row_scale[row] = y_scale;
       }
-      y_scale = dynamic_scale(block_reduce_max(amax, blockDim.x), scaling.scale_ub);
-      if (threadIdx.x == 0) scaling.row_scale[row] = y_scale;
-    }
 
-    if (threadIdx.x == 0 && rstd != nullptr) rstd[row] = row_rstd;
-    const float y_inv_scale = kQuantizes<Y> ? inverse_scale(y_scale) : 1.0f;
-    Y* y_row = y + row * n;
-#pragma unroll(kUnroll)
-    for (Index col = first_col; col < row_n; col += col_step) {
-      if (STAGED && dynamic) {
-        store_y<ALIGNED>(y_row, col, row_n, load_staged(col), y_inv_scale);  // y, from the amax walk
-      } else {
-        const Vec<R, VEC> in = input_at(col);
-        if (residual_row != nullptr) store_vec<ALIGNED>(residual_out + row * n, col, row_n, in);
-        store_y<ALIGNED>(y_row, col, row_n,
-                         y_of<ALIGNED, T>(in, weight, weight_offset, round_xhat, col, row_n, row_rstd), y_inv_scale);
+      if (threadIdx.x == 0 && rstd != nullptr) rstd[row] = row_rstd;
+      const float y_inv_scale = kQuantizes<Y> ? inverse_scale(y_scale) : 1.0f;
+      Y* y_row = y + row * n;
+  #pragma unroll(kUnroll)
+      for (Index col = first_col; col < row_n; col += col_step) {
+        if (STAGED && dynamic) {
+          store_y<ALIGNED>(y_row, col, row_n, load_staged(col), y_inv_scale);  // y, from the amax walk
+        } else {
+          const Vec<R, VEC> in = input_at(col);
+          if (residual_row != nullptr) store_vec<ALIGNED>(residual_out + row * n, col, row_n, in);
+          store_y<ALIGNED>(y_row, col, row_n,
+                           y_of<ALIGNED, T>(in, w, weight_offset, round, col, row_n, row_rstd), y_inv_scale);
+        }
       }
+      // The next row's copies land where this row's last reads were: those must be done.
+      if (STAGED && row + gridDim.x < rows) __syncthreads();
     }
-    // The next row's copies land where this row's last reads were: those must be done.
-    if (STAGED && row + gridDim.x < rows) __syncthreads();
+  };
+  const bool dynamic = kQuantizes<Y> && scaling.scale == nullptr;
+  if constexpr (STAGED) {
+    const auto with_dynamic = [&](const W* w, auto round) {
+      if (kQuantizes<Y> && dynamic) {
+        walk_rows(w, round, std::true_type{});
+      } else {
+        walk_rows(w, round, std::false_type{});
+      }
+    };
+    const auto with_round = [&](const W* w) {
+      if (round_xhat) {
+        with_dynamic(w, std::true_type{});
+      } else {
+        with_dynamic(w, std::false_type{});
+      }
+    };
+    if (weight != nullptr) {
+      with_round(weight);
+    } else {
+      with_round(static_cast<const W*>(nullptr));
+    }
+  } else {
+    walk_rows(weight, round_xhat, dynamic);
   }
 }
 
