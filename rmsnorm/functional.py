@@ -233,10 +233,11 @@ def _require_kernel_dtypes(backend: str, x_dtype: torch.dtype, w_dtype: torch.dt
 # Row widths (first, last) where "auto" prefers triton to cuda, per op, where the H100 benchmark has
 # triton ahead beyond run-to-run noise: add_rms_norm's forward above 8192 (bench/NOTES.md v0.4),
 # where the CUDA register kernel holds 1 or 2 row blocks per SM (94% and 92% of copy at 16384 and
-# 32768, triton 99% and 98%); the fp8 quantizing forwards up to 32768, whole rows in one Triton
-# tile (v0.7: triton ahead or level at every width but the static scale at 32768, add_rms_norm_quant
-# by 10-20 points). A function of N alone, so a row's backend, and bits, never depend on M.
-_AUTO_TRITON_WIDTHS = {"add_rms_norm": (8193, None), "rms_norm_quant": (1, 32768)}
+# 32768, triton 99% and 98%); rms_norm_quant up to 16384, whole rows in one Triton tile, beyond
+# which CUDA stages rows in shared memory (v0.8, at 32768: static 90% against 78%, dynamic 77%
+# against 76%); add_rms_norm_quant up to 32768 (triton ahead by 10-25 points, v0.7 and v0.8). A
+# function of N alone, so a row's backend, and bits, never depend on M.
+_AUTO_TRITON_WIDTHS = {"add_rms_norm": (8193, None), "rms_norm_quant": (1, 16384), "add_rms_norm_quant": (1, 32768)}
 
 
 def _auto_prefers_triton(op: str, n: int) -> bool:
@@ -456,7 +457,8 @@ def _quant(
     if n == 0 and scale is None:
         raise ValueError("dynamic scales need rows of at least one element: a row of zero elements has no maximum")
     w_dtype = None if weight is None else weight.dtype
-    name = _resolve_backend(backend, x.device.type, x.dtype, w_dtype, _auto_prefers_triton("rms_norm_quant", n))
+    op = "rms_norm_quant" if residual is None else "add_rms_norm_quant"
+    name = _resolve_backend(backend, x.device.type, x.dtype, w_dtype, _auto_prefers_triton(op, n))
     _log_call("rms_norm_quant", name, x)
     if name == "torch" or x.numel() == 0:
         if residual is None:
