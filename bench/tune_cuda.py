@@ -23,7 +23,8 @@ NS = (1024, 2048, 4096, 8192, 16384, 32768)
 # label -> {constant name in csrc/*.cu: value written in its place}; {} is csrc as it is.
 CANDIDATES: dict[str, dict[str, str]] = {
     "as is": {},
-    "staged, 16 Vecs a thread": {"kFwdStagedChunksPerThread": "16"},
+    "staged walks unrolled 4": {"kStagedUnroll": "4"},
+    "staged walks not unrolled": {"kStagedUnroll": "1"},
     "never staged": {"kFwdStagedMinRowBytes": "int64_t{1} << 62"},
 }
 

@@ -409,9 +409,10 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
     memcpy(&chunk, &word, sizeof(chunk));
     return chunk;
   };
-  // 32-bit columns where the row is staged (at most kFwdStagedMaxRowBytes): half the address
-  // arithmetic of 64-bit ones, in a kernel whose instructions bound its speed.
-  using Index = std::conditional_t<STAGED, int, int64_t>;
+  // Unsigned 32-bit columns where the row is staged (at most kFwdStagedMaxRowBytes): half the
+  // address arithmetic of 64-bit ones, and col / VEC a shift (signed, four instructions), in a
+  // kernel whose instructions bound its speed.
+  using Index = std::conditional_t<STAGED, unsigned, int64_t>;
   const Index row_n = static_cast<Index>(n);
   const Index first_col = static_cast<Index>(threadIdx.x) * VEC;
   const Index col_step = static_cast<Index>(blockDim.x) * VEC;
