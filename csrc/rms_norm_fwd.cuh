@@ -26,10 +26,10 @@
 //                               (FwdConfig::staged_threads); one block per row walks the row
 //                               twice (sum of squares, then scaling), the second time mostly
 //                               from L2, or, staged, every time from shared memory, where the
-//                               first copied it; three times for the dynamic amax. With a residual every
-//                               walk reads x and residual and forms r: reading residual_out back
-//                               instead would read memory the kernel writes, which load_vec's
-//                               non-coherent loads must not.
+//                               first walk copied it; three times for the dynamic amax. With a
+//                               residual every walk reads x and residual and forms r: reading
+//                               residual_out back instead would read memory the kernel writes,
+//                               which load_vec's non-coherent loads must not.
 // The launch configuration depends on n and sizeof(T) only, and the aligned and unaligned paths
 // add in the same order, so a row's bits never depend on the other rows, on the batch size or
 // on where the row sits in memory.
@@ -353,7 +353,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads, 1) rms_norm_fwd_kernel(
       if (!in_range) continue;
       if (first_col == 0 && rstd != nullptr) rstd[row] = row_rstd;
       const float y_inv_scale = inverse_scale(y_scale);
-#pragma unroll(kStagedUnroll)
+#pragma unroll
       for (int i = 0; i < ITEMS; ++i) store_y<ALIGNED>(y_row, first_col + i * col_step, n, y_chunks[i], y_inv_scale);
     } else {
       if (!in_range) continue;
@@ -441,13 +441,13 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
         return y_of<ALIGNED, T>(input_at(col), w, weight_offset, round, col, row_n, row_rstd);
       };
       float sum_sq = 0.0f;
-  #pragma unroll(kUnroll)
+#pragma unroll(kUnroll)
       for (Index col = first_col; col < row_n; col += col_step) sum_sq = add_squares(sum_sq, input_at(col));
       const float row_rstd = rstd_of(block_reduce_sum(sum_sq, blockDim.x), n, eps);
       float y_scale = static_scale;  // y is multiplied by its reciprocal before the rounding
       if (dynamic) {
         float amax = 0.0f;
-  #pragma unroll(kUnroll)
+#pragma unroll(kUnroll)
         for (Index col = first_col; col < row_n; col += col_step) {
           const Vec<T, VEC> y_chunk = y_at(col, row_rstd);
           if constexpr (STAGED) memcpy(&stage[col / VEC], &y_chunk, sizeof(y_chunk));
@@ -460,7 +460,7 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
       if (threadIdx.x == 0 && rstd != nullptr) rstd[row] = row_rstd;
       const float y_inv_scale = kQuantizes<Y> ? inverse_scale(y_scale) : 1.0f;
       Y* y_row = y + row * n;
-  #pragma unroll(kUnroll)
+#pragma unroll(kUnroll)
       for (Index col = first_col; col < row_n; col += col_step) {
         if (STAGED && dynamic) {
           store_y<ALIGNED>(y_row, col, row_n, load_staged(col), y_inv_scale);  // y, from the amax walk
