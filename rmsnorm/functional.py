@@ -234,7 +234,7 @@ def _require_kernel_dtypes(backend: str, x_dtype: torch.dtype, w_dtype: torch.dt
 # triton ahead beyond run-to-run noise: add_rms_norm's forward above 8192 (bench/NOTES.md v0.4),
 # where the CUDA register kernel holds 1 or 2 row blocks per SM (94% and 92% of copy at 16384 and
 # 32768, triton 99% and 98%); rms_norm_quant up to 16384, whole rows in one Triton tile, beyond
-# which CUDA stages rows in shared memory (v0.8, at 32768: static 90% against 78%, dynamic 77%
+# which CUDA stages rows in shared memory (v0.8, at 32768: static 91% against 78%, dynamic 81%
 # against 76%); add_rms_norm_quant up to 32768 (triton ahead by 10-25 points, v0.7 and v0.8). A
 # function of N alone, so a row's backend, and bits, never depend on M.
 _AUTO_TRITON_WIDTHS = {"add_rms_norm": (8193, None), "rms_norm_quant": (1, 16384), "add_rms_norm_quant": (1, 32768)}
