@@ -47,10 +47,10 @@ cudaError_t rms_norm_fwd(
 // rms_norm_fwd's y, quantized to fp8 e4m3fn (forward only): each y, computed and rounded to T
 // exactly as rms_norm_fwd stores it, is converted back to fp32, multiplied by 1 / s (the row's
 // scale s, its reciprocal by IEEE division) and rounded to the nearest e4m3fn value, ties to
-// even, saturating (finite overflow and +-Inf become +-448, NaN stays NaN). The scale is *scale (static), or per row (dynamic)
-// s = min(amax, *scale_ub) / 448, at least 1 / (448 * 512) (vLLM's floor, for an all-zero row),
-// amax = max |y| over the row (0 for an empty row); a NaN in the row makes amax and s NaN. s is
-// written to row_scale.
+// even, saturating (finite overflow and +-Inf become +-448, NaN stays NaN). The scale is *scale
+// (static), or per row (dynamic) s = min(amax, *scale_ub) / 448, at least 1 / (448 * 512) (vLLM's
+// floor, for an all-zero row), amax = max |y| over the row (0 for an empty row); a NaN in the row
+// makes amax and s NaN. s is written to row_scale.
 template <typename T, typename W, typename R>
 cudaError_t rms_norm_quant_fwd(
     const T* x,                     // [rows, n], row i starts at x + x_layout.offset(i)

@@ -10,8 +10,9 @@
 //
 // y's stored type Y is T, or Fp8 (the bits of an fp8 e4m3fn value): the quantizing forward
 // computes y in T exactly as above, converts it back to fp32 and multiplies it by the reciprocal
-// of a scale, a static one or the row's amax / 448 (dynamic), before rounding it to fp8. An epilogue of the same
-// kernels, not kernels of its own: y's bits before quantization are those rms_norm_fwd stores.
+// of a scale, a static one or the row's amax / 448 (dynamic), before rounding it to fp8. An
+// epilogue of the same kernels, not kernels of its own: y's bits before quantization are those
+// rms_norm_fwd stores.
 //
 // Two kernels, each taking the residual as a runtime option (a null pointer: the same branch for
 // the whole grid). A template flag would double the instantiations and the compile time and
