@@ -5,7 +5,9 @@ csrc/ whose `constexpr` constants named in CANDIDATES are rewritten, all builds 
 builds cannot share a process (each registers the torch.ops.rmsnorm_cuda namespace), so every
 candidate is timed in a child process of its own, at M·N = 2^27, bf16, against the copy ceiling of
 that process. It prints one table; the choice and the numbers behind it go to bench/NOTES.md and to
-the comments beside the constants.
+the comments beside the constants. `--baseline DIR` adds a candidate built from another copy of
+csrc/ (for example the last commit's, `git archive HEAD csrc | tar -x -C DIR --strip-components 1`):
+a change to the code, not to a constant, timed beside the code it replaces.
 """
 
 from __future__ import annotations
@@ -39,12 +41,10 @@ def _rewrite(sources: Path, overrides: dict[str, str]) -> None:
         hits[0].write_text(pattern.sub(rf"\g<1>{value};", hits[0].read_text()))
 
 
-def _build(index: int, overrides: dict[str, str], root: Path) -> Path:
+def _build(index: int, overrides: dict[str, str], source_dir: Path, root: Path) -> Path:
     """Compile one candidate in a child process (cpp_extension.load imports the library it builds)."""
-    from rmsnorm import cuda_ext
-
     sources = root / f"csrc{index}"
-    shutil.copytree(cuda_ext.source_dir(), sources)
+    shutil.copytree(source_dir, sources)
     _rewrite(sources, overrides)
     build_dir = root / f"build{index}"
     build_dir.mkdir()
@@ -107,16 +107,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--time", metavar="LIBRARY", help=argparse.SUPPRESS)  # the child's entry
     parser.add_argument("--ns", type=int, nargs="+", default=NS, help="row widths to time (default: %(default)s)")
+    parser.add_argument("--baseline", type=Path, metavar="DIR", help="also time a build of this copy of csrc/")
+    parser.add_argument("--only-baseline", action="store_true", help="time 'as is' and the baseline alone")
     args = parser.parse_args()
     if args.time:
         _time(args.time, tuple(args.ns))
         return
+    from rmsnorm import cuda_ext
+
+    candidates = {label: (overrides, cuda_ext.source_dir()) for label, overrides in CANDIDATES.items()}
+    if args.only_baseline:
+        candidates = {"as is": candidates["as is"]}
+    if args.baseline is not None:
+        candidates[f"baseline {args.baseline}"] = ({}, args.baseline.resolve())
     with tempfile.TemporaryDirectory() as tmp:
-        with ThreadPoolExecutor(len(CANDIDATES)) as pool:
+        with ThreadPoolExecutor(len(candidates)) as pool:
             libraries = list(
                 pool.map(
-                    lambda item: _build(*item, Path(tmp)),
-                    enumerate(CANDIDATES.values()),
+                    lambda item: _build(item[0], *item[1], Path(tmp)),
+                    enumerate(candidates.values()),
                 )
             )
         print(
@@ -124,7 +133,7 @@ def main() -> None:
             flush=True,
         )
         print("candidate | N | fwd | add fwd | bwd | quant static | quant dynamic", flush=True)
-        for label, library in zip(CANDIDATES, libraries):
+        for label, library in zip(candidates, libraries):
             result = subprocess.run(
                 [sys.executable, "-m", "bench.tune_cuda", "--time", str(library), "--ns", *map(str, args.ns)],
                 capture_output=True, text=True, check=True,

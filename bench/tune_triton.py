@@ -33,6 +33,33 @@ def _configure(elements_per_thread: int, max_warps: int, bwd_programs: int) -> N
     triton_kernels.tile_config.cache_clear()
 
 
+# fp32 elements a thread of the quantizing forward holds (`--quant`): 8 warps at 16384 for 64.
+QUANT_ELEMENTS_PER_THREAD = (16, 32, 64, 128)
+
+
+def _quant_sweep(ns: list[int], ceiling: float) -> None:
+    """rms_norm_quant alone, static and dynamic, for each QUANT_ELEMENTS_PER_THREAD."""
+    default = triton_kernels.QUANT_ELEMENTS_PER_THREAD
+    print("N | quant elems/thread | warps | quant static | quant dynamic", flush=True)
+    scale = torch.tensor([0.02], device="cuda")
+    for n in ns:
+        x = torch.randn(ELEMENTS // n, n, device="cuda", dtype=torch.bfloat16)
+        w = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+        for elements in QUANT_ELEMENTS_PER_THREAD:
+            triton_kernels.QUANT_ELEMENTS_PER_THREAD = elements
+            triton_kernels.tile_config.cache_clear()
+            warps = triton_kernels.tile_config(n, "quant").num_warps
+            static = median_ms(lambda: triton_kernels.rms_norm_quant_fwd(x, None, w, 0.0, 1e-6, False, scale, None))
+            dynamic = median_ms(lambda: triton_kernels.rms_norm_quant_fwd(x, None, w, 0.0, 1e-6, False, None, None))
+            print(
+                f"{n} | {elements} | {warps} | {_percent(static, 1.5, x, ceiling):.1f} | "
+                f"{_percent(dynamic, 1.5, x, ceiling):.1f}",
+                flush=True,
+            )
+    triton_kernels.QUANT_ELEMENTS_PER_THREAD = default
+    triton_kernels.tile_config.cache_clear()
+
+
 def _percent(ms: float, tensors: float, x: torch.Tensor, ceiling_gbps: float) -> float:
     return 100 * tensors * x.numel() * x.element_size() / ms / 1e6 / ceiling_gbps
 
@@ -40,9 +67,14 @@ def _percent(ms: float, tensors: float, x: torch.Tensor, ceiling_gbps: float) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ns", default=",".join(map(str, NS)), help="row widths, e.g. 16384,32768")
-    ns = [int(n) for n in parser.parse_args().ns.split(",")]
+    parser.add_argument("--quant", action="store_true", help="sweep the quantizing forward's tile alone")
+    args = parser.parse_args()
+    ns = [int(n) for n in args.ns.split(",")]
     ceiling = copy_ceiling()["gbps"]
     print(f"copy ceiling {ceiling:.0f} GB/s; bf16, M*N = 2^27; % of the ceiling", flush=True)
+    if args.quant:
+        _quant_sweep(ns, ceiling)
+        return
     defaults = (triton_kernels.ELEMENTS_PER_THREAD, triton_kernels.MAX_NUM_WARPS, triton_kernels.BWD_PROGRAMS_PER_SM)
     print(
         "N | elems/thread | max warps | bwd programs/SM | fwd | add fwd | bwd | quant static | quant dynamic",

@@ -63,6 +63,26 @@ __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
 __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 
+// The N values of a Vec as floats, exactly. bf16 pairs are split out of their 32-bit word with a
+// shift (the low, first element) and a mask (the high one): one instruction a value, where
+// to_float element by element took a byte permute and a multiply for every high half (SASS,
+// bench/NOTES.md v0.9), in kernels whose instructions bound their speed.
+template <typename T, int N>
+__device__ __forceinline__ void vec_to_floats(const Vec<T, N>& v, float (&f)[N]) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16> && N % 2 == 0) {
+    uint32_t words[N / 2];
+    memcpy(words, &v, sizeof(words));
+#pragma unroll
+    for (int k = 0; k < N / 2; ++k) {
+      f[2 * k] = __uint_as_float(words[k] << 16);
+      f[2 * k + 1] = __uint_as_float(words[k] & 0xffff0000u);
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < N; ++k) f[k] = to_float(v.v[k]);
+  }
+}
+
 // Round-to-nearest-even on the way back to the storage type.
 template <typename T>
 __device__ __forceinline__ T from_float(float v);
@@ -190,7 +210,17 @@ struct SumOp {
   static constexpr float kIdentity = 0.0f;
 };
 struct NanMaxOp {
-  __device__ __forceinline__ float operator()(float a, float b) const { return (a > b || a != a) ? a : b; }
+  // One max.NaN (sm_80 and later) against a compare, a NaN test and a select: the fp8 epilogue's
+  // amax takes one a value. Its NaN is the canonical one, not a's payload.
+  __device__ __forceinline__ float operator()(float a, float b) const {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    float max;
+    asm("max.NaN.f32 %0, %1, %2;" : "=f"(max) : "f"(a), "f"(b));
+    return max;
+#else
+    return (a > b || a != a) ? a : b;
+#endif
+  }
   static constexpr float kIdentity = -INFINITY;
 };
 

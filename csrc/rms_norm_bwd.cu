@@ -124,13 +124,12 @@ template <bool ALIGNED, int VEC, typename T, typename W, typename Index>
 __device__ __forceinline__ Vec<float, VEC> weighted_grad(const Vec<T, VEC>& dy, const W* weight, float weight_offset,
                                                          Index col, Index end) {
   Vec<float, VEC> g;
+  vec_to_floats(dy, g.v);
   if (weight != nullptr) {
-    const Vec<W, VEC> w = load_vec<ALIGNED, VEC>(weight, col, end);
+    float w[VEC];
+    vec_to_floats(load_vec<ALIGNED, VEC>(weight, col, end), w);
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) g.v[k] = __fmul_rn(to_float(dy.v[k]), __fadd_rn(to_float(w.v[k]), weight_offset));
-  } else {
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) g.v[k] = to_float(dy.v[k]);
+    for (int k = 0; k < VEC; ++k) g.v[k] = __fmul_rn(g.v[k], __fadd_rn(w[k], weight_offset));
   }
   return g;
 }
@@ -139,8 +138,10 @@ __device__ __forceinline__ Vec<float, VEC> weighted_grad(const Vec<T, VEC>& dy, 
 template <int VEC, typename T>
 __device__ __forceinline__ float add_xhat_dot_g(float dot, const Vec<T, VEC>& x, const Vec<float, VEC>& g,
                                                 float rstd) {
+  float xf[VEC];
+  vec_to_floats(x, xf);
 #pragma unroll
-  for (int k = 0; k < VEC; ++k) dot = __fmaf_rn(__fmul_rn(to_float(x.v[k]), rstd), g.v[k], dot);
+  for (int k = 0; k < VEC; ++k) dot = __fmaf_rn(__fmul_rn(xf[k], rstd), g.v[k], dot);
   return dot;
 }
 
@@ -149,21 +150,17 @@ __device__ __forceinline__ float add_xhat_dot_g(float dot, const Vec<T, VEC>& x,
 template <bool ALIGNED, int VEC, typename X, typename Index>
 __device__ __forceinline__ Vec<X, VEC> dx_of(const Vec<X, VEC>& x, const Vec<float, VEC>& g, float rstd, float c,
                                               const X* dresidual_row, Index col, Index end) {
-  Vec<float, VEC> d;
+  float d[VEC];
+  vec_to_floats(x, d);
 #pragma unroll
-  for (int k = 0; k < VEC; ++k) {
-    const float xhat = __fmul_rn(to_float(x.v[k]), rstd);
-    d.v[k] = __fmul_rn(__fsub_rn(g.v[k], __fmul_rn(xhat, c)), rstd);
-  }
+  for (int k = 0; k < VEC; ++k) d[k] = __fmul_rn(__fsub_rn(g.v[k], __fmul_rn(__fmul_rn(d[k], rstd), c)), rstd);
   if (dresidual_row != nullptr) {
-    const Vec<X, VEC> extra = load_vec<ALIGNED, VEC>(dresidual_row, col, end);
+    float extra[VEC];
+    vec_to_floats(load_vec<ALIGNED, VEC>(dresidual_row, col, end), extra);
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) d.v[k] = __fadd_rn(d.v[k], to_float(extra.v[k]));
+    for (int k = 0; k < VEC; ++k) d[k] = __fadd_rn(d[k], extra[k]);
   }
-  Vec<X, VEC> dx;
-#pragma unroll
-  for (int k = 0; k < VEC; ++k) dx.v[k] = from_float<X>(d.v[k]);
-  return dx;
+  return vec_from_floats<X>(d);
 }
 
 // sums += dy * xhat over the chunk: the dweight terms of one row. round_xhat: xhat as the
@@ -171,12 +168,14 @@ __device__ __forceinline__ Vec<X, VEC> dx_of(const Vec<X, VEC>& x, const Vec<flo
 template <int VEC, typename T, typename X>
 __device__ __forceinline__ void add_dweight_terms(Vec<float, VEC>& sums, const Vec<X, VEC>& x, const Vec<T, VEC>& dy,
                                                   float rstd, bool round_xhat) {
+  float xhat[VEC], dyf[VEC];
+  vec_to_floats(x, xhat);
+  vec_to_floats(dy, dyf);
 #pragma unroll
-  for (int k = 0; k < VEC; ++k) {
-    float xhat = __fmul_rn(to_float(x.v[k]), rstd);
-    if (round_xhat) xhat = to_float(from_float<T>(xhat));
-    sums.v[k] = __fmaf_rn(to_float(dy.v[k]), xhat, sums.v[k]);
-  }
+  for (int k = 0; k < VEC; ++k) xhat[k] = __fmul_rn(xhat[k], rstd);
+  if (round_xhat) vec_to_floats(vec_from_floats<T>(xhat), xhat);
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) sums.v[k] = __fmaf_rn(dyf[k], xhat[k], sums.v[k]);
 }
 
 // Rows held in registers, on a persistent grid. Block b handles row groups b, b + gridDim.x, ...;

@@ -166,9 +166,11 @@ __device__ __forceinline__ float dynamic_scale(float amax, const float* scale_ub
 template <bool ALIGNED, int VEC, typename T, typename Index>
 __device__ __forceinline__ float add_abs_max(float amax, const Vec<T, VEC>& y, Index col, Index end) {
   if (ALIGNED && col >= end) return amax;
+  float f[VEC];
+  vec_to_floats(y, f);
 #pragma unroll
   for (int k = 0; k < VEC; ++k) {
-    if (ALIGNED || col + k < end) amax = NanMaxOp{}(amax, fabsf(to_float(y.v[k])));
+    if (ALIGNED || col + k < end) amax = NanMaxOp{}(amax, fabsf(f[k]));
   }
   return amax;
 }
@@ -188,11 +190,12 @@ __device__ __forceinline__ void store_y(Y* y_row, Index col, Index n, const Vec<
     static_assert(VEC % 2 == 0, "fp8 values are converted in pairs");
     // Two values a conversion (cvt.rn.satfinite.e4m3x2.f32 on sm_89+): the bits of converting each
     // on its own, half the instructions. The pair's first value is its low byte.
+    float f[VEC];
+    vec_to_floats(y, f);
     __nv_fp8x2_storage_t pairs[VEC / 2];
 #pragma unroll
     for (int k = 0; k < VEC; k += 2) {
-      const float2 scaled = make_float2(__fmul_rn(to_float(y.v[k]), y_inv_scale),
-                                        __fmul_rn(to_float(y.v[k + 1]), y_inv_scale));
+      const float2 scaled = make_float2(__fmul_rn(f[k], y_inv_scale), __fmul_rn(f[k + 1], y_inv_scale));
       pairs[k / 2] = __nv_cvt_float2_to_fp8x2(scaled, __NV_SATFINITE, __NV_E4M3);
     }
     Vec<Fp8, VEC> q;
@@ -215,11 +218,10 @@ __device__ __forceinline__ float rstd_of(float sum_sq, int64_t n, float eps) {
 
 template <int VEC, typename T>
 __device__ __forceinline__ float add_squares(float sum_sq, const Vec<T, VEC>& x) {
+  float f[VEC];
+  vec_to_floats(x, f);
 #pragma unroll
-  for (int k = 0; k < VEC; ++k) {
-    const float v = to_float(x.v[k]);
-    sum_sq = __fmaf_rn(v, v, sum_sq);
-  }
+  for (int k = 0; k < VEC; ++k) sum_sq = __fmaf_rn(f[k], f[k], sum_sq);
   return sum_sq;
 }
 
@@ -231,41 +233,37 @@ __device__ __forceinline__ Vec<R, VEC> load_input(const T* x_row, const R* resid
   const Vec<T, VEC> x = load_vec<ALIGNED, VEC>(x_row, col, end);
   Vec<R, VEC> in;
   if (residual_row != nullptr) {
-    const Vec<R, VEC> residual = load_vec<ALIGNED, VEC>(residual_row, col, end);
+    float xf[VEC], rf[VEC];
+    vec_to_floats(x, xf);
+    vec_to_floats(load_vec<ALIGNED, VEC>(residual_row, col, end), rf);
+    float sum[VEC];
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) in.v[k] = from_float<R>(__fadd_rn(to_float(x.v[k]), to_float(residual.v[k])));
+    for (int k = 0; k < VEC; ++k) sum[k] = __fadd_rn(xf[k], rf[k]);
+    in = vec_from_floats<R>(sum);
   } else if constexpr (std::is_same_v<R, T>) {
     in = x;
   } else {
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) in.v[k] = to_float(x.v[k]);  // R is float: exact
+    vec_to_floats(x, in.v);  // R is float: exact
   }
   return in;
 }
 
-// r * rstd, rounded to T (y's type) and back when round_xhat (casting_mode "llama").
-template <typename T, typename R>
-__device__ __forceinline__ float normalized(R r, float rstd, bool round_xhat) {
-  const float xhat = __fmul_rn(to_float(r), rstd);
-  return round_xhat ? to_float(from_float<T>(xhat)) : xhat;
-}
-
 // y = (r * rstd) * (weight + weight_offset) for the chunk of the row at col, rounded to T: the
-// values y stores. weight == nullptr: y = r * rstd.
+// values y stores. weight == nullptr: y = r * rstd. round_xhat (casting_mode "llama"): r * rstd is
+// rounded to T and back before the weight multiplies it.
 template <bool ALIGNED, typename T, int VEC, typename R, typename W, typename Index>
 __device__ __forceinline__ Vec<T, VEC> y_of(const Vec<R, VEC>& r, const W* weight, float weight_offset,
                                             bool round_xhat, Index col, Index n, float rstd) {
   float y[VEC];
+  vec_to_floats(r, y);
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) y[k] = __fmul_rn(y[k], rstd);
+  if (round_xhat) vec_to_floats(vec_from_floats<T>(y), y);
   if (weight != nullptr) {
-    const Vec<W, VEC> w = load_vec<ALIGNED, VEC>(weight, col, n);
+    float w[VEC];
+    vec_to_floats(load_vec<ALIGNED, VEC>(weight, col, n), w);
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) {
-      const float scale = __fadd_rn(to_float(w.v[k]), weight_offset);
-      y[k] = __fmul_rn(normalized<T>(r.v[k], rstd, round_xhat), scale);
-    }
-  } else {
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) y[k] = normalized<T>(r.v[k], rstd, round_xhat);
+    for (int k = 0; k < VEC; ++k) y[k] = __fmul_rn(y[k], __fadd_rn(w[k], weight_offset));
   }
   return vec_from_floats<T>(y);
 }
