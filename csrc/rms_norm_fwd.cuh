@@ -161,18 +161,24 @@ __device__ __forceinline__ float dynamic_scale(float amax, const float* scale_ub
   return s < kMinFp8Scale ? kMinFp8Scale : s;
 }
 
-// amax combined with |y| over the elements of the chunk at col before end, NaN propagating.
-// ALIGNED: no chunk straddles end, so one test a chunk.
-template <bool ALIGNED, int VEC, typename T, typename Index>
-__device__ __forceinline__ float add_abs_max(float amax, const Vec<T, VEC>& y, Index col, Index end) {
+// amax combined with |y| over the elements of the chunk at col before end, NaN propagating. y in
+// fp32, before its rounding to T: the row's amax is rounded once instead (row_amax), which gives
+// the same value, as rounding is monotone and odd (max |round(y)| = round(max |y|)), and saves
+// taking every rounded y apart again. ALIGNED: no chunk straddles end, so one test a chunk.
+template <bool ALIGNED, int VEC, typename Index>
+__device__ __forceinline__ float add_abs_max(float amax, const float (&y)[VEC], Index col, Index end) {
   if (ALIGNED && col >= end) return amax;
-  float f[VEC];
-  vec_to_floats(y, f);
 #pragma unroll
   for (int k = 0; k < VEC; ++k) {
-    if (ALIGNED || col + k < end) amax = NanMaxOp{}(amax, fabsf(f[k]));
+    if (ALIGNED || col + k < end) amax = NanMaxOp{}(amax, fabsf(y[k]));
   }
   return amax;
+}
+
+// The amax of a row's y as stored in T, from the amax of its fp32 values (add_abs_max).
+template <typename T>
+__device__ __forceinline__ float row_amax(float fp32_amax) {
+  return to_float(from_float<T>(fp32_amax));
 }
 
 // What y is multiplied by before its rounding to fp8: the reciprocal of its scale, by IEEE
@@ -225,36 +231,44 @@ __device__ __forceinline__ float add_squares(float sum_sq, const Vec<T, VEC>& x)
   return sum_sq;
 }
 
+// x's chunk in R, exactly: itself, or in fp32 beside an fp32 residual stream.
+template <typename R, int VEC, typename T>
+__device__ __forceinline__ Vec<R, VEC> widen(const Vec<T, VEC>& x) {
+  if constexpr (std::is_same_v<R, T>) {
+    return x;
+  } else {
+    Vec<R, VEC> out;
+    vec_to_floats(x, out.v);  // R is float
+    return out;
+  }
+}
+
+// x + residual in fp32, rounded to R: the chunk residual_out stores and the row normalizes.
+template <int VEC, typename T, typename R>
+__device__ __forceinline__ Vec<R, VEC> add_residual(const Vec<T, VEC>& x, const Vec<R, VEC>& residual) {
+  float sum[VEC], rf[VEC];
+  vec_to_floats(x, sum);
+  vec_to_floats(residual, rf);
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) sum[k] = __fadd_rn(sum[k], rf[k]);
+  return vec_from_floats<R>(sum);
+}
+
 // The chunk at col of the row to normalize, in R: x_row's, or with residual_row (not nullptr) the
-// sum x + residual in fp32 rounded to R, the value residual_out stores (elements past end are
-// zero).
+// sum x + residual (elements past end are zero).
 template <bool ALIGNED, int VEC, typename T, typename R, typename Index>
 __device__ __forceinline__ Vec<R, VEC> load_input(const T* x_row, const R* residual_row, Index col, Index end) {
   const Vec<T, VEC> x = load_vec<ALIGNED, VEC>(x_row, col, end);
-  Vec<R, VEC> in;
-  if (residual_row != nullptr) {
-    float xf[VEC], rf[VEC];
-    vec_to_floats(x, xf);
-    vec_to_floats(load_vec<ALIGNED, VEC>(residual_row, col, end), rf);
-    float sum[VEC];
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) sum[k] = __fadd_rn(xf[k], rf[k]);
-    in = vec_from_floats<R>(sum);
-  } else if constexpr (std::is_same_v<R, T>) {
-    in = x;
-  } else {
-    vec_to_floats(x, in.v);  // R is float: exact
-  }
-  return in;
+  if (residual_row == nullptr) return widen<R>(x);
+  return add_residual(x, load_vec<ALIGNED, VEC>(residual_row, col, end));
 }
 
-// y = (r * rstd) * (weight + weight_offset) for the chunk of the row at col, rounded to T: the
-// values y stores. weight == nullptr: y = r * rstd. round_xhat (casting_mode "llama"): r * rstd is
+// y = (r * rstd) * (weight + weight_offset) for the chunk of the row at col, in fp32 before its
+// rounding to T. weight == nullptr: y = r * rstd. round_xhat (casting_mode "llama"): r * rstd is
 // rounded to T and back before the weight multiplies it.
 template <bool ALIGNED, typename T, int VEC, typename R, typename W, typename Index>
-__device__ __forceinline__ Vec<T, VEC> y_of(const Vec<R, VEC>& r, const W* weight, float weight_offset,
-                                            bool round_xhat, Index col, Index n, float rstd) {
-  float y[VEC];
+__device__ __forceinline__ void y_floats_of(const Vec<R, VEC>& r, const W* weight, float weight_offset,
+                                            bool round_xhat, Index col, Index n, float rstd, float (&y)[VEC]) {
   vec_to_floats(r, y);
 #pragma unroll
   for (int k = 0; k < VEC; ++k) y[k] = __fmul_rn(y[k], rstd);
@@ -265,6 +279,14 @@ __device__ __forceinline__ Vec<T, VEC> y_of(const Vec<R, VEC>& r, const W* weigh
 #pragma unroll
     for (int k = 0; k < VEC; ++k) y[k] = __fmul_rn(y[k], __fadd_rn(w[k], weight_offset));
   }
+}
+
+// y_floats_of rounded to T: the values y stores.
+template <bool ALIGNED, typename T, int VEC, typename R, typename W, typename Index>
+__device__ __forceinline__ Vec<T, VEC> y_of(const Vec<R, VEC>& r, const W* weight, float weight_offset,
+                                            bool round_xhat, Index col, Index n, float rstd) {
+  float y[VEC];
+  y_floats_of<ALIGNED, T>(r, weight, weight_offset, round_xhat, col, n, rstd, y);
   return vec_from_floats<T>(y);
 }
 
@@ -314,10 +336,24 @@ __global__ void __launch_bounds__(kMaxBlockThreads, 1) rms_norm_fwd_kernel(
                                 ? residual + residual_layout.offset(load_row)
                                 : nullptr;
 
-    Vec<R, VEC> x_chunks[ITEMS];  // with a residual, the rounded sums r
+    // Every load of the row is issued before any of its values is used: x's, then the residual's.
+    // Merged chunk by chunk (load_input), a chunk's branch on the residual waited for its x before
+    // the next chunk's load was issued, and the forward at 1024-4096 lost 6-8 points (SASS, v0.9).
+    Vec<T, VEC> x_loaded[ITEMS];
 #pragma unroll
-    for (int i = 0; i < ITEMS; ++i) {
-      x_chunks[i] = load_input<ALIGNED, VEC>(x_row, residual_row, first_col + i * col_step, end);
+    for (int i = 0; i < ITEMS; ++i) x_loaded[i] = load_vec<ALIGNED, VEC>(x_row, first_col + i * col_step, end);
+    Vec<R, VEC> x_chunks[ITEMS];  // with a residual, the rounded sums r
+    if (residual_row != nullptr) {
+      Vec<R, VEC> residual_chunks[ITEMS];
+#pragma unroll
+      for (int i = 0; i < ITEMS; ++i) {
+        residual_chunks[i] = load_vec<ALIGNED, VEC>(residual_row, first_col + i * col_step, end);
+      }
+#pragma unroll
+      for (int i = 0; i < ITEMS; ++i) x_chunks[i] = add_residual(x_loaded[i], residual_chunks[i]);
+    } else {
+#pragma unroll
+      for (int i = 0; i < ITEMS; ++i) x_chunks[i] = widen<R>(x_loaded[i]);
     }
     // residual_out is final before the reduction: storing it now keeps the memory system busy
     // while the block reduces, instead of doubling the burst of stores after it. In a loop of its
@@ -335,18 +371,20 @@ __global__ void __launch_bounds__(kMaxBlockThreads, 1) rms_norm_fwd_kernel(
     Y* y_row = y + row * n;
     if constexpr (kQuantizes<Y>) {
       // y formed once, in place of the row (the same registers), for its amax and its stores.
+      const bool dynamic = scaling.scale == nullptr;
       Vec<T, VEC> y_chunks[ITEMS];
+      float amax = 0.0f;
 #pragma unroll
       for (int i = 0; i < ITEMS; ++i) {
-        y_chunks[i] = y_of<ALIGNED, T>(x_chunks[i], weight, weight_offset, round_xhat, first_col + i * col_step, n,
-                                       row_rstd);
+        float y_floats[VEC];
+        y_floats_of<ALIGNED, T>(x_chunks[i], weight, weight_offset, round_xhat, first_col + i * col_step, n, row_rstd,
+                                y_floats);
+        if (dynamic) amax = add_abs_max<ALIGNED>(amax, y_floats, first_col + i * col_step, end);
+        y_chunks[i] = vec_from_floats<T>(y_floats);
       }
       float y_scale = static_scale;  // y is multiplied by its reciprocal before the rounding
-      if (scaling.scale == nullptr) {
-        float amax = 0.0f;
-#pragma unroll
-        for (int i = 0; i < ITEMS; ++i) amax = add_abs_max<ALIGNED>(amax, y_chunks[i], first_col + i * col_step, end);
-        y_scale = dynamic_scale(block_reduce_max(amax, threads_per_row), scaling.scale_ub);
+      if (dynamic) {
+        y_scale = dynamic_scale(row_amax<T>(block_reduce_max(amax, threads_per_row)), scaling.scale_ub);
         if (in_range && first_col == 0) scaling.row_scale[row] = y_scale;
       }
       if (!in_range) continue;
@@ -436,9 +474,6 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
           return load_input<ALIGNED, VEC>(x_row, residual_row, col, row_n);
         }
       };
-      const auto y_at = [&](Index col, float row_rstd) {
-        return y_of<ALIGNED, T>(input_at(col), w, weight_offset, round, col, row_n, row_rstd);
-      };
       float sum_sq = 0.0f;
 #pragma unroll(kUnroll)
       for (Index col = first_col; col < row_n; col += col_step) sum_sq = add_squares(sum_sq, input_at(col));
@@ -448,11 +483,15 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
         float amax = 0.0f;
 #pragma unroll(kUnroll)
         for (Index col = first_col; col < row_n; col += col_step) {
-          const Vec<T, VEC> y_chunk = y_at(col, row_rstd);
-          if constexpr (STAGED) memcpy(&stage[col / VEC], &y_chunk, sizeof(y_chunk));
-          amax = add_abs_max<ALIGNED>(amax, y_chunk, col, row_n);
+          float y_floats[VEC];
+          y_floats_of<ALIGNED, T>(input_at(col), w, weight_offset, round, col, row_n, row_rstd, y_floats);
+          amax = add_abs_max<ALIGNED>(amax, y_floats, col, row_n);
+          if constexpr (STAGED) {
+            const Vec<T, VEC> y_chunk = vec_from_floats<T>(y_floats);
+            memcpy(&stage[col / VEC], &y_chunk, sizeof(y_chunk));
+          }
         }
-        y_scale = dynamic_scale(block_reduce_max(amax, blockDim.x), scaling.scale_ub);
+        y_scale = dynamic_scale(row_amax<T>(block_reduce_max(amax, blockDim.x)), scaling.scale_ub);
         if (threadIdx.x == 0) scaling.row_scale[row] = y_scale;
       }
 
