@@ -25,9 +25,9 @@ NS = (1024, 2048, 4096, 8192, 16384, 32768)
 # label -> {constant name in csrc/*.cu: value written in its place}; {} is csrc as it is.
 CANDIDATES: dict[str, dict[str, str]] = {
     "as is": {},
-    "staged walks unrolled 4": {"kStagedUnroll": "4"},
-    "staged walks not unrolled": {"kStagedUnroll": "1"},
-    "never staged": {"kFwdStagedMinRowBytes": "int64_t{1} << 62"},
+    "staged uncapped registers": {"kStagedMinBlocksPerSm": "1"},
+    "staged 16 Vecs a thread": {"kFwdStagedChunksPerThread": "16"},
+    "staged from 8 KB": {"kFwdStagedMinRowBytes": "8 * 1024"},
 }
 
 
