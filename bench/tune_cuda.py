@@ -25,7 +25,6 @@ NS = (1024, 2048, 4096, 8192, 16384, 32768)
 # label -> {constant name in csrc/*.cu: value written in its place}; {} is csrc as it is.
 CANDIDATES: dict[str, dict[str, str]] = {
     "as is": {},
-    "staged uncapped registers": {"kStagedMinBlocksPerSm": "1"},
     "staged 16 Vecs a thread": {"kFwdStagedChunksPerThread": "16"},
     "staged from 8 KB": {"kFwdStagedMinRowBytes": "8 * 1024"},
 }

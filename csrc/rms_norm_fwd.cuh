@@ -96,10 +96,6 @@ constexpr int64_t kFwdStagedMinRowBytes = 16 * 1024;
 constexpr int64_t kFwdStagedMaxRowBytes = 128 * 1024;
 // 8 Vecs, 64 bf16 elements a thread: the share of Triton's quantizing tile (QUANT_ELEMENTS_PER_THREAD).
 constexpr int kFwdStagedChunksPerThread = 8;
-// The staged kernel's minimum blocks an SM (its __launch_bounds__): 2 caps it at 32 registers a
-// thread, no spill (ptxas -v). Uncapped it took 48, and at 32768 bf16 (512 threads, a 64 KB stage)
-// the registers held an SM to 2 blocks where shared memory has room for 3; at 16384, to 5 of 7.
-constexpr int kStagedMinBlocksPerSm = 2;
 // The unroll of a staged walk: shared memory answers within tens of cycles, and the SM has other
 // warps; the looped kernel's kLoopedUnroll is for loads from DRAM.
 constexpr int kStagedUnroll = 2;
@@ -423,7 +419,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads, 1) rms_norm_fwd_kernel(
 // wrote, so no barrier guards the stage but the one before the next row's copies. The same walks in
 // the same order: the same bits as unstaged on as many threads.
 template <typename T, typename W, typename R, typename Y, bool ALIGNED, bool STAGED>
-__global__ void __launch_bounds__(kLoopedBlockThreads, STAGED ? kStagedMinBlocksPerSm : 1) rms_norm_fwd_looped_kernel(
+__global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_kernel(
     const T* __restrict__ x,         // [rows, n], row i at x + x_layout.offset(i)
     RowLayout x_layout,
     const R* __restrict__ residual,  // [rows, n], row i at residual + residual_layout.offset(i); or nullptr
