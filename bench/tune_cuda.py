@@ -25,8 +25,8 @@ NS = (1024, 2048, 4096, 8192, 16384, 32768)
 # label -> {constant name in csrc/*.cu: value written in its place}; {} is csrc as it is.
 CANDIDATES: dict[str, dict[str, str]] = {
     "as is": {},
-    "staged 16 Vecs a thread": {"kFwdStagedChunksPerThread": "16"},
-    "staged from 8 KB": {"kFwdStagedMinRowBytes": "8 * 1024"},
+    "staged 4 Vecs a thread": {"kFwdStagedChunksPerThread": "4"},
+    "carveout 58% (132 KB)": {"kStagedCarveoutPercent": "58"},
 }
 
 
@@ -82,7 +82,8 @@ def _time(library: str, ns: tuple[int, ...]) -> None:
 
 def _time_width(ops, n: int) -> list[tuple[float, float]]:
     """(median ms, bf16 tensors moved) of the forward, the add forward, the backward, and rms_norm_quant
-    with a static and with dynamic scales (2 bytes read and 1 written an element: 1.5 tensors) at width n."""
+    with a static and with dynamic scales (2 bytes read and 1 written an element: 1.5 tensors), and the
+    latter without a weight, at width n."""
     import torch
 
     from bench.cases import ELEMENTS
@@ -99,6 +100,7 @@ def _time_width(ops, n: int) -> list[tuple[float, float]]:
         (median_ms(lambda: ops.rms_norm_bwd(dy, x, None, w, 0.0, rstd, True, False)), 3),
         (median_ms(lambda: ops.rms_norm_quant_fwd(x, None, w, 0.0, 1e-6, False, scale, None)), 1.5),
         (median_ms(lambda: ops.rms_norm_quant_fwd(x, None, w, 0.0, 1e-6, False, None, None)), 1.5),
+        (median_ms(lambda: ops.rms_norm_quant_fwd(x, None, None, 0.0, 1e-6, False, None, None)), 1.5),
     ]
 
 
@@ -131,7 +133,7 @@ def main() -> None:
             "bf16, M*N = 2^27; % of the copy ceiling measured in each candidate's process",
             flush=True,
         )
-        print("candidate | N | fwd | add fwd | bwd | quant static | quant dynamic", flush=True)
+        print("candidate | N | fwd | add fwd | bwd | quant static | quant dynamic | dynamic, no weight", flush=True)
         for label, library in zip(candidates, libraries):
             result = subprocess.run(
                 [sys.executable, "-m", "bench.tune_cuda", "--time", str(library), "--ns", *map(str, args.ns)],

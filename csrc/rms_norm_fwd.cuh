@@ -96,6 +96,16 @@ constexpr int64_t kFwdStagedMinRowBytes = 16 * 1024;
 constexpr int64_t kFwdStagedMaxRowBytes = 128 * 1024;
 // 8 Vecs, 64 bf16 elements a thread: the share of Triton's quantizing tile (QUANT_ELEMENTS_PER_THREAD).
 constexpr int kFwdStagedChunksPerThread = 8;
+// The staged kernel's shared memory carveout, in percent of the largest (228 KB on an H100, 164 KB
+// on an A100): the driver takes the smallest configuration that holds it, 100 KB on either, or the
+// smallest that holds one block's stage. The rest of the SM's 256 KB (192 KB on an A100) is L1,
+// where every row's walks find the weight. H100, bf16 (bench/tune_cuda.py, bench/NOTES.md v0.9),
+// rms_norm_quant dynamic / static, % of copy: at 100% (228 KB of stages, 28 KB of L1) 86 / 94 at
+// 8192, 84 / 92 at 16384, 81 / 90 at 32768; at 58% (132 KB) 94 / 96, 93 / 96, 88 / 92; at 44%
+// (100 KB) 95 / 96, 93 / 96, 92 / 95, though at 32768 it leaves room for one block an SM, not two;
+// at 28% (64 KB) one 16384-wide block an SM, 51 / 60. Stores marked evict-first changed nothing: it
+// is the room for the weight that counts.
+constexpr int kStagedCarveoutPercent = 44;
 // The unroll of a staged walk: shared memory answers within tens of cycles, and the SM has other
 // warps; the looped kernel's kLoopedUnroll is for loads from DRAM.
 constexpr int kStagedUnroll = 2;
@@ -580,12 +590,11 @@ cudaError_t launch_rms_norm_fwd(const T* x, RowLayout x_layout, const R* residua
       int stage_bytes = 0;
       if constexpr (STAGED) {
         stage_bytes = static_cast<int>(n * sizeof(T));  // n is a multiple of VEC
-        // Over 48 KB must be asked for; and the carveout tilted to shared memory, or the driver may
-        // leave L1 the room where a second block's stage would fit.
+        // Over 48 KB must be asked for; and the carveout set, so that L1 keeps room for the weight.
         cudaError_t status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, stage_bytes);
         if (status == cudaSuccess) {
           status = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                        cudaSharedmemCarveoutMaxShared);
+                                        kStagedCarveoutPercent);
         }
         if (status != cudaSuccess) return status;
       }
