@@ -273,17 +273,11 @@ __device__ __forceinline__ Vec<R, VEC> load_input(const T* x_row, const R* resid
   return add_residual(x, load_vec<ALIGNED, VEC>(residual_row, col, end));
 }
 
-// A weight offset known to be -0 (the launcher's zero): w + (-0) is w for every w, so the addition
-// is left out, one instruction an element of the staged walks (see rms_norm_fwd_looped_kernel).
-struct ZeroOffset {};
-__device__ __forceinline__ float add_offset(float w, float offset) { return __fadd_rn(w, offset); }
-__device__ __forceinline__ float add_offset(float w, ZeroOffset) { return w; }
-
 // y = (r * rstd) * (weight + weight_offset) for the chunk of the row at col, in fp32 before its
 // rounding to T. weight == nullptr: y = r * rstd. round_xhat (casting_mode "llama"): r * rstd is
 // rounded to T and back before the weight multiplies it.
-template <bool ALIGNED, typename T, int VEC, typename R, typename W, typename Offset, typename Index>
-__device__ __forceinline__ void y_floats_of(const Vec<R, VEC>& r, const W* weight, Offset weight_offset,
+template <bool ALIGNED, typename T, int VEC, typename R, typename W, typename Index>
+__device__ __forceinline__ void y_floats_of(const Vec<R, VEC>& r, const W* weight, float weight_offset,
                                             bool round_xhat, Index col, Index n, float rstd, float (&y)[VEC]) {
   vec_to_floats(r, y);
 #pragma unroll
@@ -293,13 +287,13 @@ __device__ __forceinline__ void y_floats_of(const Vec<R, VEC>& r, const W* weigh
     float w[VEC];
     vec_to_floats(load_vec<ALIGNED, VEC>(weight, col, n), w);
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) y[k] = __fmul_rn(y[k], add_offset(w[k], weight_offset));
+    for (int k = 0; k < VEC; ++k) y[k] = __fmul_rn(y[k], __fadd_rn(w[k], weight_offset));
   }
 }
 
 // y_floats_of rounded to T: the values y stores.
-template <bool ALIGNED, typename T, int VEC, typename R, typename W, typename Offset, typename Index>
-__device__ __forceinline__ Vec<T, VEC> y_of(const Vec<R, VEC>& r, const W* weight, Offset weight_offset,
+template <bool ALIGNED, typename T, int VEC, typename R, typename W, typename Index>
+__device__ __forceinline__ Vec<T, VEC> y_of(const Vec<R, VEC>& r, const W* weight, float weight_offset,
                                             bool round_xhat, Index col, Index n, float rstd) {
   float y[VEC];
   y_floats_of<ALIGNED, T>(r, weight, weight_offset, round_xhat, col, n, rstd, y);
@@ -470,12 +464,11 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
   const Index first_col = static_cast<Index>(threadIdx.x) * VEC;
   const Index col_step = static_cast<Index>(blockDim.x) * VEC;
   const float static_scale = kQuantizes<Y> && scaling.scale != nullptr ? *scaling.scale : 1.0f;
-  // w: the weight, or a constant null; offset: the weight offset, or ZeroOffset; round (casting_mode
-  // "llama") and dynamic (an fp8 scale per row): bools, or std::bool_constants. Staged rows are
-  // walked by code unswitched on all four: as runtime flags they cost a uniform branch or two a
-  // chunk, a tenth of the staged quantizing forward's instructions (ncu, bench/NOTES.md v0.8), and
-  // a zero offset one addition an element, in a kernel that instructions bound.
-  const auto walk_rows = [&](const W* w, auto offset, auto round, auto dynamic) {
+  // w: the weight, or a constant null; round (casting_mode "llama") and dynamic (an fp8 scale per
+  // row): bools, or std::bool_constants. Staged rows are walked by code unswitched on all three: as
+  // runtime flags they cost a uniform branch or two a chunk, a tenth of the staged quantizing
+  // forward's instructions (ncu, bench/NOTES.md v0.8), in a kernel that instructions bound.
+  const auto walk_rows = [&](const W* w, auto round, auto dynamic) {
     for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
       const T* x_row = x + x_layout.offset(row);
       // Staged rows have none: a constant null lets the compiler drop the residual's branches.
@@ -501,7 +494,7 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
 #pragma unroll(kUnroll)
         for (Index col = first_col; col < row_n; col += col_step) {
           float y_floats[VEC];
-          y_floats_of<ALIGNED, T>(input_at(col), w, offset, round, col, row_n, row_rstd, y_floats);
+          y_floats_of<ALIGNED, T>(input_at(col), w, weight_offset, round, col, row_n, row_rstd, y_floats);
           amax = add_abs_max<ALIGNED>(amax, y_floats, col, row_n);
           if constexpr (STAGED) {
             const Vec<T, VEC> y_chunk = vec_from_floats<T>(y_floats);
@@ -523,7 +516,7 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
           const Vec<R, VEC> in = input_at(col);
           if (residual_row != nullptr) store_vec<ALIGNED>(residual_out + row * n, col, row_n, in);
           store_y<ALIGNED>(y_row, col, row_n,
-                           y_of<ALIGNED, T>(in, w, offset, round, col, row_n, row_rstd), y_inv_scale);
+                           y_of<ALIGNED, T>(in, w, weight_offset, round, col, row_n, row_rstd), y_inv_scale);
         }
       }
       // The next row's copies land where this row's last reads were: those must be done.
@@ -532,29 +525,27 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
   };
   const bool dynamic = kQuantizes<Y> && scaling.scale == nullptr;
   if constexpr (STAGED) {
-    const auto with_dynamic = [&](const W* w, auto offset, auto round) {
+    const auto with_dynamic = [&](const W* w, auto round) {
       if (kQuantizes<Y> && dynamic) {
-        walk_rows(w, offset, round, std::true_type{});
+        walk_rows(w, round, std::true_type{});
       } else {
-        walk_rows(w, offset, round, std::false_type{});
+        walk_rows(w, round, std::false_type{});
       }
     };
-    const auto with_round = [&](const W* w, auto offset) {
+    const auto with_round = [&](const W* w) {
       if (round_xhat) {
-        with_dynamic(w, offset, std::true_type{});
+        with_dynamic(w, std::true_type{});
       } else {
-        with_dynamic(w, offset, std::false_type{});
+        with_dynamic(w, std::false_type{});
       }
     };
-    if (weight == nullptr) {
-      with_round(static_cast<const W*>(nullptr), ZeroOffset{});
-    } else if (__float_as_uint(weight_offset) == __float_as_uint(-0.0f)) {
-      with_round(weight, ZeroOffset{});
+    if (weight != nullptr) {
+      with_round(weight);
     } else {
-      with_round(weight, weight_offset);
+      with_round(static_cast<const W*>(nullptr));
     }
   } else {
-    walk_rows(weight, weight_offset, round_xhat, dynamic);
+    walk_rows(weight, round_xhat, dynamic);
   }
 }
 
