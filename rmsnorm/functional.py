@@ -233,12 +233,11 @@ def _require_kernel_dtypes(backend: str, x_dtype: torch.dtype, w_dtype: torch.dt
 # Row widths (first, last) where "auto" prefers triton to cuda, per op, where the H100 benchmark has
 # triton ahead beyond run-to-run noise: add_rms_norm's forward above 8192 (bench/NOTES.md v0.4: the
 # CUDA register kernel holding 1 or 2 row blocks per SM reached 94% and 92% of copy at 16384 and
-# 32768, triton 99% and 98%; since v0.9 cuda reads 98% and 97% in bench/tune_cuda.py, not yet timed
-# beside triton); rms_norm_quant up to 8192 (triton 99 / 98% static / dynamic against cuda's
-# 96 / 95%), beyond which CUDA stages rows in shared memory (v0.9: at 16384 97 / 93% against
-# triton's 95 / 92%, at 32768 96 / 91% against 78 / 76%); add_rms_norm_quant up to 32768 (triton
-# ahead by 10-25 points, v0.7 and v0.8). A function of N alone, so a row's backend, and bits, never
-# depend on M.
+# 32768, triton 99% and 98%; since v0.9 the two tie, 98 / 97% against 98 / 98%); rms_norm_quant up
+# to 8192 (triton 99 / 98% static / dynamic against cuda's 98 / 97%), beyond which CUDA stages rows
+# in shared memory (v0.9: at 16384 98 / 94% against triton's 96 / 92%, at 32768 97 / 93% against
+# 78 / 76%); add_rms_norm_quant up to 32768 (triton 97-99% against cuda's 96-98% since v0.9, ahead
+# by 10-25 points before). A function of N alone, so a row's backend, and bits, never depend on M.
 _AUTO_TRITON_WIDTHS = {"add_rms_norm": (8193, None), "rms_norm_quant": (1, 8192), "add_rms_norm_quant": (1, 32768)}
 
 
