@@ -25,7 +25,7 @@ NS = (1024, 2048, 4096, 8192, 16384, 32768)
 # label -> {constant name in csrc/*.cu: value written in its place}; {} is csrc as it is.
 CANDIDATES: dict[str, dict[str, str]] = {
     "as is": {},
-    "staged walks unrolled 4": {"kStagedUnroll": "4"},
+    "backward never staged": {"kBwdStagedMaxRowBytes": "0"},
     "carveout 58% (132 KB)": {"kStagedCarveoutPercent": "58"},
     "never staged": {"kFwdStagedMinRowBytes": "int64_t{1} << 62"},
 }

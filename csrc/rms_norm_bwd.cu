@@ -57,6 +57,13 @@ constexpr int kBwdPreferredThreadsPerRow = 256;
 // their dweight sums are combined through rows_per_block * n floats of shared memory, at most
 // 256 threads x 16 sums x 4 bytes = 16 KiB. First guess, to be tuned by the benchmark.
 constexpr int kBwdSubWarpBlockThreads = 256;
+// Aligned rows too long for registers, of dy's and x's type, up to this many bytes a tensor go to
+// rms_norm_bwd_staged_kernel (x and dy copied to shared memory: 128 KB at most a block), on
+// ceil(chunks / kBwdStagedChunksPerThread) threads rounded up to a warp (512 at most), each
+// summing dweight for its 8 chunks in 64 fp32 registers. H100, bf16, backward alone: 50 -> 80% of
+// copy at 16384 and 38 -> 87% at 32768 against the two passes (bench/NOTES.md v0.10).
+constexpr int64_t kBwdStagedMaxRowBytes = 64 * 1024;
+constexpr int kBwdStagedChunksPerThread = 8;
 // rms_norm_bwd_columns_kernel: 256 threads a block, one Vec of columns each, 2 blocks resident
 // per SM (its __launch_bounds__ then allows 128 registers a thread: at 3 blocks, 80 registers,
 // the unaligned half path with fp32 weights spilled on sm_80), and the number of row slices aims
@@ -75,6 +82,9 @@ struct BwdConfig {
   RowTiling tiling;    // tiling.items == 0: the row does not fit, row-dot + columns kernels
   int rows_per_block;  // rows handled at once by a block, each by tiling.threads_per_row threads
   int block_threads;
+  // > 0 (tiling.items == 0 only): aligned rows with x of dy's type go to rms_norm_bwd_staged_kernel
+  // on this many threads, and the others' row-dot kernel takes as many, so that c has the same bits.
+  int staged_threads;
 };
 
 // The backward configuration for rows of n elements of elem_bytes each: from n and the element
@@ -83,11 +93,17 @@ BwdConfig bwd_config(int64_t n, int elem_bytes) {
   const int vec = kVectorBytes / elem_bytes;
   const RowTiling tiling = tile_row(ceil_div(n, vec), kBwdMaxAccumulators / vec, kBwdPreferredThreadsPerRow,
                                     kBwdMaxBlockThreads);
-  if (tiling.items == 0) return {tiling, 1, kLoopedBlockThreads};
-  if (tiling.threads_per_row <= kWarpSize) {
-    return {tiling, kBwdSubWarpBlockThreads / tiling.threads_per_row, kBwdSubWarpBlockThreads};
+  if (tiling.items == 0) {
+    const int staged_threads =
+        n * elem_bytes <= kBwdStagedMaxRowBytes
+            ? static_cast<int>(round_up(ceil_div(ceil_div(n, vec), kBwdStagedChunksPerThread), kWarpSize))
+            : 0;
+    return {tiling, 1, kLoopedBlockThreads, staged_threads};
   }
-  return {tiling, 1, tiling.threads_per_row};
+  if (tiling.threads_per_row <= kWarpSize) {
+    return {tiling, kBwdSubWarpBlockThreads / tiling.threads_per_row, kBwdSubWarpBlockThreads, 0};
+  }
+  return {tiling, 1, tiling.threads_per_row, 0};
 }
 
 // Slices of rows of the columns kernel: the rows are cut into `count` slices of rows_per_slice
@@ -107,12 +123,19 @@ RowSlices row_slices(int64_t rows, int64_t n, int elem_bytes, int num_sms) {
   return {ceil_div(rows, rows_per_slice), rows_per_slice};  // no empty slice
 }
 
+// The persistent grid of rms_norm_bwd_kernel and rms_norm_bwd_staged_kernel: the blocks of
+// block_threads their register budget keeps resident on num_sms SMs, fewer for fewer row groups.
+int64_t bwd_persistent_blocks(int64_t row_groups, int block_threads, int num_sms) {
+  const int64_t resident_blocks = int64_t{num_sms} * std::max(1, kBwdResidentThreadsPerSm / block_threads);
+  return std::min(row_groups, resident_blocks);
+}
+
 // Rows of fp32 dweight partial sums the chosen path writes to the workspace ([partial_rows, n]);
-// for the register path it is also the persistent grid of rms_norm_bwd_kernel.
-int64_t bwd_partial_rows(const BwdConfig& config, int64_t rows, int64_t n, int elem_bytes, int num_sms) {
+// for the register and staged paths it is also the persistent grid of their kernel.
+int64_t bwd_partial_rows(const BwdConfig& config, bool staged, int64_t rows, int64_t n, int elem_bytes, int num_sms) {
+  if (staged) return bwd_persistent_blocks(rows, config.staged_threads, num_sms);
   if (config.tiling.items == 0) return row_slices(rows, n, elem_bytes, num_sms).count;
-  const int64_t resident_blocks = int64_t{num_sms} * std::max(1, kBwdResidentThreadsPerSm / config.block_threads);
-  return std::min(ceil_div(rows, config.rows_per_block), resident_blocks);
+  return bwd_persistent_blocks(ceil_div(rows, config.rows_per_block), config.block_threads, num_sms);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -278,6 +301,87 @@ __global__ void __launch_bounds__(kBwdMaxBlockThreads, 1) rms_norm_bwd_kernel(
   }
 }
 
+// Aligned rows too long for registers, with x of dy's type, up to kBwdStagedMaxRowBytes, on the
+// persistent grid of rms_norm_bwd_kernel (bwd_persistent_blocks). Block b handles rows b,
+// b + gridDim.x, ...: it copies each row's x and dy to shared memory with cp.async, and walks them
+// from there twice (c, then dx), where the row-dot and columns kernels read them from DRAM twice
+// (5 passes over memory where 3 are needed: at most 60% of copy). Thread t owns chunks t,
+// t + blockDim.x, ... (kBwdStagedChunksPerThread at most) of every row it visits, reads back only
+// what it copied (so no barrier guards the stage), and sums dy * xhat for them in fp32 registers,
+// written at the end as row b of dweight_partials. c is summed as rms_norm_bwd_row_dot_kernel on as
+// many threads sums it (the launcher gives it as many for unaligned rows): the same bits of dx.
+template <typename T, typename W>
+__global__ void __launch_bounds__(kBwdMaxBlockThreads, 1) rms_norm_bwd_staged_kernel(
+    const T* __restrict__ dy,              // [rows, n], row i at dy + dy_layout.offset(i)
+    RowLayout dy_layout,
+    const T* __restrict__ x,               // [rows, n], row i at x + x_layout.offset(i)
+    RowLayout x_layout,
+    const T* __restrict__ dresidual_out,   // [rows, n], row i at dresidual_out + dresidual_out_layout.offset(i);
+    RowLayout dresidual_out_layout,        //   added to dx, or nullptr
+    const W* __restrict__ weight,          // [n], or nullptr for no weight
+    float weight_offset,                   // added to the weight
+    bool round_xhat,                       // dweight sums dy * xhat rounded to T (casting_mode "llama")
+    const float* __restrict__ rstd,        // [rows], from the forward
+    T* __restrict__ dx,                    // [rows, n], contiguous
+    float* __restrict__ dweight_partials,  // [gridDim.x, n], contiguous; nullptr: no dweight
+    int64_t rows,
+    int64_t n) {                           // a multiple of VEC, at most kBwdStagedMaxRowBytes of T
+  constexpr int VEC = kVecElems<T>;
+  constexpr int CHUNKS = kBwdStagedChunksPerThread;
+  extern __shared__ uint4 stage[];  // x's n / VEC chunks, then dy's, as 16-byte words
+  const unsigned row_n = static_cast<unsigned>(n);
+  uint4* x_stage = stage;
+  uint4* dy_stage = stage + row_n / VEC;
+  const unsigned first_col = threadIdx.x * VEC;
+  const unsigned col_step = blockDim.x * VEC;
+  const auto col_of = [&](int i) { return first_col + static_cast<unsigned>(i) * col_step; };
+  const auto chunk_at = [&](const uint4* buffer, int i) {
+    const uint4 word = buffer[col_of(i) / VEC];
+    Vec<T, VEC> chunk;
+    memcpy(&chunk, &word, sizeof(chunk));
+    return chunk;
+  };
+  const bool with_dweight = dweight_partials != nullptr;
+  Vec<float, VEC> dweight_sums[CHUNKS] = {};
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const T* x_row = x + x_layout.offset(row);
+    const T* dy_row = dy + dy_layout.offset(row);
+#pragma unroll
+    for (int i = 0; i < CHUNKS; ++i) {
+      if (col_of(i) < row_n) {
+        copy_async_16(&x_stage[col_of(i) / VEC], x_row + col_of(i));
+        copy_async_16(&dy_stage[col_of(i) / VEC], dy_row + col_of(i));
+      }
+    }
+    const float row_rstd = rstd[row];
+    wait_async_copies();
+    float dot = 0.0f;
+#pragma unroll
+    for (int i = 0; i < CHUNKS; ++i) {
+      if (col_of(i) >= row_n) continue;
+      const Vec<T, VEC> x_chunk = chunk_at(x_stage, i);
+      const Vec<T, VEC> dy_chunk = chunk_at(dy_stage, i);
+      dot = add_xhat_dot_g(dot, x_chunk, weighted_grad<true>(dy_chunk, weight, weight_offset, col_of(i), row_n),
+                           row_rstd);
+      if (with_dweight) add_dweight_terms(dweight_sums[i], x_chunk, dy_chunk, row_rstd, round_xhat);
+    }
+    const float c = __fdiv_rn(block_reduce_sum(dot, blockDim.x), static_cast<float>(n));
+    T* dx_row = dx + row * n;
+    const T* dresidual_row = dresidual_out != nullptr ? dresidual_out + dresidual_out_layout.offset(row) : nullptr;
+#pragma unroll
+    for (int i = 0; i < CHUNKS; ++i) {
+      if (col_of(i) >= row_n) continue;
+      const Vec<float, VEC> g = weighted_grad<true>(chunk_at(dy_stage, i), weight, weight_offset, col_of(i), row_n);
+      store_vec<true>(dx_row, col_of(i), row_n,
+                      dx_of<true>(chunk_at(x_stage, i), g, row_rstd, c, dresidual_row, col_of(i), row_n));
+    }
+  }
+  if (!with_dweight) return;
+  float* block_partials = dweight_partials + int64_t{blockIdx.x} * n;
+#pragma unroll
+  for (int i = 0; i < CHUNKS; ++i) store_vec<true>(block_partials, col_of(i), row_n, dweight_sums[i]);
+}
+
 // c = sum(xhat * g) / n of rows too long for registers. Block b handles rows b, b + gridDim.x, ...;
 // thread t walks the row's chunks t, t + blockDim.x, ...
 template <typename T, typename W, typename X, bool ALIGNED>
@@ -389,14 +493,15 @@ __global__ void __launch_bounds__(kReduceColumns * kReduceSlices, 1) rms_norm_bw
 // Launch helpers
 // ---------------------------------------------------------------------------------------------
 
-// Rows too long for registers: c of every row into row_c, then dx and the dweight partials.
+// Rows too long for registers: c of every row into row_c (on row_dot_threads threads a row), then
+// dx and the dweight partials.
 template <typename T, typename W, typename X, bool ALIGNED>
 cudaError_t launch_bwd_columns(const T* dy, RowLayout dy_layout, const X* x, RowLayout x_layout,
                                const X* dresidual_out, RowLayout dresidual_out_layout, const W* weight,
                                float weight_offset, bool round_xhat, const float* rstd, X* dx,
                                float* dweight_partials, float* row_c, int64_t rows, int64_t n, int num_sms,
-                               cudaStream_t stream) {
-  rms_norm_bwd_row_dot_kernel<T, W, X, ALIGNED><<<std::min(rows, kMaxGridX), kLoopedBlockThreads, 0, stream>>>(
+                               int row_dot_threads, cudaStream_t stream) {
+  rms_norm_bwd_row_dot_kernel<T, W, X, ALIGNED><<<std::min(rows, kMaxGridX), row_dot_threads, 0, stream>>>(
       dy, dy_layout, x, x_layout, weight, weight_offset, rstd, row_c, rows, n);
   const cudaError_t status = cudaGetLastError();
   if (status != cudaSuccess) return status;
@@ -406,6 +511,39 @@ cudaError_t launch_bwd_columns(const T* dy, RowLayout dy_layout, const X* x, Row
   rms_norm_bwd_columns_kernel<T, W, X, ALIGNED><<<grid, kColumnsBlockThreads, 0, stream>>>(
       dy, dy_layout, x, x_layout, dresidual_out, dresidual_out_layout, weight, weight_offset, round_xhat,
       rstd, row_c, dx, dweight_partials, rows, n, slices.rows_per_slice);
+  return cudaGetLastError();
+}
+
+// Aligned rows too long for registers, x of dy's type: rms_norm_bwd_staged_kernel on `grid` blocks.
+// Its shared memory carveout is what the blocks an SM need, no more: the rest is L1, where the
+// rows' walks find the weight (the forward's staged kernel lost 5-10 points of copy with the weight
+// in L2, bench/NOTES.md v0.9).
+template <typename T, typename W>
+cudaError_t launch_bwd_staged(const T* dy, RowLayout dy_layout, const T* x, RowLayout x_layout,
+                              const T* dresidual_out, RowLayout dresidual_out_layout, const W* weight,
+                              float weight_offset, bool round_xhat, const float* rstd, T* dx,
+                              float* dweight_partials, int64_t rows, int64_t n, int block_threads, int64_t grid,
+                              cudaStream_t stream) {
+  const auto kernel = rms_norm_bwd_staged_kernel<T, W>;
+  const int stage_bytes = static_cast<int>(2 * n * sizeof(T));
+  constexpr int kReservedBytesPerBlock = 1024;  // shared memory the system keeps for each block
+  const int blocks_per_sm = std::max(1, kBwdResidentThreadsPerSm / block_threads);
+  int device = 0;
+  int max_shared = 0;
+  cudaError_t status = cudaGetDevice(&device);
+  if (status == cudaSuccess) {
+    status = cudaDeviceGetAttribute(&max_shared, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device);
+  }
+  if (status == cudaSuccess) status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, stage_bytes);
+  if (status == cudaSuccess) {
+    const int64_t needed = int64_t{blocks_per_sm} * (stage_bytes + kReservedBytesPerBlock);
+    const int percent = static_cast<int>(std::min<int64_t>(100, ceil_div(100 * needed, std::max(1, max_shared))));
+    status = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, percent);
+  }
+  if (status != cudaSuccess) return status;
+  kernel<<<grid, block_threads, stage_bytes, stream>>>(dy, dy_layout, x, x_layout, dresidual_out,
+                                                       dresidual_out_layout, weight, weight_offset, round_xhat, rstd,
+                                                       dx, dweight_partials, rows, n);
   return cudaGetLastError();
 }
 
@@ -430,7 +568,14 @@ template <typename T>
 int64_t rms_norm_bwd_workspace_elems(int64_t rows, int64_t n, bool needs_dweight, int num_sms) {
   if (rows <= 0 || n <= 0 || num_sms < 1) return 0;
   const BwdConfig config = bwd_config(n, sizeof(T));
-  const int64_t partials = needs_dweight ? bwd_partial_rows(config, rows, n, sizeof(T), num_sms) * n : 0;
+  // Rows too long for registers take the staged path or the columns one (alignment and x's type
+  // decide, which this function does not know): room for either's partials, and the columns'
+  // row_c.
+  int64_t partial_rows = bwd_partial_rows(config, false, rows, n, sizeof(T), num_sms);
+  if (config.staged_threads > 0) {
+    partial_rows = std::max(partial_rows, bwd_partial_rows(config, true, rows, n, sizeof(T), num_sms));
+  }
+  const int64_t partials = needs_dweight ? partial_rows * n : 0;
   return partials + (config.tiling.items == 0 ? rows : 0);
 }
 
@@ -445,9 +590,7 @@ cudaError_t rms_norm_bwd(const T* dy, RowLayout dy_layout, const X* x, RowLayout
   constexpr int VEC = kVecElems<T>;
   const BwdConfig config = bwd_config(n, sizeof(T));
   if ((dweight != nullptr || config.tiling.items == 0) && workspace == nullptr) return cudaErrorInvalidValue;
-  const int64_t partial_rows = bwd_partial_rows(config, rows, n, sizeof(T), num_sms);
   float* partials = dweight != nullptr ? workspace : nullptr;
-  float* row_c = workspace + (dweight != nullptr ? partial_rows * n : 0);
   // As in the forward: a zero offset passed as -0 leaves g bitwise dy * weight.
   const float offset = weight_offset == 0.0f ? -0.0f : weight_offset;
   // Whole Vecs can be read and written when every row starts on a 16-byte boundary (an aligned
@@ -463,12 +606,28 @@ cudaError_t rms_norm_bwd(const T* dy, RowLayout dy_layout, const X* x, RowLayout
        (is_aligned(dresidual_out, kVectorBytes) && dresidual_out_layout.strides_multiple_of(X_ALIGN))) &&
       (weight == nullptr || is_aligned(weight, alignof(Vec<W, VEC>))) &&
       (partials == nullptr || is_aligned(partials, kVectorBytes));
+  const bool staged = config.staged_threads > 0 && aligned && std::is_same_v<X, T>;
+  const int64_t partial_rows = bwd_partial_rows(config, staged, rows, n, sizeof(T), num_sms);
+  float* row_c = workspace + (dweight != nullptr ? partial_rows * n : 0);
   const cudaError_t status = dispatch_aligned(aligned, [&](auto aligned_tag) {
     constexpr bool ALIGNED = decltype(aligned_tag)::value;
+    // Nested: a condition on ALIGNED alone leaves the call to be checked for x of another type.
+    if constexpr (std::is_same_v<X, T>) {
+      if constexpr (ALIGNED) {
+        if (staged) {
+          return launch_bwd_staged(dy, dy_layout, x, x_layout, dresidual_out, dresidual_out_layout, weight, offset,
+                                   round_xhat, rstd, dx, partials, rows, n, config.staged_threads, partial_rows,
+                                   stream);
+        }
+      }
+    }
     if (config.tiling.items == 0) {
+      // Unaligned rows the staged kernel would take for their width sum c on as many threads.
+      const int row_dot_threads = config.staged_threads > 0 && std::is_same_v<X, T> ? config.staged_threads
+                                                                                       : kLoopedBlockThreads;
       return launch_bwd_columns<T, W, X, ALIGNED>(dy, dy_layout, x, x_layout, dresidual_out, dresidual_out_layout,
                                                   weight, offset, round_xhat, rstd, dx, partials, row_c, rows, n,
-                                                  num_sms, stream);
+                                                  num_sms, row_dot_threads, stream);
     }
     return dispatch_items<kBwdMaxAccumulators / VEC>(config.tiling.items, [&](auto items_tag) {
       constexpr int ITEMS = decltype(items_tag)::value;
