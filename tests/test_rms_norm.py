@@ -23,7 +23,8 @@ HIDDEN_SIZES = (256, 512, 1024, 2048) if ON_GPU else (256, 1024)
 ODD_SIZES = (1, 3, 127, 4097, 12288, 65537) + ((2**20,) if ON_GPU else ())
 ODD_SIZE_ROWS = 37 if ON_GPU else 2
 # Rows whose aligned and misaligned forms take different CUDA kernels (staged in shared memory, held
-# in registers, or walked twice): 16384 and 32768 halves, 65536 (8 Vecs a thread), 16384 floats.
+# in registers, or walked twice): 16384 and 32768 halves, 65536 (8 Vecs a thread), 16384 floats;
+# backward: 16384 and 32768 halves and 16384 floats staged aligned, walked twice misaligned.
 ALIGNMENT_WIDTHS = (520, 16384, 32768, 65536)
 
 
@@ -252,9 +253,10 @@ class TestReproducibility:
 @pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float32), ids=str)
 @pytest.mark.parametrize("n", ALIGNMENT_WIDTHS)
 def test_cuda_same_bits_whatever_the_alignment(n, dtype):
-    """On the cuda backend a row gives the same y, and the same fp8 y_q and scale, whether it starts on
-    a 16-byte boundary or not: the kernels for either keep one order of every sum. (Triton promises
-    less: it compiles each alignment apart and may lay a row out, so sum it, differently.)"""
+    """On the cuda backend a row gives the same y, the same fp8 y_q and scale, and the same dx, whether
+    it starts on a 16-byte boundary or not: the kernels for either keep one order of every sum.
+    (Triton promises less: it compiles each alignment apart and may lay a row out, so sum it,
+    differently.)"""
     x = randn(3, n, dtype=dtype)
     misaligned = torch.empty(3, n + 1, dtype=dtype, device=DEVICE)[:, 1:]
     misaligned.copy_(x)
@@ -264,3 +266,10 @@ def test_cuda_same_bits_whatever_the_alignment(n, dtype):
     misaligned_y_q, misaligned_scale = rms_norm_quant(misaligned, w, backend="cuda")
     assert torch.equal(y_q.view(torch.uint8), misaligned_y_q.view(torch.uint8))
     assert torch.equal(scale, misaligned_scale)
+    dy = randn(3, n, dtype=dtype)
+    grads = [
+        torch.autograd.grad(rms_norm(leaf, (n,), w, backend="cuda"), leaf, dy)[0]
+        for leaf in (x.detach().requires_grad_(), misaligned.detach().requires_grad_())
+    ]
+    assert misaligned.detach().data_ptr() % 16 != 0
+    assert torch.equal(*grads)
