@@ -25,9 +25,10 @@ NS = (1024, 2048, 4096, 8192, 16384, 32768)
 # label -> {constant name in csrc/*.cu: value written in its place}; {} is csrc as it is.
 CANDIDATES: dict[str, dict[str, str]] = {
     "as is": {},
-    "backward never staged": {"kBwdStagedMaxRowBytes": "0"},
-    "carveout 58% (132 KB)": {"kStagedCarveoutPercent": "58"},
-    "never staged": {"kFwdStagedMinRowBytes": "int64_t{1} << 62"},
+    "clusters from 32 KB rows": {"kFwdClusterMinRowBytes": "32 * 1024"},
+    "slices of 16 KB": {"kFwdClusterSliceBytes": "16 * 1024"},
+    "slices of 64 KB": {"kFwdClusterSliceBytes": "64 * 1024"},
+    "never clustered": {"kFwdClusterMinRowBytes": "int64_t{1} << 62"},
 }
 
 

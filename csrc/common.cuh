@@ -264,6 +264,56 @@ __device__ __forceinline__ float block_reduce_max(float v, int group_threads) {
   return block_reduce(v, group_threads, NanMaxOp{});
 }
 
+// Thread block clusters (sm_90 and later; the launchers use them only there, and these compile to
+// nothing below). A barrier of every thread of the cluster: writes to shared memory before it,
+// the cluster's included, are seen by every thread after it.
+__device__ __forceinline__ void cluster_sync() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+#endif
+}
+
+// The float at `local`'s place in the shared memory of block `rank` of this thread's cluster.
+__device__ __forceinline__ float load_cluster_shared(const float* local, unsigned rank) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  const unsigned local_address = static_cast<unsigned>(__cvta_generic_to_shared(local));
+  unsigned remote_address;
+  float v;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote_address) : "r"(local_address), "r"(rank));
+  asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote_address) : "memory");
+  return v;
+#else
+  return *local;
+#endif
+}
+
+// Whether `kernel` was compiled for sm_90 or later, so that its cluster code is there (the device
+// running it then has clusters too): a build for sm_80 alone, its PTX compiled for an H100 at load
+// time, has none, and its kernels must not be launched in clusters.
+template <typename Kernel>
+bool compiled_with_clusters(Kernel kernel) {
+  cudaFuncAttributes attributes;
+  return cudaFuncGetAttributes(&attributes, kernel) == cudaSuccess && attributes.ptxVersion >= 90;
+}
+
+// op over the block totals of a cluster of gridDim.x blocks along x (a row split into slices),
+// returned to every thread of it: each block posts its total (every thread of the block holds it,
+// from block_reduce), and every thread combines the cluster's totals in rank order, so every
+// block gets the same bits. slots: two floats of shared memory, alternated from call to call
+// (parity), so that one cluster_sync a call suffices: a block writes a slot again two calls later,
+// after the next call's barrier, which every block reaches only once it has read the slot. The
+// kernel ends with a cluster_sync, so that no block leaves while another may read its slots.
+template <typename Op>
+__device__ __forceinline__ float cluster_reduce(float block_total, float (&slots)[2], unsigned& parity, Op op) {
+  float* slot = &slots[parity];
+  parity ^= 1u;
+  if (threadIdx.x == 0) *slot = block_total;
+  cluster_sync();
+  float total = load_cluster_shared(slot, 0);
+  for (unsigned rank = 1; rank < gridDim.x; ++rank) total = op(total, load_cluster_shared(slot, rank));
+  return total;
+}
+
 // Where a thread of a register kernel works: its block's rows_per_block rows at a time, row
 // row_in_block of them, as thread `lane` of that row's threads_per_row. threads_per_row is a power
 // of two <= 32 (several rows per block, blockDim.x a power of two too) or blockDim.x (one row per

@@ -107,6 +107,16 @@ constexpr int kFwdStagedChunksPerThread = 8;
 // at 28% (64 KB) one 16384-wide block an SM, 51 / 60. Stores marked evict-first changed nothing: it
 // is the room for the weight that counts.
 constexpr int kStagedCarveoutPercent = 44;
+// Rows without a residual over this many bytes are cut into slices, one a block of a thread block
+// cluster (sm_90; CLUSTERED in rms_norm_fwd_looped_kernel): one block a 128 KB row (65536 bf16)
+// fills an SM's shared memory alone, which leaves it idle from its copies' end to its stores.
+constexpr int64_t kFwdClusterMinRowBytes = 64 * 1024;
+// The bytes of a slice: the fewest blocks, a power of two, that bring a slice to this or less, up
+// to kMaxClusterBlocks (2^20 bf16 elements: 16 slices of 128 KB). 32 KB: quack's slice for bf16
+// rows of 64K-256K, and the forward's best staged width (16384 bf16, 96-98% of copy, v0.9).
+constexpr int64_t kFwdClusterSliceBytes = 32 * 1024;
+// The largest cluster of an H100 (non-portable over 8).
+constexpr int kMaxClusterBlocks = 16;
 // The unroll of a staged walk: shared memory answers within tens of cycles, and the SM has other
 // warps; the looped kernel's kLoopedUnroll is for loads from DRAM. 1, 4 and 8 all within a point.
 constexpr int kStagedUnroll = 2;
@@ -118,6 +128,11 @@ struct FwdConfig {
   // > 0: rows without a residual go to the looped kernel on this many threads, staged when aligned,
   // whatever the tiling (the same walk either way: the same bits); rows with one follow the tiling.
   int staged_threads;
+  // > 0: on sm_90, rows without a residual go to the looped kernel CLUSTERED, in this many slices
+  // of slice_n columns, on cluster_threads threads a slice, staged when aligned and a slice fits.
+  int cluster_blocks;
+  int cluster_threads;
+  int64_t slice_n;
 };
 
 // The forward configuration for rows of n elements of elem_bytes each: from n and the element
@@ -130,12 +145,27 @@ FwdConfig fwd_config(int64_t n, int elem_bytes) {
     staged_threads = static_cast<int>(
         std::min(round_up(ceil_div(chunks, kFwdStagedChunksPerThread), kWarpSize), int64_t{kMaxBlockThreads}));
   }
-  const RowTiling tiling = tile_row(chunks, kFwdMaxItems, kFwdPreferredThreadsPerRow, kMaxBlockThreads);
-  if (tiling.items == 0) return {tiling, 1, kLoopedBlockThreads, staged_threads};
-  if (tiling.threads_per_row <= kWarpSize) {
-    return {tiling, kFwdSubWarpBlockThreads / tiling.threads_per_row, kFwdSubWarpBlockThreads, staged_threads};
+  int cluster_blocks = 0;
+  int cluster_threads = 0;
+  int64_t slice_n = n;
+  if (row_bytes > kFwdClusterMinRowBytes) {
+    cluster_blocks = 2;
+    while (cluster_blocks < kMaxClusterBlocks && cluster_blocks * kFwdClusterSliceBytes < row_bytes) cluster_blocks *= 2;
+    const int vec = kVectorBytes / elem_bytes;
+    slice_n = round_up(ceil_div(n, cluster_blocks), vec);
+    cluster_threads = static_cast<int>(std::min(
+        round_up(ceil_div(slice_n / vec, kFwdStagedChunksPerThread), kWarpSize), int64_t{kMaxBlockThreads}));
   }
-  return {tiling, 1, tiling.threads_per_row, staged_threads};
+  const RowTiling tiling = tile_row(chunks, kFwdMaxItems, kFwdPreferredThreadsPerRow, kMaxBlockThreads);
+  if (tiling.items == 0) {
+    return {tiling, 1, kLoopedBlockThreads, staged_threads, cluster_blocks, cluster_threads, slice_n};
+  }
+  if (tiling.threads_per_row <= kWarpSize) {
+    return {tiling,         kFwdSubWarpBlockThreads / tiling.threads_per_row, kFwdSubWarpBlockThreads,
+            staged_threads, cluster_blocks,                                   cluster_threads,
+            slice_n};
+  }
+  return {tiling, 1, tiling.threads_per_row, staged_threads, cluster_blocks, cluster_threads, slice_n};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -429,7 +459,14 @@ __global__ void __launch_bounds__(kMaxBlockThreads, 1) rms_norm_fwd_kernel(
 // walk writes y back in their place, for the stores to read. Each thread reads back only what it
 // wrote, so no barrier guards the stage but the one before the next row's copies. The same walks in
 // the same order: the same bits as unstaged on as many threads.
-template <typename T, typename W, typename R, typename Y, bool ALIGNED, bool STAGED>
+//
+// CLUSTERED (rows without a residual over kFwdClusterMinRowBytes, sm_90): a row is cut into
+// gridDim.x slices of slice_n columns, one a block of a cluster along x, and the rows are
+// blockIdx.y, blockIdx.y + gridDim.y, ...; each block walks (and stages) only its slice, and its
+// sums are combined across the cluster through distributed shared memory (cluster_reduce). A row
+// then has as many blocks as it needs to fit in shared memory, where one block a row of 128 KB
+// leaves one block an SM, idle between its copies and its stores.
+template <typename T, typename W, typename R, typename Y, bool ALIGNED, bool STAGED, bool CLUSTERED>
 __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_kernel(
     const T* __restrict__ x,         // [rows, n], row i at x + x_layout.offset(i)
     RowLayout x_layout,
@@ -443,6 +480,7 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
     float* __restrict__ rstd,        // [rows], or nullptr: not stored
     int64_t rows,
     int64_t n,
+    int64_t slice_n,                 // CLUSTERED: the columns of a block's slice, a multiple of VEC
     float eps,
     bool round_xhat) {
   static_assert(!STAGED || (ALIGNED && std::is_same_v<R, T>), "staged rows are aligned and have no residual");
@@ -451,31 +489,48 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
   // STAGED: the row's n / VEC chunks in order (dynamic shared memory, up to kFwdStagedMaxRowBytes),
   // moved as 16-byte words (LDS.128 / STS.128: copied as a Vec, a chunk went element by element).
   extern __shared__ uint4 stage[];
-  const auto load_staged = [&](auto col) {
-    const uint4 word = stage[col / VEC];
-    Vec<T, VEC> chunk;
-    memcpy(&chunk, &word, sizeof(chunk));
-    return chunk;
-  };
   // Unsigned 32-bit columns where the row is staged (at most kFwdStagedMaxRowBytes): half the
   // address arithmetic of 64-bit ones, and col / VEC a shift (signed, four instructions), in a
   // kernel whose instructions bound its speed.
   using Index = std::conditional_t<STAGED, unsigned, int64_t>;
   const Index row_n = static_cast<Index>(n);
-  const Index first_col = static_cast<Index>(threadIdx.x) * VEC;
+  // The block's columns: [slice_start, slice_end), the whole row unless CLUSTERED (a staged row,
+  // at most 16 slices of kFwdStagedMaxRowBytes, has 32-bit columns too).
+  const int64_t slice_start = CLUSTERED ? int64_t{blockIdx.x} * slice_n : 0;
+  const int64_t slice_end = CLUSTERED ? std::min(n, slice_start + slice_n) : n;
+  const Index first_col = static_cast<Index>(slice_start + int64_t{threadIdx.x} * VEC);
   const Index col_step = static_cast<Index>(blockDim.x) * VEC;
+  const Index end_col = static_cast<Index>(slice_end);
+  const int64_t first_row = CLUSTERED ? blockIdx.y : blockIdx.x;
+  const int64_t row_step = CLUSTERED ? gridDim.y : gridDim.x;
+  __shared__ float cluster_slots[2];  // CLUSTERED: see cluster_reduce
+  unsigned cluster_parity = 0;
+  const auto row_sum = [&](float block_total) {
+    return CLUSTERED ? cluster_reduce(block_total, cluster_slots, cluster_parity, SumOp{}) : block_total;
+  };
+  const auto row_max = [&](float block_max) {
+    return CLUSTERED ? cluster_reduce(block_max, cluster_slots, cluster_parity, NanMaxOp{}) : block_max;
+  };
+  const bool writes_row_values = threadIdx.x == 0 && (!CLUSTERED || blockIdx.x == 0);  // rstd, row scale
+  const auto stage_index = [&](Index col) { return (col - static_cast<Index>(slice_start)) / VEC; };
+  const auto load_staged = [&](auto col) {
+    const uint4 word = stage[stage_index(col)];
+    Vec<T, VEC> chunk;
+    memcpy(&chunk, &word, sizeof(chunk));
+    return chunk;
+  };
   const float static_scale = kQuantizes<Y> && scaling.scale != nullptr ? *scaling.scale : 1.0f;
   // w: the weight, or a constant null; round (casting_mode "llama") and dynamic (an fp8 scale per
   // row): bools, or std::bool_constants. Staged rows are walked by code unswitched on all three: as
   // runtime flags they cost a uniform branch or two a chunk, a tenth of the staged quantizing
   // forward's instructions (ncu, bench/NOTES.md v0.8), in a kernel that instructions bound.
   const auto walk_rows = [&](const W* w, auto round, auto dynamic) {
-    for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    for (int64_t row = first_row; row < rows; row += row_step) {
       const T* x_row = x + x_layout.offset(row);
       // Staged rows have none: a constant null lets the compiler drop the residual's branches.
       const R* residual_row = !STAGED && residual != nullptr ? residual + residual_layout.offset(row) : nullptr;
       if constexpr (STAGED) {
-        for (Index col = first_col; col < row_n; col += col_step) copy_async_16(&stage[col / VEC], x_row + col);
+        for (Index col = first_col; col < end_col; col += col_step) copy_async_16(&stage[stage_index(col)], x_row + col);
         wait_async_copies();
       }
       const auto input_at = [&](Index col) {
@@ -487,30 +542,30 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
       };
       float sum_sq = 0.0f;
 #pragma unroll(kUnroll)
-      for (Index col = first_col; col < row_n; col += col_step) sum_sq = add_squares(sum_sq, input_at(col));
-      const float row_rstd = rstd_of(block_reduce_sum(sum_sq, blockDim.x), n, eps);
+      for (Index col = first_col; col < end_col; col += col_step) sum_sq = add_squares(sum_sq, input_at(col));
+      const float row_rstd = rstd_of(row_sum(block_reduce_sum(sum_sq, blockDim.x)), n, eps);
       float y_scale = static_scale;  // y is multiplied by its reciprocal before the rounding
       if (dynamic) {
         float amax = 0.0f;
 #pragma unroll(kUnroll)
-        for (Index col = first_col; col < row_n; col += col_step) {
+        for (Index col = first_col; col < end_col; col += col_step) {
           float y_floats[VEC];
           y_floats_of<ALIGNED, T>(input_at(col), w, weight_offset, round, col, row_n, row_rstd, y_floats);
           amax = add_abs_max<ALIGNED>(amax, y_floats, col, row_n);
           if constexpr (STAGED) {
             const Vec<T, VEC> y_chunk = vec_from_floats<T>(y_floats);
-            memcpy(&stage[col / VEC], &y_chunk, sizeof(y_chunk));
+            memcpy(&stage[stage_index(col)], &y_chunk, sizeof(y_chunk));
           }
         }
-        y_scale = dynamic_scale(row_amax<T>(block_reduce_max(amax, blockDim.x)), scaling.scale_ub);
-        if (threadIdx.x == 0) scaling.row_scale[row] = y_scale;
+        y_scale = dynamic_scale(row_amax<T>(row_max(block_reduce_max(amax, blockDim.x))), scaling.scale_ub);
+        if (writes_row_values) scaling.row_scale[row] = y_scale;
       }
 
-      if (threadIdx.x == 0 && rstd != nullptr) rstd[row] = row_rstd;
+      if (writes_row_values && rstd != nullptr) rstd[row] = row_rstd;
       const float y_inv_scale = kQuantizes<Y> ? inverse_scale(y_scale) : 1.0f;
       Y* y_row = y + row * n;
 #pragma unroll(kUnroll)
-      for (Index col = first_col; col < row_n; col += col_step) {
+      for (Index col = first_col; col < end_col; col += col_step) {
         if (STAGED && dynamic) {
           store_y<ALIGNED>(y_row, col, row_n, load_staged(col), y_inv_scale);  // y, from the amax walk
         } else {
@@ -521,7 +576,7 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
         }
       }
       // The next row's copies land where this row's last reads were: those must be done.
-      if (STAGED && row + gridDim.x < rows) __syncthreads();
+      if (STAGED && row + row_step < rows) __syncthreads();
     }
   };
   const bool dynamic = kQuantizes<Y> && scaling.scale == nullptr;
@@ -548,6 +603,7 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
   } else {
     walk_rows(weight, round_xhat, dynamic);
   }
+  if constexpr (CLUSTERED) cluster_sync();  // see cluster_reduce
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -587,7 +643,7 @@ cudaError_t launch_rms_norm_fwd(const T* x, RowLayout x_layout, const R* residua
     constexpr bool ALIGNED = decltype(aligned_tag)::value;
     const auto launch_looped = [&](int block_threads, auto staged_tag) {
       constexpr bool STAGED = decltype(staged_tag)::value;
-      const auto kernel = rms_norm_fwd_looped_kernel<T, W, R, Y, ALIGNED, STAGED>;
+      const auto kernel = rms_norm_fwd_looped_kernel<T, W, R, Y, ALIGNED, STAGED, false>;
       int stage_bytes = 0;
       if constexpr (STAGED) {
         stage_bytes = static_cast<int>(n * sizeof(T));  // n is a multiple of VEC
@@ -600,10 +656,51 @@ cudaError_t launch_rms_norm_fwd(const T* x, RowLayout x_layout, const R* residua
         if (status != cudaSuccess) return status;
       }
       kernel<<<std::min(rows, kMaxGridX), block_threads, stage_bytes, stream>>>(
-          x, x_layout, residual, residual_layout, weight, offset, y, scaling, residual_out, rstd, rows, n, eps,
+          x, x_layout, residual, residual_layout, weight, offset, y, scaling, residual_out, rstd, rows, n, n, eps,
           round_xhat);
       return cudaGetLastError();
     };
+    // A cluster of config.cluster_blocks blocks a row, along x; the rows along y.
+    const auto launch_clustered = [&](auto staged_tag) {
+      constexpr bool STAGED = decltype(staged_tag)::value;
+      const auto kernel = rms_norm_fwd_looped_kernel<T, W, R, Y, ALIGNED, STAGED, true>;
+      const int stage_bytes = STAGED ? static_cast<int>(config.slice_n * sizeof(T)) : 0;
+      cudaError_t status = cudaSuccess;
+      if constexpr (STAGED) {
+        status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, stage_bytes);
+        if (status == cudaSuccess) {
+          status = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                        kStagedCarveoutPercent);
+        }
+      }
+      if (status == cudaSuccess && config.cluster_blocks > 8) {
+        status = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+      }
+      if (status != cudaSuccess) return status;
+      cudaLaunchConfig_t launch = {};
+      launch.gridDim = dim3(config.cluster_blocks, static_cast<unsigned>(std::min(rows, kMaxGridY)), 1);
+      launch.blockDim = dim3(config.cluster_threads, 1, 1);
+      launch.dynamicSmemBytes = stage_bytes;
+      launch.stream = stream;
+      cudaLaunchAttribute cluster_dims;
+      cluster_dims.id = cudaLaunchAttributeClusterDimension;
+      cluster_dims.val.clusterDim.x = config.cluster_blocks;
+      cluster_dims.val.clusterDim.y = 1;
+      cluster_dims.val.clusterDim.z = 1;
+      launch.attrs = &cluster_dims;
+      launch.numAttrs = 1;
+      return cudaLaunchKernelEx(&launch, kernel, x, x_layout, residual, residual_layout, weight, offset, y, scaling,
+                                residual_out, rstd, rows, n, config.slice_n, eps, round_xhat);
+    };
+    if (config.cluster_blocks > 0 && residual == nullptr &&
+        compiled_with_clusters(rms_norm_fwd_looped_kernel<T, W, R, Y, ALIGNED, false, true>)) {
+      if constexpr (ALIGNED && std::is_same_v<R, T>) {
+        if (config.slice_n * static_cast<int64_t>(sizeof(T)) <= kFwdStagedMaxRowBytes) {
+          return launch_clustered(std::true_type{});
+        }
+      }
+      return launch_clustered(std::false_type{});
+    }
     if (config.staged_threads > 0 && residual == nullptr) {
       if constexpr (ALIGNED && std::is_same_v<R, T>) {
         return launch_looped(config.staged_threads, std::true_type{});
