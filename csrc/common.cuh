@@ -25,7 +25,8 @@ namespace rmsnorm {
 constexpr int kWarpSize = 32;
 constexpr int kMaxBlockThreads = 1024;  // CUDA's limit on threads per block
 constexpr int kMaxWarpsPerBlock = kMaxBlockThreads / kWarpSize;
-constexpr int kVectorBytes = 16;  // the widest global load/store of one thread (LDG.128 / STG.128)
+constexpr int kVectorBytes = 16;
+constexpr int kMaxClusterBlocks = 16;  // an H100's largest thread block cluster (non-portable over 8)  // the widest global load/store of one thread (LDG.128 / STG.128)
 // gridDim.x and gridDim.y limits; launchers cap their grids at these and the kernels loop over
 // what is left.
 constexpr int64_t kMaxGridX = 2147483647;
@@ -265,11 +266,17 @@ __device__ __forceinline__ float block_reduce_max(float v, int group_threads) {
 }
 
 // Thread block clusters (sm_90 and later; the launchers use them only there, and these compile to
-// nothing below). A barrier of every thread of the cluster: writes to shared memory before it,
-// the cluster's included, are seen by every thread after it.
-__device__ __forceinline__ void cluster_sync() {
+// nothing below). A barrier of every thread of the cluster, in two halves: what a thread did to
+// shared memory, the cluster's included, before its arrival is seen by every thread after its wait.
+__device__ __forceinline__ void cluster_arrive() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+  asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void cluster_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
 #endif
 }
 
@@ -300,17 +307,29 @@ bool compiled_with_clusters(Kernel kernel) {
 // returned to every thread of it: each block posts its total (every thread of the block holds it,
 // from block_reduce), and every thread combines the cluster's totals in rank order, so every
 // block gets the same bits. slots: two floats of shared memory, alternated from call to call
-// (parity), so that one cluster_sync a call suffices: a block writes a slot again two calls later,
-// after the next call's barrier, which every block reaches only once it has read the slot. The
-// kernel ends with a cluster_sync, so that no block leaves while another may read its slots.
+// (parity), so that one barrier a call suffices: a block writes a slot again two calls later,
+// after the next call's barrier, which every block reaches only once it has read the slot. After
+// its last call a block arrives at one more barrier (cluster_arrive), and it waits for it
+// (cluster_wait) before it leaves, so that none leaves while another may read its slots; by then
+// the others have mostly arrived. The loads of the cluster's totals are issued together: one
+// round trip to the other SMs, not one a block.
 template <typename Op>
 __device__ __forceinline__ float cluster_reduce(float block_total, float (&slots)[2], unsigned& parity, Op op) {
   float* slot = &slots[parity];
   parity ^= 1u;
   if (threadIdx.x == 0) *slot = block_total;
-  cluster_sync();
-  float total = load_cluster_shared(slot, 0);
-  for (unsigned rank = 1; rank < gridDim.x; ++rank) total = op(total, load_cluster_shared(slot, rank));
+  cluster_arrive();
+  cluster_wait();
+  float totals[kMaxClusterBlocks];
+#pragma unroll
+  for (unsigned rank = 0; rank < kMaxClusterBlocks; ++rank) {
+    if (rank < gridDim.x) totals[rank] = load_cluster_shared(slot, rank);
+  }
+  float total = totals[0];
+#pragma unroll
+  for (unsigned rank = 1; rank < kMaxClusterBlocks; ++rank) {
+    if (rank < gridDim.x) total = op(total, totals[rank]);
+  }
   return total;
 }
 

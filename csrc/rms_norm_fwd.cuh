@@ -115,8 +115,8 @@ constexpr int64_t kFwdClusterMinRowBytes = 64 * 1024;
 // to kMaxClusterBlocks (2^20 bf16 elements: 16 slices of 128 KB). 32 KB: quack's slice for bf16
 // rows of 64K-256K, and the forward's best staged width (16384 bf16, 96-98% of copy, v0.9).
 constexpr int64_t kFwdClusterSliceBytes = 32 * 1024;
-// The largest cluster of an H100 (non-portable over 8).
-constexpr int kMaxClusterBlocks = 16;
+// The clustered kernel's shared memory carveout (see kStagedCarveoutPercent).
+constexpr int kFwdClusterCarveoutPercent = 44;
 // The unroll of a staged walk: shared memory answers within tens of cycles, and the SM has other
 // warps; the looped kernel's kLoopedUnroll is for loads from DRAM. 1, 4 and 8 all within a point.
 constexpr int kStagedUnroll = 2;
@@ -560,6 +560,7 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
         y_scale = dynamic_scale(row_amax<T>(row_max(block_reduce_max(amax, blockDim.x))), scaling.scale_ub);
         if (writes_row_values) scaling.row_scale[row] = y_scale;
       }
+      if (CLUSTERED && row + row_step >= rows) cluster_arrive();  // its last reduction: see cluster_reduce
 
       if (writes_row_values && rstd != nullptr) rstd[row] = row_rstd;
       const float y_inv_scale = kQuantizes<Y> ? inverse_scale(y_scale) : 1.0f;
@@ -603,7 +604,7 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
   } else {
     walk_rows(weight, round_xhat, dynamic);
   }
-  if constexpr (CLUSTERED) cluster_sync();  // see cluster_reduce
+  if constexpr (CLUSTERED) cluster_wait();  // see cluster_reduce
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -670,7 +671,7 @@ cudaError_t launch_rms_norm_fwd(const T* x, RowLayout x_layout, const R* residua
         status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, stage_bytes);
         if (status == cudaSuccess) {
           status = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                        kStagedCarveoutPercent);
+                                        kFwdClusterCarveoutPercent);
         }
       }
       if (status == cudaSuccess && config.cluster_blocks > 8) {
