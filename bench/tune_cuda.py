@@ -26,7 +26,7 @@ NS = (1024, 2048, 4096, 8192, 16384, 32768)
 CANDIDATES: dict[str, dict[str, str]] = {
     "as is": {},
     "clusters from 32 KB rows": {"kFwdClusterMinRowBytes": "32 * 1024"},
-    "cluster carveout 100%": {"kFwdClusterCarveoutPercent": "100"},
+    "cluster carveout 44%": {"kFwdClusterCarveoutPercent": "44"},
     "slices of 64 KB": {"kFwdClusterSliceBytes": "64 * 1024"},
     "never clustered": {"kFwdClusterMinRowBytes": "int64_t{1} << 62"},
 }

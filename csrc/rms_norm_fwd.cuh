@@ -115,8 +115,8 @@ constexpr int64_t kFwdClusterMinRowBytes = 64 * 1024;
 // to kMaxClusterBlocks (2^20 bf16 elements: 16 slices of 128 KB). 32 KB: quack's slice for bf16
 // rows of 64K-256K, and the forward's best staged width (16384 bf16, 96-98% of copy, v0.9).
 constexpr int64_t kFwdClusterSliceBytes = 32 * 1024;
-// The clustered kernel's shared memory carveout (see kStagedCarveoutPercent).
-constexpr int kFwdClusterCarveoutPercent = 44;
+// The clustered kernel's shared memory carveout (see kStagedCarveoutPercent): to be measured.
+constexpr int kFwdClusterCarveoutPercent = 100;
 // The unroll of a staged walk: shared memory answers within tens of cycles, and the SM has other
 // warps; the looped kernel's kLoopedUnroll is for loads from DRAM. 1, 4 and 8 all within a point.
 constexpr int kStagedUnroll = 2;
@@ -503,13 +503,16 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
   const Index end_col = static_cast<Index>(slice_end);
   const int64_t first_row = CLUSTERED ? blockIdx.y : blockIdx.x;
   const int64_t row_step = CLUSTERED ? gridDim.y : gridDim.x;
-  __shared__ float cluster_slots[2];  // CLUSTERED: see cluster_reduce
-  unsigned cluster_parity = 0;
+  // CLUSTERED: the row's sums and maxima over the cluster (see cluster_reduce).
+  __shared__ float cluster_slots[2][kMaxClusterBlocks];
+  __shared__ uint64_t cluster_barriers[2];
+  ClusterReduction cluster{};
+  if constexpr (CLUSTERED) cluster = start_cluster_reduction(cluster_slots, cluster_barriers);
   const auto row_sum = [&](float block_total) {
-    return CLUSTERED ? cluster_reduce(block_total, cluster_slots, cluster_parity, SumOp{}) : block_total;
+    return CLUSTERED ? cluster_reduce(cluster, block_total, SumOp{}) : block_total;
   };
   const auto row_max = [&](float block_max) {
-    return CLUSTERED ? cluster_reduce(block_max, cluster_slots, cluster_parity, NanMaxOp{}) : block_max;
+    return CLUSTERED ? cluster_reduce(cluster, block_max, NanMaxOp{}) : block_max;
   };
   const bool writes_row_values = threadIdx.x == 0 && (!CLUSTERED || blockIdx.x == 0);  // rstd, row scale
   const auto stage_index = [&](Index col) { return (col - static_cast<Index>(slice_start)) / VEC; };
@@ -560,7 +563,6 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
         y_scale = dynamic_scale(row_amax<T>(row_max(block_reduce_max(amax, blockDim.x))), scaling.scale_ub);
         if (writes_row_values) scaling.row_scale[row] = y_scale;
       }
-      if (CLUSTERED && row + row_step >= rows) cluster_arrive();  // its last reduction: see cluster_reduce
 
       if (writes_row_values && rstd != nullptr) rstd[row] = row_rstd;
       const float y_inv_scale = kQuantizes<Y> ? inverse_scale(y_scale) : 1.0f;
@@ -604,7 +606,6 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
   } else {
     walk_rows(weight, round_xhat, dynamic);
   }
-  if constexpr (CLUSTERED) cluster_wait();  // see cluster_reduce
 }
 
 // ---------------------------------------------------------------------------------------------
