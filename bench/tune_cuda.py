@@ -25,12 +25,10 @@ NS = (1024, 2048, 4096, 8192, 16384, 32768)
 # label -> {constant name in csrc/*.cu: value written in its place}; {} is csrc as it is.
 CANDIDATES: dict[str, dict[str, str]] = {
     "as is": {},
-    "clusters from 32 KB rows": {"kFwdClusterMinRowBytes": "32 * 1024"},
-    "cluster carveout 44%": {"kFwdClusterCarveoutPercent": "44"},
-    "slices of 64 KB": {"kFwdClusterSliceBytes": "64 * 1024"},
-    "never clustered": {"kFwdClusterMinRowBytes": "int64_t{1} << 62"},
+    "staged slices up to 64 KB": {"kFwdClusterStagedMaxSliceBytes": "64 * 1024"},
+    "slices of 16 KB": {"kFwdClusterSliceBytes": "16 * 1024"},
+    "clusters from 64 KB rows": {"kFwdClusterMinRowBytes": "64 * 1024"},
 }
-
 
 def _rewrite(sources: Path, overrides: dict[str, str]) -> None:
     for name, value in overrides.items():

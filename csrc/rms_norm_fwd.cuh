@@ -108,15 +108,21 @@ constexpr int kFwdStagedChunksPerThread = 8;
 // is the room for the weight that counts.
 constexpr int kStagedCarveoutPercent = 44;
 // Rows without a residual over this many bytes are cut into slices, one a block of a thread block
-// cluster (sm_90; CLUSTERED in rms_norm_fwd_looped_kernel): one block a 128 KB row (65536 bf16)
-// fills an SM's shared memory alone, which leaves it idle from its copies' end to its stores.
-constexpr int64_t kFwdClusterMinRowBytes = 64 * 1024;
+// cluster (sm_90; CLUSTERED in rms_norm_fwd_looped_kernel): rows too long to stage in one block.
+// H100, bf16, forward, % of copy (bench/NOTES.md v0.11): 58 -> 89% at 131072, 56 -> 84% at 262144;
+// clustered from 64 KB rows, 92 -> 90% at 65536 and 96 -> 91% at 32768.
+constexpr int64_t kFwdClusterMinRowBytes = kFwdStagedMaxRowBytes;
 // The bytes of a slice: the fewest blocks, a power of two, that bring a slice to this or less, up
 // to kMaxClusterBlocks (2^20 bf16 elements: 16 slices of 128 KB). 32 KB: quack's slice for bf16
 // rows of 64K-256K, and the forward's best staged width (16384 bf16, 96-98% of copy, v0.9).
 constexpr int64_t kFwdClusterSliceBytes = 32 * 1024;
-// The clustered kernel's shared memory carveout (see kStagedCarveoutPercent): to be measured.
+// The clustered kernel's shared memory carveout (see kStagedCarveoutPercent): all of it, for as
+// many slices an SM as it holds (six of 32 KB), which hide each other's waits for the cluster's
+// totals; its slice of the weight is L2's. 100% against 44%: 89 / 83% of copy at 131072, 84 / 63%
+// at 262144 (v0.11).
 constexpr int kFwdClusterCarveoutPercent = 100;
+// Slices up to this many bytes are staged (when aligned); longer ones are walked from L2.
+constexpr int64_t kFwdClusterStagedMaxSliceBytes = kFwdStagedMaxRowBytes;
 // The unroll of a staged walk: shared memory answers within tens of cycles, and the SM has other
 // warps; the looped kernel's kLoopedUnroll is for loads from DRAM. 1, 4 and 8 all within a point.
 constexpr int kStagedUnroll = 2;
@@ -697,7 +703,7 @@ cudaError_t launch_rms_norm_fwd(const T* x, RowLayout x_layout, const R* residua
     if (config.cluster_blocks > 0 && residual == nullptr &&
         compiled_with_clusters(rms_norm_fwd_looped_kernel<T, W, R, Y, ALIGNED, false, true>)) {
       if constexpr (ALIGNED && std::is_same_v<R, T>) {
-        if (config.slice_n * static_cast<int64_t>(sizeof(T)) <= kFwdStagedMaxRowBytes) {
+        if (config.slice_n * static_cast<int64_t>(sizeof(T)) <= kFwdClusterStagedMaxSliceBytes) {
           return launch_clustered(std::true_type{});
         }
       }
