@@ -201,3 +201,42 @@ def check_chunks(backend, leaves, normalized, weight, y, output_grads, grads) ->
     dweight = grads[-1]
     assert dweight.dtype == weight.dtype and dweight.shape == weight.shape
     assert_close(dweight, dweight64, dw_tolerance, weight.dtype, f"{backend} dweight")
+
+
+# Rows past the CUDA grid's 65535 in y, as wide as the forward cuts across a thread block cluster
+# (sm_90: rows over 128 KB): each cluster then walks several rows, and its two alternating mbarriers
+# go round more than once. 65540: unaligned rows (walked from L2); 65544: aligned (staged).
+CLUSTER_ROWS = 65535 + 4
+CLUSTER_WIDTHS = (65540, 65544)
+CLUSTER_SAMPLE_ROWS = (0, 3, 65534, 65535, 65538)
+
+
+@pytest.mark.parametrize("n", CLUSTER_WIDTHS)
+@pytest.mark.parametrize("op", ("rms_norm", "rms_norm_quant dynamic"))
+def test_rows_past_the_grid_are_the_rows_alone(op, n):
+    """The cuda forward's rows of a batch of CLUSTER_ROWS rows, first and second rows of a block
+    alike, have the bits of each row normalized alone (rms_norm's y; rms_norm_quant's y_q and scale)."""
+    gc.collect()
+    torch.cuda.empty_cache()
+    need = 3 * CLUSTER_ROWS * n * 2 + 2**30  # x, y or y_q, a margin
+    free = torch.cuda.mem_get_info()[0]
+    if need > free:
+        pytest.skip(f"needs {need / 2**30:.0f} GiB of GPU memory, {free / 2**30:.0f} free")
+    try:
+        x = randn_chunked(CLUSTER_ROWS, n)
+        weight = random_weight(n, DTYPE)
+
+        def normalize(rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            if op == "rms_norm":
+                return (rmsnorm.rms_norm(rows, (n,), weight, EPS, backend="cuda"),)
+            y_q, scale = rmsnorm.rms_norm_quant(rows, weight, EPS, backend="cuda")
+            return y_q.view(torch.uint8), scale
+
+        batch = normalize(x)
+        for index in CLUSTER_SAMPLE_ROWS:
+            alone = normalize(x[index : index + 1].clone())
+            for name, a, b in zip(("y", "scale"), alone, batch):
+                assert torch.equal(a[0], b[index]), f"{name} of row {index} differs from the row alone"
+    finally:
+        gc.collect()
+        torch.cuda.empty_cache()
