@@ -25,8 +25,8 @@ namespace rmsnorm {
 constexpr int kWarpSize = 32;
 constexpr int kMaxBlockThreads = 1024;  // CUDA's limit on threads per block
 constexpr int kMaxWarpsPerBlock = kMaxBlockThreads / kWarpSize;
-constexpr int kVectorBytes = 16;
-constexpr int kMaxClusterBlocks = 16;  // an H100's largest thread block cluster (non-portable over 8)  // the widest global load/store of one thread (LDG.128 / STG.128)
+constexpr int kVectorBytes = 16;  // the widest global load/store of one thread (LDG.128 / STG.128)
+constexpr int kMaxClusterBlocks = 16;  // an H100's largest thread block cluster (non-portable over 8)
 // gridDim.x and gridDim.y limits; launchers cap their grids at these and the kernels loop over
 // what is left.
 constexpr int64_t kMaxGridX = 2147483647;

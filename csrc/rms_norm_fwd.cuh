@@ -30,10 +30,12 @@
 //                               first walk copied it; three times for the dynamic amax. With a
 //                               residual every walk reads x and residual and forms r: reading
 //                               residual_out back instead would read memory the kernel writes,
-//                               which load_vec's non-coherent loads must not.
-// The launch configuration depends on n and sizeof(T) only, and the aligned and unaligned paths
-// add in the same order, so a row's bits never depend on the other rows, on the batch size or
-// on where the row sits in memory.
+//                               which load_vec's non-coherent loads must not. On sm_90, rows
+//                               without a residual over kFwdClusterMinRowBytes are cut into
+//                               slices, one a block of a thread block cluster (CLUSTERED).
+// The launch configuration depends on n and sizeof(T) only (and, for rows over 128 KB, on whether
+// the GPU has clusters), and the aligned and unaligned paths add in the same order, so a row's bits
+// never depend on the other rows, on the batch size or on where the row sits in memory.
 #pragma once
 
 #include <algorithm>
@@ -109,7 +111,7 @@ constexpr int kFwdStagedChunksPerThread = 8;
 constexpr int kStagedCarveoutPercent = 44;
 // Rows without a residual over this many bytes are cut into slices, one a block of a thread block
 // cluster (sm_90; CLUSTERED in rms_norm_fwd_looped_kernel): rows too long to stage in one block.
-// H100, bf16, forward, % of copy (bench/NOTES.md v0.11): 58 -> 89% at 131072, 56 -> 84% at 262144;
+// H100, bf16, forward, % of copy (bench/NOTES.md v0.11): 58 -> 88% at 131072, 56 -> 83% at 262144;
 // clustered from 64 KB rows, 92 -> 90% at 65536 and 96 -> 91% at 32768.
 constexpr int64_t kFwdClusterMinRowBytes = kFwdStagedMaxRowBytes;
 // The bytes of a slice: the fewest blocks, a power of two, that bring a slice to this or less, up
@@ -492,8 +494,8 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
   static_assert(!STAGED || (ALIGNED && std::is_same_v<R, T>), "staged rows are aligned and have no residual");
   constexpr int VEC = kVecElems<T>;
   constexpr int kUnroll = STAGED ? kStagedUnroll : kLoopedUnroll;
-  // STAGED: the row's n / VEC chunks in order (dynamic shared memory, up to kFwdStagedMaxRowBytes),
-  // moved as 16-byte words (LDS.128 / STS.128: copied as a Vec, a chunk went element by element).
+  // STAGED: the chunks of the block's columns in order (dynamic shared memory, up to
+  // kFwdStagedMaxRowBytes), moved as 16-byte words (LDS.128 / STS.128: copied as a Vec, a chunk went element by element).
   extern __shared__ uint4 stage[];
   // Unsigned 32-bit columns where the row is staged (at most kFwdStagedMaxRowBytes): half the
   // address arithmetic of 64-bit ones, and col / VEC a shift (signed, four instructions), in a
