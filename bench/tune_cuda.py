@@ -30,6 +30,7 @@ CANDIDATES: dict[str, dict[str, str]] = {
     "clusters from 64 KB rows": {"kFwdClusterMinRowBytes": "64 * 1024"},
 }
 
+
 def _rewrite(sources: Path, overrides: dict[str, str]) -> None:
     for name, value in overrides.items():
         pattern = re.compile(rf"(constexpr\s+\w+\s+{name}\s*=\s*)[^;]+;")
