@@ -460,7 +460,7 @@ def _quant(
     w_dtype = None if weight is None else weight.dtype
     op = "rms_norm_quant" if residual is None else "add_rms_norm_quant"
     name = _resolve_backend(backend, x.device.type, x.dtype, w_dtype, _auto_prefers_triton(op, n))
-    _log_call("rms_norm_quant", name, x)
+    _log_call(op, name, x)
     if name == "torch" or x.numel() == 0:
         if residual is None:
             y, residual_out = rms_norm_reference(x, shape, weight, eps, None, weight_offset, casting_mode), None

@@ -53,7 +53,7 @@ def test_auto_choice_follows_the_row_width(n, caplog):
         f"add_rms_norm: backend={add_backend}",
         "rms_norm: backend=cuda",
         f"rms_norm_quant: backend={quant_backend}",
-        f"rms_norm_quant: backend={add_quant_backend}",
+        f"add_rms_norm_quant: backend={add_quant_backend}",
     ]
 
 

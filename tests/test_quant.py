@@ -378,7 +378,7 @@ def test_auto_takes_an_fp32_residual_stream(caplog):
     w = random_weight(256, torch.bfloat16)
     with caplog.at_level(logging.DEBUG, logger="rmsnorm"):
         got = rmsnorm.add_rms_norm_quant(x, residual, w, EPS)
-    chosen = re.search(r"rms_norm_quant: backend=(\w+)", caplog.text)
+    chosen = re.search(r"add_rms_norm_quant: backend=(\w+)", caplog.text)
     assert chosen is not None and chosen.group(1) in KERNEL_BACKENDS, caplog.text
     assert got[1].dtype == torch.float32
     expected = rmsnorm.add_rms_norm_quant(x, residual, w, EPS, backend=chosen.group(1))
