@@ -177,6 +177,15 @@ __device__ __forceinline__ void copy_async_16(void* dst, const void* src) {
 #endif
 }
 
+// Lets `kernel` take stage_bytes of dynamic shared memory (over 48 KB must be asked for) and asks
+// for a shared memory carveout of carveout_percent, the rest of the SM's memory being L1.
+template <typename Kernel>
+cudaError_t set_stage_attributes(Kernel kernel, int stage_bytes, int carveout_percent) {
+  const cudaError_t status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, stage_bytes);
+  if (status != cudaSuccess) return status;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, carveout_percent);
+}
+
 // Waits for every copy_async_16 this thread has issued.
 __device__ __forceinline__ void wait_async_copies() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800

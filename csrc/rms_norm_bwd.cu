@@ -534,11 +534,10 @@ cudaError_t launch_bwd_staged(const T* dy, RowLayout dy_layout, const T* x, RowL
   if (status == cudaSuccess) {
     status = cudaDeviceGetAttribute(&max_shared, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device);
   }
-  if (status == cudaSuccess) status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, stage_bytes);
   if (status == cudaSuccess) {
     const int64_t needed = int64_t{blocks_per_sm} * (stage_bytes + kReservedBytesPerBlock);
     const int percent = static_cast<int>(std::min<int64_t>(100, ceil_div(100 * needed, std::max(1, max_shared))));
-    status = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, percent);
+    status = set_stage_attributes(kernel, stage_bytes, percent);
   }
   if (status != cudaSuccess) return status;
   kernel<<<grid, block_threads, stage_bytes, stream>>>(dy, dy_layout, x, x_layout, dresidual_out,

@@ -148,21 +148,26 @@ struct FwdConfig {
 FwdConfig fwd_config(int64_t n, int elem_bytes) {
   const int64_t chunks = ceil_div(n, kVectorBytes / elem_bytes);
   const int64_t row_bytes = n * elem_bytes;
+  // kFwdStagedChunksPerThread chunks a thread, whole warps, a block at most.
+  const auto staged_threads_for = [](int64_t walked_chunks) {
+    return static_cast<int>(std::min(round_up(ceil_div(walked_chunks, kFwdStagedChunksPerThread), kWarpSize),
+                                     int64_t{kMaxBlockThreads}));
+  };
   int staged_threads = 0;
   if (row_bytes >= kFwdStagedMinRowBytes && row_bytes <= kFwdStagedMaxRowBytes) {
-    staged_threads = static_cast<int>(
-        std::min(round_up(ceil_div(chunks, kFwdStagedChunksPerThread), kWarpSize), int64_t{kMaxBlockThreads}));
+    staged_threads = staged_threads_for(chunks);
   }
   int cluster_blocks = 0;
   int cluster_threads = 0;
   int64_t slice_n = n;
   if (row_bytes > kFwdClusterMinRowBytes) {
     cluster_blocks = 2;
-    while (cluster_blocks < kMaxClusterBlocks && cluster_blocks * kFwdClusterSliceBytes < row_bytes) cluster_blocks *= 2;
+    while (cluster_blocks < kMaxClusterBlocks && cluster_blocks * kFwdClusterSliceBytes < row_bytes) {
+      cluster_blocks *= 2;
+    }
     const int vec = kVectorBytes / elem_bytes;
     slice_n = round_up(ceil_div(n, cluster_blocks), vec);
-    cluster_threads = static_cast<int>(std::min(
-        round_up(ceil_div(slice_n / vec, kFwdStagedChunksPerThread), kWarpSize), int64_t{kMaxBlockThreads}));
+    cluster_threads = staged_threads_for(slice_n / vec);
   }
   const RowTiling tiling = tile_row(chunks, kFwdMaxItems, kFwdPreferredThreadsPerRow, kMaxBlockThreads);
   if (tiling.items == 0) {
@@ -495,7 +500,8 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
   constexpr int VEC = kVecElems<T>;
   constexpr int kUnroll = STAGED ? kStagedUnroll : kLoopedUnroll;
   // STAGED: the chunks of the block's columns in order (dynamic shared memory, up to
-  // kFwdStagedMaxRowBytes), moved as 16-byte words (LDS.128 / STS.128: copied as a Vec, a chunk went element by element).
+  // kFwdStagedMaxRowBytes), moved as 16-byte words (LDS.128 / STS.128: copied as a Vec, a chunk
+  // went element by element).
   extern __shared__ uint4 stage[];
   // Unsigned 32-bit columns where the row is staged (at most kFwdStagedMaxRowBytes): half the
   // address arithmetic of 64-bit ones, and col / VEC a shift (signed, four instructions), in a
@@ -541,7 +547,9 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
       // Staged rows have none: a constant null lets the compiler drop the residual's branches.
       const R* residual_row = !STAGED && residual != nullptr ? residual + residual_layout.offset(row) : nullptr;
       if constexpr (STAGED) {
-        for (Index col = first_col; col < end_col; col += col_step) copy_async_16(&stage[stage_index(col)], x_row + col);
+        for (Index col = first_col; col < end_col; col += col_step) {
+          copy_async_16(&stage[stage_index(col)], x_row + col);
+        }
         wait_async_copies();
       }
       const auto input_at = [&](Index col) {
@@ -657,12 +665,8 @@ cudaError_t launch_rms_norm_fwd(const T* x, RowLayout x_layout, const R* residua
       int stage_bytes = 0;
       if constexpr (STAGED) {
         stage_bytes = static_cast<int>(n * sizeof(T));  // n is a multiple of VEC
-        // Over 48 KB must be asked for; and the carveout set, so that L1 keeps room for the weight.
-        cudaError_t status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, stage_bytes);
-        if (status == cudaSuccess) {
-          status = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                        kStagedCarveoutPercent);
-        }
+        // The carveout set so that L1 keeps room for the weight.
+        const cudaError_t status = set_stage_attributes(kernel, stage_bytes, kStagedCarveoutPercent);
         if (status != cudaSuccess) return status;
       }
       kernel<<<std::min(rows, kMaxGridX), block_threads, stage_bytes, stream>>>(
@@ -676,13 +680,7 @@ cudaError_t launch_rms_norm_fwd(const T* x, RowLayout x_layout, const R* residua
       const auto kernel = rms_norm_fwd_looped_kernel<T, W, R, Y, ALIGNED, STAGED, true>;
       const int stage_bytes = STAGED ? static_cast<int>(config.slice_n * sizeof(T)) : 0;
       cudaError_t status = cudaSuccess;
-      if constexpr (STAGED) {
-        status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, stage_bytes);
-        if (status == cudaSuccess) {
-          status = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                        kFwdClusterCarveoutPercent);
-        }
-      }
+      if constexpr (STAGED) status = set_stage_attributes(kernel, stage_bytes, kFwdClusterCarveoutPercent);
       if (status == cudaSuccess && config.cluster_blocks > 8) {
         status = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
       }
