@@ -25,9 +25,9 @@ NS = (1024, 2048, 4096, 8192, 16384, 32768)
 # label -> {constant name in csrc/*.cu: value written in its place}; {} is csrc as it is.
 CANDIDATES: dict[str, dict[str, str]] = {
     "as is": {},
-    "staged slices up to 64 KB": {"kFwdClusterStagedMaxSliceBytes": "64 * 1024"},
-    "slices of 16 KB": {"kFwdClusterSliceBytes": "16 * 1024"},
-    "clusters from 64 KB rows": {"kFwdClusterMinRowBytes": "64 * 1024"},
+    "bwd: 1024 threads an SM for 1-item rows": {"kBwdFewAccumulatorsResidentThreadsPerSm": "1024"},
+    "bwd rows on 128 threads": {"kBwdPreferredThreadsPerRow": "128"},
+    "fwd sub-warp blocks of 512": {"kFwdSubWarpBlockThreads": "512"},
 }
 
 

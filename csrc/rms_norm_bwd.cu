@@ -51,6 +51,20 @@ constexpr int kBwdMaxBlockThreads = 512;
 // constants, not queried, so the partial count (and dweight's bits) is the same on every device
 // with the same SM count.
 constexpr int kBwdResidentThreadsPerSm = 65536 / 128;
+// Threads of rms_norm_bwd_kernel that keep at most kBwdFewAccumulators dweight sums (one Vec of a
+// 16-bit row, two of a float row) take 42-64 registers (ptxas -v, sm_90): an SM could hold 1024.
+// The persistent grid counts this many threads an SM for them, and their launch bound asks for as
+// many (at 1024, two 512-thread blocks: 64 registers at most). At 512, as for every other tiling,
+// a 1-item row's thread has one 16-byte load of x and one of dy in flight, 16 KB an SM: bf16
+// backward alone at 58 / 55% of copy at 1024 / 2048 against 78-85% at the 2-item widths around them
+// (bench/results/h100, 476a9bd). 1024 is a candidate of bench/tune_cuda.py, not yet measured.
+constexpr int kBwdFewAccumulators = 8;
+constexpr int kBwdFewAccumulatorsResidentThreadsPerSm = 512;
+
+// The threads an SM holds of rms_norm_bwd_kernel whose threads keep `accumulators` dweight sums.
+constexpr int bwd_resident_threads_per_sm(int accumulators) {
+  return accumulators <= kBwdFewAccumulators ? kBwdFewAccumulatorsResidentThreadsPerSm : kBwdResidentThreadsPerSm;
+}
 // One row per block aims at this many threads. First guess, to be tuned by the benchmark.
 constexpr int kBwdPreferredThreadsPerRow = 256;
 // Rows of at most one warp share a block of this many threads (256 / threads_per_row rows);
@@ -124,18 +138,21 @@ RowSlices row_slices(int64_t rows, int64_t n, int elem_bytes, int num_sms) {
 }
 
 // The persistent grid of rms_norm_bwd_kernel and rms_norm_bwd_staged_kernel: the blocks of
-// block_threads their register budget keeps resident on num_sms SMs, fewer for fewer row groups.
-int64_t bwd_persistent_blocks(int64_t row_groups, int block_threads, int num_sms) {
-  const int64_t resident_blocks = int64_t{num_sms} * std::max(1, kBwdResidentThreadsPerSm / block_threads);
+// block_threads their register budget keeps resident on num_sms SMs (resident_threads each), fewer
+// for fewer row groups.
+int64_t bwd_persistent_blocks(int64_t row_groups, int block_threads, int resident_threads, int num_sms) {
+  const int64_t resident_blocks = int64_t{num_sms} * std::max(1, resident_threads / block_threads);
   return std::min(row_groups, resident_blocks);
 }
 
 // Rows of fp32 dweight partial sums the chosen path writes to the workspace ([partial_rows, n]);
 // for the register and staged paths it is also the persistent grid of their kernel.
 int64_t bwd_partial_rows(const BwdConfig& config, bool staged, int64_t rows, int64_t n, int elem_bytes, int num_sms) {
-  if (staged) return bwd_persistent_blocks(rows, config.staged_threads, num_sms);
+  if (staged) return bwd_persistent_blocks(rows, config.staged_threads, kBwdResidentThreadsPerSm, num_sms);
   if (config.tiling.items == 0) return row_slices(rows, n, elem_bytes, num_sms).count;
-  return bwd_persistent_blocks(ceil_div(rows, config.rows_per_block), config.block_threads, num_sms);
+  const int accumulators = config.tiling.items * (kVectorBytes / elem_bytes);
+  return bwd_persistent_blocks(ceil_div(rows, config.rows_per_block), config.block_threads,
+                               bwd_resident_threads_per_sm(accumulators), num_sms);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -209,7 +226,9 @@ __device__ __forceinline__ void add_dweight_terms(Vec<float, VEC>& sums, const V
 // them in fp32 registers. At the end the block's R row groups add their sums in group order and
 // the block writes them as row b of dweight_partials.
 template <typename T, typename W, typename X, int ITEMS, bool ALIGNED>
-__global__ void __launch_bounds__(kBwdMaxBlockThreads, 1) rms_norm_bwd_kernel(
+__global__ void __launch_bounds__(kBwdMaxBlockThreads,
+                                  bwd_resident_threads_per_sm(ITEMS * kVecElems<T>) / kBwdMaxBlockThreads)
+    rms_norm_bwd_kernel(
     const T* __restrict__ dy,              // [rows, n], row i at dy + dy_layout.offset(i)
     RowLayout dy_layout,
     const X* __restrict__ x,               // [rows, n], row i at x + x_layout.offset(i)
