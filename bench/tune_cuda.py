@@ -28,6 +28,7 @@ CANDIDATES: dict[str, dict[str, str]] = {
     "bwd: 1024 threads an SM for 1-item rows": {"kBwdFewAccumulatorsResidentThreadsPerSm": "1024"},
     "bwd rows on 128 threads": {"kBwdPreferredThreadsPerRow": "128"},
     "fwd sub-warp blocks of 512": {"kFwdSubWarpBlockThreads": "512"},
+    "fwd prefetches the weight": {"kFwdPrefetchWeight": "true"},
 }
 
 
@@ -60,7 +61,8 @@ def _build(index: int, overrides: dict[str, str], source_dir: Path, root: Path) 
 
 
 def _time(library: str, ns: tuple[int, ...]) -> None:
-    """Child process: load one build and print `N fwd add bwd` in % of the copy ceiling."""
+    """Child process: load one build and print, for each N, _time_width's rows in % of the copy ceiling and
+    the forward's GPU microseconds per call at M = 1."""
     import torch
 
     from bench.cases import ELEMENTS
@@ -77,8 +79,20 @@ def _time(library: str, ns: tuple[int, ...]) -> None:
         print(
             n,
             *(f"{percent(ms, tensors):.1f}" for ms, tensors in _time_width(ops, n)),
+            f"{_one_row_us(ops, n):.2f}",
             flush=True,
         )
+
+
+def _one_row_us(ops, n: int) -> float:
+    """GPU microseconds of a forward of one bf16 row of width n, under CUDA-graph replay (launches free)."""
+    import torch
+
+    from bench.latency import graph_us_per_call
+
+    x = torch.randn(1, n, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+    return graph_us_per_call(lambda: ops.rms_norm_fwd(x, w, 0.0, 1e-6, False))
 
 
 def _time_width(ops, n: int) -> list[tuple[float, float]]:
@@ -134,7 +148,10 @@ def main() -> None:
             "bf16, M*N = 2^27; % of the copy ceiling measured in each candidate's process",
             flush=True,
         )
-        print("candidate | N | fwd | add fwd | bwd | quant static | quant dynamic | dynamic, no weight", flush=True)
+        print(
+            "candidate | N | fwd | add fwd | bwd | quant static | quant dynamic | dynamic, no weight | fwd M=1 us",
+            flush=True,
+        )
         for label, library in zip(candidates, libraries):
             result = subprocess.run(
                 [sys.executable, "-m", "bench.tune_cuda", "--time", str(library), "--ns", *map(str, args.ns)],

@@ -71,6 +71,12 @@ constexpr int kFwdPreferredThreadsPerRow = 64;
 // Rows of at most one warp share a block of this many threads (128 / threads_per_row rows).
 // First guess, to be tuned by the benchmark.
 constexpr int kFwdSubWarpBlockThreads = 128;
+// Whether rms_norm_fwd_kernel asks for its columns of the weight (prefetch_l1) before its first
+// row's loads. It reads them only after the row's reduction: at M = 1 that is one more trip to L2
+// or DRAM on the kernel's path (GPU time per call at M = 1, bf16, N = 4096: cuda 2.7 us, triton
+// and quack 1.8, bench/results/h100); at large M the other rows hide it and L1 keeps the weight.
+// false: not yet measured (bench/NOTES.md v0.14, a candidate of bench/tune_cuda.py).
+constexpr bool kFwdPrefetchWeight = false;
 
 // Whether rms_norm_fwd_kernel<T, W, R, Y, ITEMS, ALIGNED, *> has registers to spare beside the
 // row: for a residual, and for the fp8 epilogue. Not with 4 Vecs of a 2-byte T unaligned, where
@@ -376,6 +382,14 @@ __global__ void __launch_bounds__(kMaxBlockThreads, 1) rms_norm_fwd_kernel(
   // Column of this thread's first chunk, and the distance to its next one.
   const int first_col = place.lane * VEC;
   const int col_step = threads_per_row * VEC;
+  if constexpr (kFwdPrefetchWeight) {
+    if (weight != nullptr) {
+#pragma unroll
+      for (int i = 0; i < ITEMS; ++i) {
+        if (first_col + i * col_step < n) prefetch_l1(weight + first_col + i * col_step);
+      }
+    }
+  }
   // Loaded before the row, off the path from the reduction to the stores.
   const float static_scale = kQuantizes<Y> && scaling.scale != nullptr ? *scaling.scale : 1.0f;
   for (int64_t group = blockIdx.x; group * place.rows_per_block < rows; group += gridDim.x) {
