@@ -17,6 +17,7 @@ from bench.cases import (
     LATENCY,
     LATENCY_ROWS,
     MODEL,
+    OFF_CELL_REPEATS,
     FEATURES,
 )
 from bench.implementations import Implementation
@@ -35,6 +36,9 @@ SHAPE_SETUP_S = 0.3
 # Per implementation and M of the latency table: HOST_CALLS calls, a graph capture, replays.
 LATENCY_POINT_S = 0.3
 CEILING_S = 1.0
+# The share of our single-reading cells measured again for reading off their row (sweep.repeat_off_cells):
+# a guess, about what the full run at 476a9bd would have repeated.
+OFF_CELL_SHARE = 0.5
 
 
 def estimate_seconds(
@@ -48,8 +52,12 @@ def estimate_seconds(
     measurements = first_calls = 0.0
     for _, _, here in plan:
         for mode in here:
-            repeats = FORWARD_BACKWARD_REPEATS if mode == FORWARD_BACKWARD else 1
-            measurements += repeats * len(adders if mode == ADD_FORWARD else impls)
+            timed = adders if mode == ADD_FORWARD else impls
+            if mode == FORWARD_BACKWARD:
+                measurements += FORWARD_BACKWARD_REPEATS * len(timed)
+            else:
+                ours = sum(impl.group == "ours" for impl in timed)
+                measurements += len(timed) + OFF_CELL_SHARE * (OFF_CELL_REPEATS - 1) * ours
         # One JIT per grad mode: forward runs without grad, the backward modes share the training graph;
         # the add+norm is a kernel (or graph) of its own.
         grad_modes = (FORWARD in here) + (BACKWARD in here or FORWARD_BACKWARD in here)

@@ -19,6 +19,8 @@ from bench.cases import (
     FORWARD_BACKWARD_REPEATS,
     LONG_ROW_M,
     MODE_TITLES,
+    OFF_CELL_POINTS,
+    OFF_CELL_REPEATS,
     STABLE_SPREAD_POINTS,
     TENSORS_MOVED,
     THROUGHPUT_MODES,
@@ -74,13 +76,20 @@ def _throughput_table(records: list[dict], names: list[str]) -> list[str]:
     return lines
 
 
-def _repeats_note(records: list[dict]) -> str:
-    """What the repeated forward+backward measurements say about their own spread."""
+def _repeats_note(records: list[dict], mode: str) -> str | None:
+    """What the repeated measurements of one table say about their own spread: every forward+backward
+    cell, and in the other modes our cells that read more than OFF_CELL_POINTS below their row's best."""
     spreads = [(max(r["pct_repeats"]) - min(r["pct_repeats"]), r) for r in records if "pct_repeats" in r]
-    note = (
-        f"Median of {FORWARD_BACKWARD_REPEATS} repeats; * the lowest is more than {STABLE_SPREAD_POINTS:g} "
-        "points of the ceiling below it."
-    )
+    if mode == FORWARD_BACKWARD:
+        note = f"Median of {FORWARD_BACKWARD_REPEATS} repeats"
+    elif spreads:
+        note = (
+            f"{len(spreads)} of our cells read more than {OFF_CELL_POINTS:g} points below their row's best and "
+            f"were measured {OFF_CELL_REPEATS} times: the median"
+        )
+    else:
+        return None
+    note += f"; * the lowest is more than {STABLE_SPREAD_POINTS:g} points of the ceiling below it."
     if not spreads:
         return note
     widest, r = max(spreads, key=lambda pair: pair[0])
@@ -238,8 +247,9 @@ def markdown(results: dict) -> str:
             if records:
                 title = MODE_TITLES.get(mode, mode)
                 lines += ["", f"## {dtype} {title}", "", *_throughput_table(records, names)]
-                if mode == FORWARD_BACKWARD:
-                    lines += ["", _repeats_note(records)]
+                note = _repeats_note(records, mode)
+                if note:
+                    lines += ["", note]
                 if mode == ADD_FORWARD and not add_noted:
                     lines += ["", ADD_FORWARD_NOTE]
                     add_noted = True

@@ -1,0 +1,82 @@
+"""The benchmark's second and third readings of our cells that read off their row, with stand-in timers.
+
+bench.sweep times forward, backward and add-forward once, and measures again a cell of ours more than
+OFF_CELL_POINTS below the best of its row; bench.report says so under the table. No GPU needed: the
+timers here return fixed times.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.cases import FORWARD, FORWARD_BACKWARD, OFF_CELL_POINTS, OFF_CELL_REPEATS
+from bench.report import _repeats_note
+from bench.sweep import _set_times, repeat_off_cells
+
+CEILING_GBPS = 1000.0
+BYTES = 1e9  # with the ceiling above: a reading of ms milliseconds is 100 / ms percent of it
+
+
+class Timer:
+    """A timing function that returns the next of `readings` (ms) each call, or raises `error`."""
+
+    def __init__(self, *readings: float, error: Exception | None = None) -> None:
+        self.readings = list(readings)
+        self.error = error
+        self.calls = 0
+
+    def __call__(self) -> list[float]:
+        self.calls += 1
+        if self.error is not None:
+            raise self.error
+        return [self.readings.pop(0)]
+
+
+def _record(impl: str, group: str, *readings_ms: float, mode: str = FORWARD) -> dict:
+    record = {"impl": impl, "group": group, "mode": mode, "n": 4096, "bytes": BYTES, "status": "ok"}
+    _set_times(record, list(readings_ms), CEILING_GBPS)
+    return record
+
+
+def test_an_off_cell_of_ours_is_measured_again_and_reports_the_median():
+    peer, ours = _record("quack", "peers", 1.0), _record("ours-cuda", "ours", 1.25)  # 100%, 80%
+    timers = [Timer(), Timer(1.05, 1.0)]
+    repeat_off_cells([peer, ours], timers, CEILING_GBPS)
+    assert timers[0].calls == 0
+    assert timers[1].calls == OFF_CELL_REPEATS - 1
+    assert ours["ms_repeats"] == [1.25, 1.05, 1.0]
+    assert ours["ms"] == 1.05
+    assert ours["pct_of_ceiling"] == pytest.approx(100 / 1.05)
+    assert ours["pct_repeats"] == pytest.approx([80.0, 100 / 1.05, 100.0])
+    assert ours["stable"] is False  # the first reading is 15 points under the median
+
+
+def test_cells_within_reach_of_the_best_peers_and_repeated_cells_are_left_alone():
+    best = _record("quack", "peers", 1.0)
+    near = _record("ours-triton", "ours", 100 / (100 - OFF_CELL_POINTS + 0.5))
+    slow_peer = _record("torch-F", "peers", 2.0)
+    repeated = _record("ours-auto", "ours", 2.0, 2.0, 2.0, mode=FORWARD_BACKWARD)
+    failed = {"impl": "ours-cuda", "group": "ours", "status": "failed"}
+    records = [best, near, slow_peer, repeated, failed]
+    timers = [Timer() for _ in records]
+    before = [dict(r) for r in records]
+    repeat_off_cells(records, timers, CEILING_GBPS)
+    assert [t.calls for t in timers] == [0] * len(records)
+    assert records == before
+
+
+def test_a_repeat_that_fails_keeps_the_first_reading_and_says_why():
+    peer, ours = _record("quack", "peers", 1.0), _record("ours-cuda", "ours", 2.0)
+    repeat_off_cells([peer, ours], [Timer(), Timer(error=RuntimeError("out of memory\nmore"))], CEILING_GBPS)
+    assert ours["ms"] == 2.0 and "ms_repeats" not in ours
+    assert ours["repeat_reason"] == "RuntimeError: out of memory"
+
+
+def test_the_report_notes_repeated_cells_only_where_there_are_some():
+    peer, ours = _record("quack", "peers", 1.0), _record("ours-cuda", "ours", 1.25)
+    assert _repeats_note([peer, ours], FORWARD) is None
+    repeat_off_cells([peer, ours], [Timer(), Timer(1.0, 1.0)], CEILING_GBPS)
+    note = _repeats_note([peer, ours], FORWARD)
+    assert note.startswith(f"1 of our cells read more than {OFF_CELL_POINTS:g} points below")
+    assert f"measured {OFF_CELL_REPEATS} times" in note and "widest 20.0 (ours-cuda, N=4096)" in note
+    assert _repeats_note([_record("quack", "peers", 1.0, 1.0, 1.0)], FORWARD_BACKWARD).startswith("Median of 3")
