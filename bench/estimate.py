@@ -64,7 +64,8 @@ def estimate_seconds(
         first_calls += grad_modes * guesses + (ADD_FORWARD in here) * add_guesses
     phases = {
         "ceiling": CEILING_S,
-        "latency": (LATENCY in modes) * len(LATENCY_ROWS) * (len(impls) * LATENCY_POINT_S + guesses),
+        # One point a row count, and the forward+backward's host time at one of them (a training JIT).
+        "latency": (LATENCY in modes) * (len(LATENCY_ROWS) + 1) * (len(impls) * LATENCY_POINT_S + guesses),
         "timing": measurements * ((WARMUP_MS + REP_MS) / 1e3 + MEASUREMENT_OVERHEAD_S),
         "first_calls": first_calls,
         "shape_setup": len(plan) * SHAPE_SETUP_S,

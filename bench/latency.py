@@ -2,7 +2,9 @@
 
 Two numbers per call: host wall time of back-to-back calls (what eager inference pays, dispatch and
 launch included) and GPU time per call under CUDA-graph replay (what is left once launches are free).
-The inputs fit in L2 and stay there: this measures latency, not bandwidth.
+The inputs fit in L2 and stay there: this measures latency, not bandwidth. At M = TRAIN_HOST_ROWS also
+the host wall time of a forward+backward through autograd: set against the GPU time of the sweep's
+forward+backward, it tells whether a row of that table can be bound by the host.
 """
 
 from __future__ import annotations
@@ -20,20 +22,22 @@ from bench.inputs import random_case, release_memory, torch_dtype
 from bench.timing import median_ms
 
 HOST_CALLS = 2000  # back-to-back calls timed by the host clock: ~0.1 s at 50 us each
+TRAIN_HOST_ROWS = 1
+TRAIN_HOST_CALLS = 300  # forward+backward calls: ~0.05 s at 150 us each
 HOST_WARMUP_CALLS = 20
 GRAPH_CALLS = 100  # calls captured in one CUDA graph; one replay is timed and divided by this
 
 
-def host_us_per_call(call: Callable[[], object]) -> float:
-    """Host wall microseconds per call over HOST_CALLS back-to-back calls, synchronized once at the end."""
+def host_us_per_call(call: Callable[[], object], calls: int = HOST_CALLS) -> float:
+    """Host wall microseconds per call over `calls` back-to-back calls, synchronized once at the end."""
     for _ in range(HOST_WARMUP_CALLS):
         call()
     torch.cuda.synchronize()
     start = time.perf_counter()
-    for _ in range(HOST_CALLS):
+    for _ in range(calls):
         call()
     torch.cuda.synchronize()
-    return (time.perf_counter() - start) / HOST_CALLS * 1e6
+    return (time.perf_counter() - start) / calls * 1e6
 
 
 def graph_us_per_call(call: Callable[[], object], calls: int = GRAPH_CALLS) -> float:
@@ -50,7 +54,26 @@ def graph_us_per_call(call: Callable[[], object], calls: int = GRAPH_CALLS) -> f
     return median_ms(graph.replay) * 1e3 / calls
 
 
+def _measure_training(impl: Implementation, x: torch.Tensor, weight: torch.Tensor, record: dict) -> None:
+    """Adds train_host_us, the host time of a forward+backward once checked against float64 (or
+    train_reason: why not)."""
+    dy = torch.randn_like(x)
+    outcome = check(impl.fn, x, weight, dy, EPS, reference(x, weight, dy, EPS))
+    if outcome.status != "ok":
+        record["train_reason"] = f"{outcome.status}: {outcome.reason}"
+        return
+    xg, wg = x.detach().requires_grad_(), weight.detach().requires_grad_()
+    try:
+        record["train_host_us"] = host_us_per_call(
+            lambda: torch.autograd.grad(impl.fn(xg, wg, EPS), (xg, wg), dy), calls=TRAIN_HOST_CALLS
+        )
+    except Exception as exc:
+        record["train_reason"] = first_line(exc)
+
+
 def _measure(impl: Implementation, x: torch.Tensor, weight: torch.Tensor, record: dict) -> dict:
+    if record["rows"] == TRAIN_HOST_ROWS:
+        _measure_training(impl, x, weight, record)
     with torch.no_grad():
 
         def call() -> torch.Tensor:
@@ -79,7 +102,8 @@ def measure_latency(impls: list[Implementation], log: Callable[[str], None]) -> 
     """One record per (implementation, M in LATENCY_ROWS), each checked against float64 first.
 
     ``log`` receives one line per M. Records carry status "ok", "wrong", "failed" or "skipped" with the
-    reason; for "ok" host_us, and graph_us, or graph_reason when the call could not be captured.
+    reason; for "ok" host_us, and graph_us, or graph_reason when the call could not be captured; at
+    M = TRAIN_HOST_ROWS train_host_us, or train_reason.
     """
     records = []
     for rows in LATENCY_ROWS:

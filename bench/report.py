@@ -101,7 +101,9 @@ def _repeats_note(records: list[dict], mode: str) -> str | None:
 def _latency_table(records: list[dict], names: list[str]) -> list[str]:
     rows = sorted({r["rows"] for r in records})
     cells = {(r["impl"], r["rows"]): r for r in records}
-    lines = ["| implementation | " + " | ".join(f"M={m}" for m in rows) + " |", "|---|" + "--:|" * len(rows)]
+    train = {r["impl"]: r for r in records if "train_host_us" in r or "train_reason" in r}
+    header = [f"M={m}" for m in rows] + [f"fwd+bwd host, M={r['rows']}" for r in list(train.values())[:1]]
+    lines = ["| implementation | " + " | ".join(header) + " |", "|---|" + "--:|" * len(header)]
     for name in names:
         row = []
         for m in rows:
@@ -112,6 +114,9 @@ def _latency_table(records: list[dict], names: list[str]) -> list[str]:
                 row.append(
                     f"{r['host_us']:.1f} / " + (f"{r['graph_us']:.1f}" if "graph_us" in r else "no graph")
                 )
+        if train:
+            r = train.get(name, {})
+            row.append(f"{r['train_host_us']:.1f}" if "train_host_us" in r else r.get("train_reason", ""))
         lines.append(f"| {name} | " + " | ".join(row) + " |")
     return lines
 
@@ -255,11 +260,18 @@ def markdown(results: dict) -> str:
                     add_noted = True
     if results["latency"]:
         r0 = results["latency"][0]
+        about = "Microseconds per call: host wall time of back-to-back calls / GPU time under CUDA-graph replay."
+        if any("train_host_us" in r or "train_reason" in r for r in results["latency"]):
+            about += (
+                " fwd+bwd host: the host wall time of a forward+backward through autograd, to set against the"
+                " GPU time of the forward+backward tables: a row whose GPU time is not well above it can be"
+                " bound by the host."
+            )
         lines += [
             "",
             f"## Latency: {r0['dtype']}, N = {r0['n']}, forward without grad",
             "",
-            "Microseconds per call: host wall time of back-to-back calls / GPU time under CUDA-graph replay.",
+            about,
             "",
             *_latency_table(results["latency"], names),
         ]

@@ -1,8 +1,8 @@
-"""The benchmark's second and third readings of our cells that read off their row, with stand-in timers.
+"""The benchmark's bookkeeping, without a GPU: stand-in timers and records.
 
 bench.sweep times forward, backward and add-forward once, and measures again a cell of ours more than
-OFF_CELL_POINTS below the best of its row; bench.report says so under the table. No GPU needed: the
-timers here return fixed times.
+OFF_CELL_POINTS below the best of its row; bench.report says so under the table, and puts the host time
+of a forward+backward (bench.latency) beside the latency table.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from bench.cases import FORWARD, FORWARD_BACKWARD, OFF_CELL_POINTS, OFF_CELL_REPEATS
-from bench.report import _repeats_note
+from bench.report import _latency_table, _repeats_note
 from bench.sweep import _set_times, repeat_off_cells
 
 CEILING_GBPS = 1000.0
@@ -80,3 +80,23 @@ def test_the_report_notes_repeated_cells_only_where_there_are_some():
     assert note.startswith(f"1 of our cells read more than {OFF_CELL_POINTS:g} points below")
     assert f"measured {OFF_CELL_REPEATS} times" in note and "widest 20.0 (ours-cuda, N=4096)" in note
     assert _repeats_note([_record("quack", "peers", 1.0, 1.0, 1.0)], FORWARD_BACKWARD).startswith("Median of 3")
+
+
+def _latency_record(impl: str, rows: int, **fields) -> dict:
+    return {"impl": impl, "rows": rows, "status": "ok", "host_us": 10.0, "graph_us": 2.0, **fields}
+
+
+def test_the_latency_table_has_the_training_host_time_only_where_it_was_measured():
+    plain = [_latency_record("ours-cuda", 1), _latency_record("ours-cuda", 8)]
+    assert _latency_table(plain, ["ours-cuda"])[0] == "| implementation | M=1 | M=8 |"
+    records = [
+        _latency_record("ours-cuda", 1, train_host_us=123.4),
+        _latency_record("quack", 1, train_reason="failed: RuntimeError: no"),
+        _latency_record("ours-cuda", 8),
+        _latency_record("quack", 8),
+    ]
+    header, rule, cuda, quack = _latency_table(records, ["ours-cuda", "quack"])
+    assert header == "| implementation | M=1 | M=8 | fwd+bwd host, M=1 |"
+    assert rule == "|---|--:|--:|--:|"
+    assert cuda == "| ours-cuda | 10.0 / 2.0 | 10.0 / 2.0 | 123.4 |"
+    assert quack == "| quack | 10.0 / 2.0 | 10.0 / 2.0 | failed: RuntimeError: no |"
