@@ -26,8 +26,8 @@ NS = (1024, 2048, 4096, 8192, 16384, 32768)
 CANDIDATES: dict[str, dict[str, str]] = {
     "as is": {},
     "bwd: 1024 threads an SM for 1-item rows": {"kBwdFewAccumulatorsResidentThreadsPerSm": "1024"},
-    "bwd rows on 128 threads": {"kBwdPreferredThreadsPerRow": "128"},
-    "fwd sub-warp blocks of 512": {"kFwdSubWarpBlockThreads": "512"},
+    "bwd: 2 Vecs a thread in sub-warp rows": {"kBwdSubWarpItems": "2"},
+    "fwd: 2 Vecs a thread in sub-warp rows": {"kFwdSubWarpItems": "2"},
     "fwd prefetches the weight": {"kFwdPrefetchWeight": "true"},
 }
 

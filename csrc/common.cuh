@@ -11,6 +11,7 @@
 // some instantiations at 32 registers (for occupancy) and spilled.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -420,10 +421,12 @@ __host__ __device__ constexpr int64_t next_pow2(int64_t v) {
 }
 
 // The tiling of a row of `chunks` Vecs, given the largest items per thread that stays in
-// registers without spilling (`max_items`: 1, 2 or 4) and the most threads a row may have
-// (`max_threads_per_row`, a multiple of 32):
-//   chunks <= 32:              threads_per_row = next_pow2(chunks), one Vec each: sub-warp
-//                              groups reduce with shuffles alone, several rows per block;
+// registers without spilling (`max_items`: 1, 2 or 4), the most threads a row may have
+// (`max_threads_per_row`, a multiple of 32) and the Vecs a thread of a row of at most one warp
+// takes (`sub_warp_items`, a power of two):
+//   chunks <= 32:              items = min(sub_warp_items, max_items, next_pow2(chunks)),
+//                              threads_per_row = next_pow2(ceil(chunks / items)): sub-warp groups
+//                              reduce with shuffles alone, several rows per block;
 //   chunks <= 32 * max_items:  one warp per row, items = next_pow2(ceil(chunks / 32)): still
 //                              shuffles alone;
 //   otherwise one row per block: the fewest items (1, 2, 4, ...) that keep the row within
@@ -432,9 +435,12 @@ __host__ __device__ constexpr int64_t next_pow2(int64_t v) {
 //   beyond that the row does not fit (items == 0): the looped kernels take it.
 // Rounding threads up to a warp, not to a power of two, keeps the idle tail of a row below
 // one warp's worth of chunks.
-inline RowTiling tile_row(int64_t chunks, int max_items, int preferred_threads_per_row,
-                          int max_threads_per_row) {
-  if (chunks <= kWarpSize) return {static_cast<int>(next_pow2(chunks)), 1};
+inline RowTiling tile_row(int64_t chunks, int max_items, int preferred_threads_per_row, int max_threads_per_row,
+                          int sub_warp_items) {
+  if (chunks <= kWarpSize) {
+    const int items = static_cast<int>(std::min<int64_t>({sub_warp_items, max_items, next_pow2(chunks)}));
+    return {static_cast<int>(next_pow2(ceil_div(chunks, items))), items};
+  }
   if (chunks <= int64_t{kWarpSize} * max_items) {
     return {kWarpSize, static_cast<int>(next_pow2(ceil_div(chunks, kWarpSize)))};
   }

@@ -67,6 +67,10 @@ constexpr int bwd_resident_threads_per_sm(int accumulators) {
 }
 // One row per block aims at this many threads. First guess, to be tuned by the benchmark.
 constexpr int kBwdPreferredThreadsPerRow = 256;
+// Vecs a thread takes of a row of at most 32 (tile_row's sub_warp_items): the forward's
+// kFwdSubWarpItems, for the backward (bf16 66-67% of copy at N = 64-256, bench/results/h100). 2
+// is a candidate of bench/tune_cuda.py, not yet measured.
+constexpr int kBwdSubWarpItems = 1;
 // Rows of at most one warp share a block of this many threads (256 / threads_per_row rows);
 // their dweight sums are combined through rows_per_block * n floats of shared memory, at most
 // 256 threads x 16 sums x 4 bytes = 16 KiB. First guess, to be tuned by the benchmark.
@@ -106,7 +110,7 @@ struct BwdConfig {
 BwdConfig bwd_config(int64_t n, int elem_bytes) {
   const int vec = kVectorBytes / elem_bytes;
   const RowTiling tiling = tile_row(ceil_div(n, vec), kBwdMaxAccumulators / vec, kBwdPreferredThreadsPerRow,
-                                    kBwdMaxBlockThreads);
+                                    kBwdMaxBlockThreads, kBwdSubWarpItems);
   if (tiling.items == 0) {
     const int staged_threads =
         n * elem_bytes <= kBwdStagedMaxRowBytes

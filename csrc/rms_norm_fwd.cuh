@@ -71,6 +71,11 @@ constexpr int kFwdPreferredThreadsPerRow = 64;
 // Rows of at most one warp share a block of this many threads (128 / threads_per_row rows).
 // First guess, to be tuned by the benchmark.
 constexpr int kFwdSubWarpBlockThreads = 128;
+// Vecs a thread takes of a row of at most 32 (tile_row's sub_warp_items). With one, a thread has
+// one 16-byte load in flight: bf16 forward at 89-90% of copy for N = 64-256 (one Vec a thread)
+// against 96-98% at 512 and fp32 256 (two) (bench/results/h100, 476a9bd). 2 is a candidate of
+// bench/tune_cuda.py, not yet measured.
+constexpr int kFwdSubWarpItems = 1;
 // Whether rms_norm_fwd_kernel asks for its columns of the weight (prefetch_l1) before its first
 // row's loads. It reads them only after the row's reduction: at M = 1 that is one more trip to L2
 // or DRAM on the kernel's path (GPU time per call at M = 1, bf16, N = 4096: cuda 2.7 us, triton
@@ -175,7 +180,8 @@ FwdConfig fwd_config(int64_t n, int elem_bytes) {
     slice_n = round_up(ceil_div(n, cluster_blocks), vec);
     cluster_threads = staged_threads_for(slice_n / vec);
   }
-  const RowTiling tiling = tile_row(chunks, kFwdMaxItems, kFwdPreferredThreadsPerRow, kMaxBlockThreads);
+  const RowTiling tiling =
+      tile_row(chunks, kFwdMaxItems, kFwdPreferredThreadsPerRow, kMaxBlockThreads, kFwdSubWarpItems);
   if (tiling.items == 0) {
     return {tiling, 1, kLoopedBlockThreads, staged_threads, cluster_blocks, cluster_threads, slice_n};
   }
