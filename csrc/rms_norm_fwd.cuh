@@ -388,7 +388,9 @@ __global__ void __launch_bounds__(kMaxBlockThreads, 1) rms_norm_fwd_kernel(
   // Column of this thread's first chunk, and the distance to its next one.
   const int first_col = place.lane * VEC;
   const int col_step = threads_per_row * VEC;
-  if constexpr (kFwdPrefetchWeight) {
+  // Aligned rows only: in 4-Vec unaligned instantiations with a float weight or residual the
+  // prefetch's addresses spilled 8 bytes on sm_90 (ptxas -v).
+  if constexpr (kFwdPrefetchWeight && ALIGNED) {
     if (weight != nullptr) {
 #pragma unroll
       for (int i = 0; i < ITEMS; ++i) {
