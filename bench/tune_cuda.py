@@ -29,6 +29,7 @@ CANDIDATES: dict[str, dict[str, str]] = {
     "bwd: 2 Vecs a thread in sub-warp rows": {"kBwdSubWarpItems": "2"},
     "fwd: 2 Vecs a thread in sub-warp rows": {"kFwdSubWarpItems": "2"},
     "fwd prefetches the weight": {"kFwdPrefetchWeight": "true"},
+    "bwd: staged from 8 KB rows": {"kBwdStagedMinRowBytes": "8 * 1024"},
 }
 
 

@@ -82,6 +82,13 @@ constexpr int kBwdSubWarpBlockThreads = 256;
 // copy at 16384 and 38 -> 87% at 32768 against the two passes (bench/NOTES.md v0.10).
 constexpr int64_t kBwdStagedMaxRowBytes = 64 * 1024;
 constexpr int kBwdStagedChunksPerThread = 8;
+// Rows of at least this many bytes a tensor take the staged path (and, unaligned, the two passes)
+// even where their tiling fits rms_norm_bwd_kernel's registers. There a row whose tiling leaves a
+// block few threads holds an SM with few loads in flight: 5120 bf16 is 320 threads of 2 Vecs, one
+// block an SM of the persistent grid, 56% of copy (bench/results/h100, 476a9bd), where the staged
+// kernel's 96-thread blocks, five an SM, each stage their rows whole. Past kBwdStagedMaxRowBytes:
+// never, as before. 8 KB is a candidate of bench/tune_cuda.py, not yet measured.
+constexpr int64_t kBwdStagedMinRowBytes = kBwdStagedMaxRowBytes + 1;
 // rms_norm_bwd_columns_kernel: 256 threads a block, one Vec of columns each, 2 blocks resident
 // per SM (its __launch_bounds__ then allows 128 registers a thread: at 3 blocks, 80 registers,
 // the unaligned half path with fp32 weights spilled on sm_80), and the number of row slices aims
@@ -109,14 +116,15 @@ struct BwdConfig {
 // size only, never from the number of rows.
 BwdConfig bwd_config(int64_t n, int elem_bytes) {
   const int vec = kVectorBytes / elem_bytes;
+  const int64_t row_bytes = n * elem_bytes;
   const RowTiling tiling = tile_row(ceil_div(n, vec), kBwdMaxAccumulators / vec, kBwdPreferredThreadsPerRow,
                                     kBwdMaxBlockThreads, kBwdSubWarpItems);
-  if (tiling.items == 0) {
+  if (tiling.items == 0 || (row_bytes >= kBwdStagedMinRowBytes && row_bytes <= kBwdStagedMaxRowBytes)) {
     const int staged_threads =
-        n * elem_bytes <= kBwdStagedMaxRowBytes
+        row_bytes <= kBwdStagedMaxRowBytes
             ? static_cast<int>(round_up(ceil_div(ceil_div(n, vec), kBwdStagedChunksPerThread), kWarpSize))
             : 0;
-    return {tiling, 1, kLoopedBlockThreads, staged_threads};
+    return {RowTiling{0, 0}, 1, kLoopedBlockThreads, staged_threads};
   }
   if (tiling.threads_per_row <= kWarpSize) {
     return {tiling, kBwdSubWarpBlockThreads / tiling.threads_per_row, kBwdSubWarpBlockThreads, 0};
