@@ -149,12 +149,14 @@ RowSlices row_slices(int64_t rows, int64_t n, int elem_bytes, int num_sms) {
   return {ceil_div(rows, rows_per_slice), rows_per_slice};  // no empty slice
 }
 
-// The persistent grid of rms_norm_bwd_kernel and rms_norm_bwd_staged_kernel: the blocks of
-// block_threads their register budget keeps resident on num_sms SMs (resident_threads each), fewer
-// for fewer row groups.
+// The blocks of block_threads an SM holds of a persistent kernel whose register budget keeps
+// resident_threads resident: at least one.
+int bwd_blocks_per_sm(int block_threads, int resident_threads) { return std::max(1, resident_threads / block_threads); }
+
+// The persistent grid of rms_norm_bwd_kernel and rms_norm_bwd_staged_kernel: bwd_blocks_per_sm on
+// each of num_sms SMs, fewer for fewer row groups.
 int64_t bwd_persistent_blocks(int64_t row_groups, int block_threads, int resident_threads, int num_sms) {
-  const int64_t resident_blocks = int64_t{num_sms} * std::max(1, resident_threads / block_threads);
-  return std::min(row_groups, resident_blocks);
+  return std::min(row_groups, int64_t{num_sms} * bwd_blocks_per_sm(block_threads, resident_threads));
 }
 
 // Rows of fp32 dweight partial sums the chosen path writes to the workspace ([partial_rows, n]);
@@ -558,7 +560,7 @@ cudaError_t launch_bwd_staged(const T* dy, RowLayout dy_layout, const T* x, RowL
   const auto kernel = rms_norm_bwd_staged_kernel<T, W>;
   const int stage_bytes = static_cast<int>(2 * n * sizeof(T));
   constexpr int kReservedBytesPerBlock = 1024;  // shared memory the system keeps for each block
-  const int blocks_per_sm = std::max(1, kBwdResidentThreadsPerSm / block_threads);
+  const int blocks_per_sm = bwd_blocks_per_sm(block_threads, kBwdResidentThreadsPerSm);
   int device = 0;
   int max_shared = 0;
   cudaError_t status = cudaGetDevice(&device);
