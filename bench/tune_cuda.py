@@ -25,11 +25,7 @@ NS = (1024, 2048, 4096, 8192, 16384, 32768)
 # label -> {constant name in csrc/*.cu: value written in its place}; {} is csrc as it is.
 CANDIDATES: dict[str, dict[str, str]] = {
     "as is": {},
-    "bwd: 1024 threads an SM for 1-item rows": {"kBwdFewAccumulatorsResidentThreadsPerSm": "1024"},
     "bwd: 2 Vecs a thread in sub-warp rows": {"kBwdSubWarpItems": "2"},
-    "fwd: 2 Vecs a thread in sub-warp rows": {"kFwdSubWarpItems": "2"},
-    "fwd prefetches the weight": {"kFwdPrefetchWeight": "true"},
-    "bwd: staged from 8 KB rows": {"kBwdStagedMinRowBytes": "8 * 1024"},
 }
 
 

@@ -178,12 +178,6 @@ __device__ __forceinline__ void copy_async_16(void* dst, const void* src) {
 #endif
 }
 
-// Asks for the line holding global `p` to be brought into L1: a hint, which neither holds a
-// register nor makes anything wait for it.
-__device__ __forceinline__ void prefetch_l1(const void* p) {
-  asm volatile("prefetch.global.L1 [%0];\n" ::"l"(p));
-}
-
 // Lets `kernel` take stage_bytes of dynamic shared memory (over 48 KB must be asked for) and asks
 // for a shared memory carveout of carveout_percent, the rest of the SM's memory being L1.
 template <typename Kernel>

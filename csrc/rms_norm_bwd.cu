@@ -55,11 +55,11 @@ constexpr int kBwdResidentThreadsPerSm = 65536 / 128;
 // 16-bit row, two of a float row) take 42-64 registers (ptxas -v, sm_90): an SM could hold 1024.
 // The persistent grid counts this many threads an SM for them, and their launch bound asks for as
 // many (at 1024, two 512-thread blocks: 64 registers at most). At 512, as for every other tiling,
-// a 1-item row's thread has one 16-byte load of x and one of dy in flight, 16 KB an SM: bf16
-// backward alone at 58 / 55% of copy at 1024 / 2048 against 78-85% at the 2-item widths around them
-// (bench/results/h100, 476a9bd). 1024 is a candidate of bench/tune_cuda.py, not yet measured.
+// a 1-item row's thread has one 16-byte load of x and one of dy in flight, 16 KB an SM. H100, bf16,
+// backward alone, % of copy (bench/tune_cuda.py, bench/NOTES.md v0.14): 512 -> 1024 took N = 64-256
+// from 66-68 to 88 and 1024 / 2048 from 58 / 55 to 79 / 78; the 2-item widths did not move.
 constexpr int kBwdFewAccumulators = 8;
-constexpr int kBwdFewAccumulatorsResidentThreadsPerSm = 512;
+constexpr int kBwdFewAccumulatorsResidentThreadsPerSm = 1024;
 
 // The threads an SM holds of rms_norm_bwd_kernel whose threads keep `accumulators` dweight sums.
 constexpr int bwd_resident_threads_per_sm(int accumulators) {
@@ -67,9 +67,9 @@ constexpr int bwd_resident_threads_per_sm(int accumulators) {
 }
 // One row per block aims at this many threads. First guess, to be tuned by the benchmark.
 constexpr int kBwdPreferredThreadsPerRow = 256;
-// Vecs a thread takes of a row of at most 32 (tile_row's sub_warp_items): the forward's
-// kFwdSubWarpItems, for the backward (bf16 66-67% of copy at N = 64-256, bench/results/h100). 2
-// is a candidate of bench/tune_cuda.py, not yet measured.
+// Vecs a thread takes of a row of at most 32 (tile_row's sub_warp_items). 2, as the forward's
+// kFwdSubWarpItems, took bf16 N = 64-256 from 66-68 to 85-86% of copy, where 1024 threads an SM
+// (above) alone took them to 88 (bench/NOTES.md v0.14): 1.
 constexpr int kBwdSubWarpItems = 1;
 // Rows of at most one warp share a block of this many threads (256 / threads_per_row rows);
 // their dweight sums are combined through rows_per_block * n floats of shared memory, at most
@@ -86,9 +86,11 @@ constexpr int kBwdStagedChunksPerThread = 8;
 // even where their tiling fits rms_norm_bwd_kernel's registers. There a row whose tiling leaves a
 // block few threads holds an SM with few loads in flight: 5120 bf16 is 320 threads of 2 Vecs, one
 // block an SM of the persistent grid, 56% of copy (bench/results/h100, 476a9bd), where the staged
-// kernel's 96-thread blocks, five an SM, each stage their rows whole. Past kBwdStagedMaxRowBytes:
-// never, as before. 8 KB is a candidate of bench/tune_cuda.py, not yet measured.
-constexpr int64_t kBwdStagedMinRowBytes = kBwdStagedMaxRowBytes + 1;
+// kernel's 96-thread blocks, five an SM, each stage their rows whole. H100, bf16, backward alone
+// (bench/tune_cuda.py, bench/NOTES.md v0.14): 56 -> 85% of copy at 5120, 74 -> 82% at 8192. Rows
+// of these widths that are not 16-byte aligned now take the two passes (about 40-50%), so that dx
+// has the same bits wherever the row sits.
+constexpr int64_t kBwdStagedMinRowBytes = 8 * 1024;
 // rms_norm_bwd_columns_kernel: 256 threads a block, one Vec of columns each, 2 blocks resident
 // per SM (its __launch_bounds__ then allows 128 registers a thread: at 3 blocks, 80 registers,
 // the unaligned half path with fp32 weights spilled on sm_80), and the number of row slices aims

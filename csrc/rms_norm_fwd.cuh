@@ -72,16 +72,10 @@ constexpr int kFwdPreferredThreadsPerRow = 64;
 // First guess, to be tuned by the benchmark.
 constexpr int kFwdSubWarpBlockThreads = 128;
 // Vecs a thread takes of a row of at most 32 (tile_row's sub_warp_items). With one, a thread has
-// one 16-byte load in flight: bf16 forward at 89-90% of copy for N = 64-256 (one Vec a thread)
-// against 96-98% at 512 and fp32 256 (two) (bench/results/h100, 476a9bd). 2 is a candidate of
-// bench/tune_cuda.py, not yet measured.
-constexpr int kFwdSubWarpItems = 1;
-// Whether rms_norm_fwd_kernel asks for its columns of the weight (prefetch_l1) before its first
-// row's loads. It reads them only after the row's reduction: at M = 1 that is one more trip to L2
-// or DRAM on the kernel's path (GPU time per call at M = 1, bf16, N = 4096: cuda 2.7 us, triton
-// and quack 1.8, bench/results/h100); at large M the other rows hide it and L1 keeps the weight.
-// false: not yet measured (bench/NOTES.md v0.14, a candidate of bench/tune_cuda.py).
-constexpr bool kFwdPrefetchWeight = false;
+// one 16-byte load in flight. H100, bf16, % of copy (bench/tune_cuda.py, bench/NOTES.md v0.14),
+// 1 -> 2 at N = 64-256: forward 89-90 -> 95, rms_norm_quant static 64-66 -> 86-87, dynamic
+// 54-58 -> 80-82; 512 and wider do not take it.
+constexpr int kFwdSubWarpItems = 2;
 
 // Whether rms_norm_fwd_kernel<T, W, R, Y, ITEMS, ALIGNED, *> has registers to spare beside the
 // row: for a residual, and for the fp8 epilogue. Not with 4 Vecs of a 2-byte T unaligned, where
@@ -388,16 +382,6 @@ __global__ void __launch_bounds__(kMaxBlockThreads, 1) rms_norm_fwd_kernel(
   // Column of this thread's first chunk, and the distance to its next one.
   const int first_col = place.lane * VEC;
   const int col_step = threads_per_row * VEC;
-  // Aligned rows only: in 4-Vec unaligned instantiations with a float weight or residual the
-  // prefetch's addresses spilled 8 bytes on sm_90 (ptxas -v).
-  if constexpr (kFwdPrefetchWeight && ALIGNED) {
-    if (weight != nullptr) {
-#pragma unroll
-      for (int i = 0; i < ITEMS; ++i) {
-        if (first_col + i * col_step < n) prefetch_l1(weight + first_col + i * col_step);
-      }
-    }
-  }
   // Loaded before the row, off the path from the reduction to the stores.
   const float static_scale = kQuantizes<Y> && scaling.scale != nullptr ? *scaling.scale : 1.0f;
   for (int64_t group = blockIdx.x; group * place.rows_per_block < rows; group += gridDim.x) {
