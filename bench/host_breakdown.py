@@ -3,8 +3,10 @@
 `python -m bench.host_breakdown` times, per call, bf16 x of [1, 4096] without grad (the decode case
 of the latency table), from F.rms_norm to the raw Triton launch: the whole call, the validation,
 the backend choice, the torch operator (with and without autograd's Python kernel above it), the
-Triton host wrapper, and the bare kernel launch. The GPU work per call is a few microseconds, so
-the wall time of a long run of calls is the host's. Prints one table (microseconds per call).
+Triton host wrapper, and the bare kernel launch; then the same x through a forward+backward (the
+training step of the latency table's "fwd+bwd host" column) and its layers. The GPU work per call
+is a few microseconds, so the wall time of a long run of calls is the host's. Prints one table
+(microseconds per call).
 """
 
 from __future__ import annotations
@@ -83,6 +85,34 @@ def layers() -> dict[str, Callable[[], object]]:
             "cuda: rms_norm(backend='cuda')": lambda: rmsnorm.rms_norm(x, (N,), w, EPS, backend="cuda"),
         }
     cases["forward_ops lookup"] = lambda: ops.forward_ops("triton")
+    return cases | training_layers(x, w)
+
+
+def training_layers(x: torch.Tensor, w: torch.Tensor) -> dict[str, Callable[[], object]]:
+    """The layers of a forward+backward through autograd (the latency table's "fwd+bwd host"): the
+    whole step, the forward recorded by autograd, and the backward op and its host wrapper called on
+    this thread, where autograd runs them on its device thread."""
+    xg, wg = x.detach().requires_grad_(), w.detach().requires_grad_()
+    dy = torch.randn_like(x)
+    rstd = torch.rsqrt(x.float().square().mean(-1) + EPS)
+    cases = {"F.rms_norm forward+backward": lambda: torch.autograd.grad(F.rms_norm(xg, (N,), wg, EPS), (xg, wg), dy)}
+    backends = ["triton"] + (["cuda"] if "cuda" in rmsnorm.available_backends() else [])
+    for backend in backends:
+        bwd_op = torch.ops.rmsnorm.rms_norm_bwd_triton if backend == "triton" else torch.ops.rmsnorm_cuda.rms_norm_bwd
+        cases |= {
+            f"{backend}: forward+backward (autograd.grad)": lambda backend=backend: torch.autograd.grad(
+                rmsnorm.rms_norm(xg, (N,), wg, EPS, backend=backend), (xg, wg), dy
+            ),
+            f"{backend}: forward recorded by autograd": lambda backend=backend: rmsnorm.rms_norm(
+                xg, (N,), wg, EPS, backend=backend
+            ),
+            f"{backend}: backward op, dweight too": lambda bwd_op=bwd_op: bwd_op(
+                dy, x, None, w, 0.0, rstd, True, False
+            ),
+        }
+    cases["triton: backward host wrapper (triton_kernels.rms_norm_bwd)"] = lambda: triton_kernels.rms_norm_bwd(
+        dy, x, None, w, 0.0, rstd, True
+    )
     return cases
 
 
