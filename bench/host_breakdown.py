@@ -6,11 +6,13 @@ the backend choice, the torch operator (with and without autograd's Python kerne
 Triton host wrapper, and the bare kernel launch; then the same x through a forward+backward (the
 training step of the latency table's "fwd+bwd host" column) and its layers. The GPU work per call
 is a few microseconds, so the wall time of a long run of calls is the host's. Prints one table
-(microseconds per call).
+(microseconds per call), then a profile of Triton's training step.
 """
 
 from __future__ import annotations
 
+import cProfile
+import pstats
 import time
 from typing import Callable
 
@@ -21,6 +23,7 @@ import rmsnorm
 from rmsnorm import functional, ops, triton_kernels
 
 CALLS = 3000
+TOP = 25  # functions printed from the training step's profile
 N = 4096
 EPS = 1e-6
 
@@ -88,6 +91,13 @@ def layers() -> dict[str, Callable[[], object]]:
     return cases | training_layers(x, w)
 
 
+def _on_this_thread(step: Callable[[], object]) -> object:
+    """step with autograd's backward run on the calling thread instead of its device thread: the
+    difference from the plain step is the cost of handing the backward (and the GIL) to that thread."""
+    with torch.autograd.set_multithreading_enabled(False):
+        return step()
+
+
 def training_layers(x: torch.Tensor, w: torch.Tensor) -> dict[str, Callable[[], object]]:
     """The layers of a forward+backward through autograd (the latency table's "fwd+bwd host"): the
     whole step, the forward recorded by autograd, and the backward op and its host wrapper called on
@@ -103,6 +113,9 @@ def training_layers(x: torch.Tensor, w: torch.Tensor) -> dict[str, Callable[[], 
             f"{backend}: forward+backward (autograd.grad)": lambda backend=backend: torch.autograd.grad(
                 rmsnorm.rms_norm(xg, (N,), wg, EPS, backend=backend), (xg, wg), dy
             ),
+            f"{backend}: forward+backward, backward on this thread": lambda backend=backend: _on_this_thread(
+                lambda: torch.autograd.grad(rmsnorm.rms_norm(xg, (N,), wg, EPS, backend=backend), (xg, wg), dy)
+            ),
             f"{backend}: forward recorded by autograd": lambda backend=backend: rmsnorm.rms_norm(
                 xg, (N,), wg, EPS, backend=backend
             ),
@@ -116,10 +129,35 @@ def training_layers(x: torch.Tensor, w: torch.Tensor) -> dict[str, Callable[[], 
     return cases
 
 
+def profile_training_step(backend: str) -> None:
+    """cProfile of CALLS forward+backward steps, the backward on this thread so that the profile sees
+    it: the functions with the most time of their own (cProfile inflates Python calls: read shares)."""
+    x = torch.randn(1, N, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w = torch.randn(N, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    dy = torch.randn_like(x)
+
+    def step() -> object:
+        return torch.autograd.grad(rmsnorm.rms_norm(x, (N,), w, EPS, backend=backend), (x, w), dy)
+
+    with torch.autograd.set_multithreading_enabled(False):
+        for _ in range(100):
+            step()
+        torch.cuda.synchronize()
+        profile = cProfile.Profile()
+        profile.enable()
+        for _ in range(CALLS):
+            step()
+        torch.cuda.synchronize()
+        profile.disable()
+    print(f"=== forward+backward, backend={backend!r}, {CALLS} steps, backward on this thread", flush=True)
+    pstats.Stats(profile).sort_stats("tottime").print_stats(TOP)
+
+
 def main() -> None:
     print(f"host time per call, bf16 [1, {N}], no grad inputs; {torch.cuda.get_device_name()}", flush=True)
     for name, fn in layers().items():
         print(f"{host_us(fn):8.1f} us  {name}", flush=True)
+    profile_training_step("triton")
 
 
 if __name__ == "__main__":
