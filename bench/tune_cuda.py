@@ -26,6 +26,9 @@ NS = (1024, 2048, 4096, 8192, 16384, 32768)
 CANDIDATES: dict[str, dict[str, str]] = {
     "as is": {},
     "bwd: 2 Vecs a thread in sub-warp rows": {"kBwdSubWarpItems": "2"},
+    "bwd: staged from 4 KB rows": {"kBwdStagedMinRowBytes": "4 * 1024"},
+    "bwd: staged from 2 KB rows": {"kBwdStagedMinRowBytes": "2 * 1024"},
+    "bwd staged: 4 chunks a thread": {"kBwdStagedChunksPerThread": "4"},
 }
 
 
