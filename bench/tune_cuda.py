@@ -28,7 +28,8 @@ CANDIDATES: dict[str, dict[str, str]] = {
     "bwd: 2 Vecs a thread in sub-warp rows": {"kBwdSubWarpItems": "2"},
     "bwd: staged from 4 KB rows": {"kBwdStagedMinRowBytes": "4 * 1024"},
     "bwd: staged from 2 KB rows": {"kBwdStagedMinRowBytes": "2 * 1024"},
-    "bwd staged: 4 chunks a thread": {"kBwdStagedChunksPerThread": "4"},
+    # 512 threads (kBwdMaxBlockThreads) of 4 chunks stage at most 32 KB rows.
+    "bwd staged: 4 chunks a thread": {"kBwdStagedChunksPerThread": "4", "kBwdStagedMaxRowBytes": "32 * 1024"},
 }
 
 
