@@ -82,6 +82,8 @@ constexpr int kBwdSubWarpBlockThreads = 256;
 // copy at 16384 and 38 -> 87% at 32768 against the two passes (bench/NOTES.md v0.10).
 constexpr int64_t kBwdStagedMaxRowBytes = 64 * 1024;
 constexpr int kBwdStagedChunksPerThread = 8;
+static_assert(kBwdStagedMaxRowBytes / kVectorBytes <= int64_t{kBwdStagedChunksPerThread} * kBwdMaxBlockThreads,
+              "a staged row's chunks must fit the staged kernel's largest block");
 // Rows of at least this many bytes a tensor take the staged path (and, unaligned, the two passes)
 // even where their tiling fits rms_norm_bwd_kernel's registers. There a row whose tiling leaves a
 // block few threads holds an SM with few loads in flight: 5120 bf16 is 320 threads of 2 Vecs, one
