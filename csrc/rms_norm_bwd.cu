@@ -90,8 +90,8 @@ static_assert(kBwdStagedMaxRowBytes / kVectorBytes <= int64_t{kBwdStagedChunksPe
 // block an SM of the persistent grid, 56% of copy (bench/results/h100, 476a9bd), where the staged
 // kernel's 96-thread blocks, five an SM, each stage their rows whole. H100, bf16, backward alone
 // (bench/tune_cuda.py, bench/NOTES.md v0.14): 56 -> 85% of copy at 5120, 74 -> 82% at 8192. Rows
-// of these widths that are not 16-byte aligned now take the two passes (about 40-50%), so that dx
-// has the same bits wherever the row sits.
+// of these widths that are not 16-byte aligned now take the two passes (not timed at these widths;
+// 39-51% beyond 64 KB), so that dx has the same bits wherever the row sits.
 constexpr int64_t kBwdStagedMinRowBytes = 8 * 1024;
 // rms_norm_bwd_columns_kernel: 256 threads a block, one Vec of columns each, 2 blocks resident
 // per SM (its __launch_bounds__ then allows 128 registers a thread: at 3 blocks, 80 registers,
