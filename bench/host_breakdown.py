@@ -98,14 +98,22 @@ def _on_this_thread(step: Callable[[], object]) -> object:
         return step()
 
 
+def _backward_replay(y: torch.Tensor, xg: torch.Tensor, wg: torch.Tensor, dy: torch.Tensor) -> Callable[[], object]:
+    return lambda: torch.autograd.grad(y, (xg, wg), dy, retain_graph=True)
+
+
 def training_layers(x: torch.Tensor, w: torch.Tensor) -> dict[str, Callable[[], object]]:
     """The layers of a forward+backward through autograd (the latency table's "fwd+bwd host"): the
-    whole step, the forward recorded by autograd, and the backward op and its host wrapper called on
-    this thread, where autograd runs them on its device thread."""
+    whole step, the backward alone as the sweep's backward mode times it, the forward recorded by
+    autograd, and the backward op and its host wrapper called on this thread, where autograd runs
+    them on its device thread."""
     xg, wg = x.detach().requires_grad_(), w.detach().requires_grad_()
     dy = torch.randn_like(x)
     rstd = torch.rsqrt(x.float().square().mean(-1) + EPS)
-    cases = {"F.rms_norm forward+backward": lambda: torch.autograd.grad(F.rms_norm(xg, (N,), wg, EPS), (xg, wg), dy)}
+    cases = {
+        "F.rms_norm forward+backward": lambda: torch.autograd.grad(F.rms_norm(xg, (N,), wg, EPS), (xg, wg), dy),
+        "F.rms_norm backward alone": _backward_replay(F.rms_norm(xg, (N,), wg, EPS), xg, wg, dy),
+    }
     backends = ["triton"] + (["cuda"] if "cuda" in rmsnorm.available_backends() else [])
     for backend in backends:
         bwd_op = torch.ops.rmsnorm.rms_norm_bwd_triton if backend == "triton" else torch.ops.rmsnorm_cuda.rms_norm_bwd
@@ -115,6 +123,9 @@ def training_layers(x: torch.Tensor, w: torch.Tensor) -> dict[str, Callable[[], 
             ),
             f"{backend}: forward+backward, backward on this thread": lambda backend=backend: _on_this_thread(
                 lambda: torch.autograd.grad(rmsnorm.rms_norm(xg, (N,), wg, EPS, backend=backend), (xg, wg), dy)
+            ),
+            f"{backend}: backward alone (one graph replayed, as the sweep times it)": _backward_replay(
+                rmsnorm.rms_norm(xg, (N,), wg, EPS, backend=backend), xg, wg, dy
             ),
             f"{backend}: forward recorded by autograd": lambda backend=backend: rmsnorm.rms_norm(
                 xg, (N,), wg, EPS, backend=backend
