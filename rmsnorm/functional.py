@@ -309,21 +309,22 @@ def _log_call(op: str, backend: str, x: torch.Tensor) -> None:
         logger.debug("%s: backend=%s shape=%s dtype=%s", op, backend, tuple(x.shape), x.dtype)
 
 
-def _through_operators(*tensors: torch.Tensor | None) -> bool:
-    """Whether the call must go through our torch operators rather than straight to the kernels.
+def _forward_ops(name: str, *tensors: torch.Tensor | None):
+    """(rms_norm_fwd, add_rms_norm_fwd) of backend `name` for this call: through our torch operators,
+    through an autograd.Function without them, or straight to the kernels.
 
-    They are needed where something watches the call: torch.compile tracing it, a dispatch mode
-    (FakeTensorMode, FlopCounterMode, ...) or autograd recording it. A plain eager call with no
-    input requiring grad (inference) skips their host cost: same kernels, same bits.
+    The operators are needed where something watches the call: torch.compile tracing it or a
+    dispatch mode (FakeTensorMode, FlopCounterMode, ...). A plain eager call that autograd records
+    skips their host cost through ops.eager_autograd_forward_ops, and one with no input requiring
+    grad (inference) skips autograd too. Same kernels, same bits.
     """
     if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0:
-        return True
-    if not torch.is_grad_enabled():
-        return False
-    for t in tensors:  # a loop, not any() over a generator: host time of every eager call
-        if t is not None and t.requires_grad:
-            return True
-    return False
+        return ops.forward_ops(name)
+    if torch.is_grad_enabled():
+        for t in tensors:  # a loop, not any() over a generator: host time of every eager call
+            if t is not None and t.requires_grad:
+                return ops.eager_autograd_forward_ops(name)
+    return ops.untracked_forward_ops(name)
 
 
 def _flat_weight(weight: torch.Tensor | None, n: int) -> torch.Tensor | None:
@@ -373,7 +374,7 @@ def rms_norm(
     _log_call("rms_norm", name, x)
     if name == "torch" or x.numel() == 0:
         return rms_norm_reference(x, shape, weight, eps, None, weight_offset, casting_mode).contiguous()
-    fwd_op, _ = ops.forward_ops(name) if _through_operators(x, weight) else ops.untracked_forward_ops(name)
+    fwd_op, _ = _forward_ops(name, x, weight)
     round_xhat = casting_mode == "llama"
     rows = as_rows(x, n, len(shape))
     y, _rstd = fwd_op(rows, _flat_weight(weight, n), _as_float(weight_offset), eps, round_xhat)
@@ -414,7 +415,7 @@ def add_rms_norm(
     if name == "torch" or x.numel() == 0:
         y, residual_out = add_rms_norm_reference(x, residual, shape, weight, eps, None, weight_offset, casting_mode)
         return y.contiguous(), residual_out.contiguous()
-    _, add_fwd_op = ops.forward_ops(name) if _through_operators(x, residual, weight) else ops.untracked_forward_ops(name)
+    _, add_fwd_op = _forward_ops(name, x, residual, weight)
     x_rows, res_rows = _as_matching_rows(x, residual, n, len(shape))
     y, residual_out, _rstd = add_fwd_op(
         x_rows, res_rows, _flat_weight(weight, n), _as_float(weight_offset), eps, casting_mode == "llama"

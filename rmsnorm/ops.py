@@ -71,8 +71,7 @@ add_rms_norm_fwd_triton = torch.library.custom_op("rmsnorm::add_rms_norm_fwd_tri
 )
 
 
-@torch.library.custom_op("rmsnorm::rms_norm_bwd_triton", mutates_args=())
-def rms_norm_bwd_triton(
+def _rms_norm_bwd_triton(
     dy: torch.Tensor,
     x: torch.Tensor,
     dresidual_out: torch.Tensor | None,
@@ -89,6 +88,9 @@ def rms_norm_bwd_triton(
         unit_column_stride(dy), unit_column_stride(x), dres, weight, weight_offset, rstd, needs_dweight, round_xhat
     )
     return dx, dweight if dweight is not None else _no_dweight(x)
+
+
+rms_norm_bwd_triton = torch.library.custom_op("rmsnorm::rms_norm_bwd_triton", mutates_args=())(_rms_norm_bwd_triton)
 
 
 @torch.library.custom_op("rmsnorm::rms_norm_quant_fwd_triton", mutates_args=())
@@ -241,6 +243,53 @@ def untracked_forward_ops(backend: str):
     if backend == "triton":
         return _rms_norm_fwd_triton_inference, _add_rms_norm_fwd_triton_inference
     return _untracked_cuda_ops()
+
+
+def _eager_autograd(name: str, forward, bwd, bwd_op):
+    """forward (a kernel backend's rms_norm_fwd or add_rms_norm_fwd, below the torch operators) as a
+    torch.autograd.Function named `name`, with the operators' autograd (_autograd_for) around bwd,
+    the backward below its operator bwd_op.
+
+    The same kernels, saved tensors and backward as the operators, minus their layers: a custom op's
+    dispatch and its generated autograd.Function cost about 70 of the 140 us a Triton forward+backward
+    spends in Python (bench/NOTES.md v0.17). A backward that builds a graph (create_graph=True) goes
+    through bwd_op, as the operators' does, so that differentiating it again raises as it did, rather
+    than leaving its gradients out.
+    """
+    setup_context, backward = _autograd_for(bwd)
+    _, backward_through_operator = _autograd_for(bwd_op)
+
+    def forward_and_save(ctx, *inputs):
+        output = forward(*inputs)
+        ctx.mark_non_differentiable(output[-1])  # rstd
+        setup_context(ctx, inputs, output)
+        return output
+
+    def backward_once(ctx, *grads):
+        return (backward_through_operator if torch.is_grad_enabled() else backward)(ctx, *grads)
+
+    # type(), not a class statement: autograd names the grad_fn class after the Function's name (here
+    # f"{name}Backward") when the class is made.
+    members = {"forward": staticmethod(forward_and_save), "backward": staticmethod(backward_once)}
+    return type(name, (torch.autograd.Function,), members).apply
+
+
+@functools.cache
+def eager_autograd_forward_ops(backend: str):
+    """forward_ops for eager calls autograd records, without the torch operator layers (see
+    _eager_autograd). Never under torch.compile or a dispatch mode, which need the operators."""
+    if backend == "triton":
+        bwd, bwd_op = _rms_norm_bwd_triton, torch.ops.rmsnorm.rms_norm_bwd_triton
+        forwards = (_rms_norm_fwd_triton, _add_rms_norm_fwd_triton)
+    else:
+        bwd_op = torch.ops.rmsnorm_cuda.rms_norm_bwd
+        bwd = _below_autograd(bwd_op.default)
+        forwards = _untracked_cuda_ops()
+    suffix = "Triton" if backend == "triton" else "Cuda"
+    return tuple(
+        _eager_autograd(f"{kind}{suffix}", forward, bwd, bwd_op)
+        for kind, forward in zip(("RMSNorm", "AddRMSNorm"), forwards)
+    )
 
 
 # The untracked Triton forwards: no backward will need rstd, so it is neither allocated nor stored.

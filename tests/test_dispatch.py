@@ -4,6 +4,7 @@ import logging
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import rmsnorm
 from rmsnorm import cuda_ext
@@ -112,8 +113,59 @@ def test_inference_calls_skip_the_operators_with_the_same_bits(backend, op, monk
     assert tracked[0].requires_grad and not untracked[0].requires_grad
     for a, b, c in zip(untracked, untracked_no_grad, tracked):
         assert torch.equal(a, b) and torch.equal(a, c.detach())
-    # ...and the operators are what a tracked call runs: a spy on the untracked path sees none.
+    # ...and a tracked call does not take the untracked path: a spy on it sees none.
     calls = []
     monkeypatch.setattr(rmsnorm.ops, "untracked_forward_ops", lambda name: calls.append(name))
     call()
     assert calls == []
+
+
+class _TransparentMode(TorchDispatchMode):
+    """A dispatch mode that runs every op as it is: it only makes rms_norm go through the operators."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("op", ["rms_norm", "add_rms_norm"])
+def test_training_calls_skip_the_operators_with_the_same_bits(kernel_backend, op):
+    """Eager calls that autograd records run an autograd.Function around the kernels (ops._eager_autograd),
+    not the torch operators: the same outputs and gradients, bit for bit, as through the operators, which a
+    dispatch mode forces."""
+    x = torch.randn(5, 300, device=DEVICE, requires_grad=True)
+    residual = torch.randn(5, 300, device=DEVICE, requires_grad=True)
+    w = torch.randn(300, device=DEVICE, requires_grad=True)
+
+    def step():
+        if op == "rms_norm":
+            outputs, inputs = (rmsnorm.rms_norm(x, None, w, backend=kernel_backend),), (x, w)
+        else:
+            outputs, inputs = rmsnorm.add_rms_norm(x, residual, w, backend=kernel_backend), (x, residual, w)
+        grad_outputs = [torch.randn_like(t) for t in outputs]
+        grads = torch.autograd.grad(outputs, inputs, grad_outputs)
+        return [*outputs, *grads], type(outputs[0].grad_fn).__name__
+
+    seed = torch.seed()
+    eager, eager_node = step()
+    torch.manual_seed(seed)  # the same gradients arriving
+    with _TransparentMode():
+        through_operators, operator_node = step()
+    kind = "RMSNorm" if op == "rms_norm" else "AddRMSNorm"
+    assert eager_node == f"{kind}{kernel_backend.capitalize()}Backward"
+    assert operator_node != eager_node
+    assert len(eager) == len(through_operators)
+    for a, b in zip(eager, through_operators):
+        assert torch.equal(a, b)
+
+
+def test_double_backward_raises_rather_than_dropping_the_gradient(kernel_backend):
+    """The backward is not differentiable: a gradient taken with create_graph=True still has a graph, and
+    differentiating it raises, rather than leaving rms_norm's share out of a second-order gradient."""
+    x = torch.randn(4, 64, device=DEVICE, requires_grad=True)
+    w = torch.randn(64, device=DEVICE, requires_grad=True)
+    (dx,) = torch.autograd.grad(
+        rmsnorm.rms_norm(x, None, w, backend=kernel_backend).square().sum(), x, create_graph=True
+    )
+    assert dx.requires_grad
+    with pytest.raises(RuntimeError, match="autograd"):
+        dx.sum().backward()
