@@ -104,9 +104,10 @@ def _backward_replay(y: torch.Tensor, xg: torch.Tensor, wg: torch.Tensor, dy: to
 
 def training_layers(x: torch.Tensor, w: torch.Tensor) -> dict[str, Callable[[], object]]:
     """The layers of a forward+backward through autograd (the latency table's "fwd+bwd host"): the
-    whole step, the backward alone as the sweep's backward mode times it, the forward recorded by
-    autograd, and the backward op and its host wrapper called on this thread, where autograd runs
-    them on its device thread."""
+    whole step, the same step through the torch operators (the path before bench/NOTES.md v0.17),
+    the backward alone as the sweep's backward mode times it, the forward recorded by autograd, and
+    the backward op and its host wrapper called on this thread, where autograd runs them on its
+    device thread."""
     xg, wg = x.detach().requires_grad_(), w.detach().requires_grad_()
     dy = torch.randn_like(x)
     rstd = torch.rsqrt(x.float().square().mean(-1) + EPS)
@@ -120,6 +121,9 @@ def training_layers(x: torch.Tensor, w: torch.Tensor) -> dict[str, Callable[[], 
         cases |= {
             f"{backend}: forward+backward (autograd.grad)": lambda backend=backend: torch.autograd.grad(
                 rmsnorm.rms_norm(xg, (N,), wg, EPS, backend=backend), (xg, wg), dy
+            ),
+            f"{backend}: forward+backward through the torch operators": lambda fwd_op=ops.forward_ops(backend)[0]: (
+                torch.autograd.grad(fwd_op(xg, wg, 0.0, EPS, False)[0], (xg, wg), dy)
             ),
             f"{backend}: forward+backward, backward on this thread": lambda backend=backend: _on_this_thread(
                 lambda: torch.autograd.grad(rmsnorm.rms_norm(xg, (N,), wg, EPS, backend=backend), (xg, wg), dy)
