@@ -178,6 +178,17 @@ __device__ __forceinline__ void copy_async_16(void* dst, const void* src) {
 #endif
 }
 
+// The chunk a 16-byte word of a shared-memory stage holds (copied there by copy_async_16), read as
+// one word (LDS.128: as a Vec, a chunk was read element by element).
+template <typename T, int VEC>
+__device__ __forceinline__ Vec<T, VEC> load_stage_word(const uint4* word) {
+  static_assert(sizeof(Vec<T, VEC>) == sizeof(uint4), "a staged chunk is one 16-byte word");
+  const uint4 bits = *word;
+  Vec<T, VEC> chunk;
+  memcpy(&chunk, &bits, sizeof(chunk));
+  return chunk;
+}
+
 // Lets `kernel` take stage_bytes of dynamic shared memory (over 48 KB must be asked for) and asks
 // for a shared memory carveout of carveout_percent, the rest of the SM's memory being L1.
 template <typename Kernel>

@@ -372,12 +372,7 @@ __global__ void __launch_bounds__(kBwdMaxBlockThreads, 1) rms_norm_bwd_staged_ke
   const unsigned first_col = threadIdx.x * VEC;
   const unsigned col_step = blockDim.x * VEC;
   const auto col_of = [&](int i) { return first_col + static_cast<unsigned>(i) * col_step; };
-  const auto chunk_at = [&](const uint4* buffer, int i) {
-    const uint4 word = buffer[col_of(i) / VEC];
-    Vec<T, VEC> chunk;
-    memcpy(&chunk, &word, sizeof(chunk));
-    return chunk;
-  };
+  const auto chunk_at = [&](const uint4* buffer, int i) { return load_stage_word<T, VEC>(&buffer[col_of(i) / VEC]); };
   const bool with_dweight = dweight_partials != nullptr;
   Vec<float, VEC> dweight_sums[CHUNKS] = {};
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {

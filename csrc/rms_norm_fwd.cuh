@@ -536,12 +536,7 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
   };
   const bool writes_row_values = threadIdx.x == 0 && (!CLUSTERED || blockIdx.x == 0);  // rstd, row scale
   const auto stage_index = [&](Index col) { return (col - static_cast<Index>(slice_start)) / VEC; };
-  const auto load_staged = [&](auto col) {
-    const uint4 word = stage[stage_index(col)];
-    Vec<T, VEC> chunk;
-    memcpy(&chunk, &word, sizeof(chunk));
-    return chunk;
-  };
+  const auto load_staged = [&](auto col) { return load_stage_word<T, VEC>(&stage[stage_index(col)]); };
   const float static_scale = kQuantizes<Y> && scaling.scale != nullptr ? *scaling.scale : 1.0f;
   // w: the weight, or a constant null; round (casting_mode "llama") and dynamic (an fp8 scale per
   // row): bools, or std::bool_constants. Staged rows are walked by code unswitched on all three: as
