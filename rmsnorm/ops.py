@@ -245,19 +245,34 @@ def untracked_forward_ops(backend: str):
     return _untracked_cuda_ops()
 
 
-def _eager_autograd(name: str, forward, bwd, bwd_op):
+class _RaisesIfDifferentiated(torch.autograd.Function):
+    """Passes gradients through, tied to the anchors (tensors that require grad) so that
+    differentiating them again reaches this node, which raises."""
+
+    @staticmethod
+    def forward(ctx, anchor_count, *tensors):
+        return tensors[anchor_count:]
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            "rmsnorm: the gradients of rms_norm and add_rms_norm cannot be differentiated again "
+            "(double backward through them is not supported)"
+        )
+
+
+def _eager_autograd(name: str, forward, bwd):
     """forward (a kernel backend's rms_norm_fwd or add_rms_norm_fwd, below the torch operators) as a
     torch.autograd.Function named `name`, with the operators' autograd (_autograd_for) around bwd,
-    the backward below its operator bwd_op.
+    the backward below its operator.
 
     The same kernels, saved tensors and backward as the operators, minus their layers: a custom op's
     dispatch and its generated autograd.Function cost about 70 of the 140 us a Triton forward+backward
-    spends in Python (bench/NOTES.md v0.17). A backward that builds a graph (create_graph=True) goes
-    through bwd_op, as the operators' does, so that differentiating it again raises as it did, rather
-    than leaving its gradients out.
+    spends in Python (bench/NOTES.md v0.17). A backward that builds a graph (create_graph=True) ties
+    its gradients to a node that raises when they are differentiated again, rather than leaving
+    rms_norm's share out of a second-order gradient.
     """
     setup_context, backward = _autograd_for(bwd)
-    _, backward_through_operator = _autograd_for(bwd_op)
 
     def forward_and_save(ctx, *inputs):
         output = forward(*inputs)
@@ -266,7 +281,14 @@ def _eager_autograd(name: str, forward, bwd, bwd_op):
         return output
 
     def backward_once(ctx, *grads):
-        return (backward_through_operator if torch.is_grad_enabled() else backward)(ctx, *grads)
+        if not torch.is_grad_enabled():
+            return backward(ctx, *grads)
+        with torch.no_grad():
+            input_grads = backward(ctx, *grads)
+        anchors = [t for t in (*grads, *ctx.saved_tensors) if t is not None and t.requires_grad]
+        computed = [g for g in input_grads if g is not None]
+        marked = iter(_RaisesIfDifferentiated.apply(len(anchors), *anchors, *computed))
+        return tuple(None if g is None else next(marked) for g in input_grads)
 
     # type(), not a class statement: autograd names the grad_fn class after the Function's name (here
     # f"{name}Backward") when the class is made.
@@ -279,16 +301,12 @@ def eager_autograd_forward_ops(backend: str):
     """forward_ops for eager calls autograd records, without the torch operator layers (see
     _eager_autograd). Never under torch.compile or a dispatch mode, which need the operators."""
     if backend == "triton":
-        bwd, bwd_op = _rms_norm_bwd_triton, torch.ops.rmsnorm.rms_norm_bwd_triton
-        forwards = (_rms_norm_fwd_triton, _add_rms_norm_fwd_triton)
+        bwd, forwards = _rms_norm_bwd_triton, (_rms_norm_fwd_triton, _add_rms_norm_fwd_triton)
     else:
-        bwd_op = torch.ops.rmsnorm_cuda.rms_norm_bwd
-        bwd = _below_autograd(bwd_op.default)
-        forwards = _untracked_cuda_ops()
+        bwd, forwards = _below_autograd(torch.ops.rmsnorm_cuda.rms_norm_bwd.default), _untracked_cuda_ops()
     suffix = "Triton" if backend == "triton" else "Cuda"
     return tuple(
-        _eager_autograd(f"{kind}{suffix}", forward, bwd, bwd_op)
-        for kind, forward in zip(("RMSNorm", "AddRMSNorm"), forwards)
+        _eager_autograd(f"{kind}{suffix}", forward, bwd) for kind, forward in zip(("RMSNorm", "AddRMSNorm"), forwards)
     )
 
 
