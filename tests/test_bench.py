@@ -2,16 +2,19 @@
 
 bench.sweep times forward, backward and add-forward once, and measures again a cell of ours more than
 OFF_CELL_POINTS below the best of its row; bench.report says so under the table, and puts the host time
-of a forward+backward (bench.latency) beside the latency table.
+of a forward+backward (bench.latency) beside the latency table. bench.host_breakdown's training cases run.
 """
 
 from __future__ import annotations
 
 import pytest
+import torch
 
+from bench import host_breakdown
 from bench.cases import FORWARD, FORWARD_BACKWARD, OFF_CELL_POINTS, OFF_CELL_REPEATS
 from bench.report import _latency_table, _repeats_note
 from bench.sweep import _set_times, repeat_off_cells
+from tests.conftest import DEVICE
 
 CEILING_GBPS = 1000.0
 BYTES = 1e9  # with the ceiling above: a reading of ms milliseconds is 100 / ms percent of it
@@ -100,3 +103,18 @@ def test_the_latency_table_has_the_training_host_time_only_where_it_was_measured
     assert rule == "|---|--:|--:|--:|"
     assert cuda == "| ours-cuda | 10.0 / 2.0 | 10.0 / 2.0 | 123.4 |"
     assert quack == "| quack | 10.0 / 2.0 | 10.0 / 2.0 | failed: RuntimeError: no |"
+
+
+def test_host_breakdown_training_cases_run():
+    """Every case bench/host_breakdown times for the training step runs and returns gradients, on the
+    tensors and backends this machine has (Triton's interpreter on CPU here), so the tool does not rot
+    between GPU sessions."""
+    x = torch.randn(1, host_breakdown.N, device=DEVICE, dtype=torch.bfloat16)
+    w = torch.randn(host_breakdown.N, device=DEVICE, dtype=torch.bfloat16)
+    cases = host_breakdown.training_layers(x, w)
+    assert "triton: forward+backward (autograd.grad)" in cases
+    for name, case in cases.items():
+        for _ in range(2):  # the backward-alone case replays its graph
+            out = case()
+        outputs = out if isinstance(out, tuple) else (out,)
+        assert all(isinstance(t, torch.Tensor) and t.device == x.device for t in outputs), name
