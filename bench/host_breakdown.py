@@ -118,16 +118,16 @@ def training_layers(x: torch.Tensor, w: torch.Tensor) -> dict[str, Callable[[], 
     backends = ["triton"] + (["cuda"] if "cuda" in rmsnorm.available_backends() else [])
     for backend in backends:
         bwd_op = torch.ops.rmsnorm.rms_norm_bwd_triton if backend == "triton" else torch.ops.rmsnorm_cuda.rms_norm_bwd
+
+        def step(backend: str = backend) -> object:
+            return torch.autograd.grad(rmsnorm.rms_norm(xg, (N,), wg, EPS, backend=backend), (xg, wg), dy)
+
         cases |= {
-            f"{backend}: forward+backward (autograd.grad)": lambda backend=backend: torch.autograd.grad(
-                rmsnorm.rms_norm(xg, (N,), wg, EPS, backend=backend), (xg, wg), dy
-            ),
+            f"{backend}: forward+backward (autograd.grad)": step,
             f"{backend}: forward+backward through the torch operators": lambda fwd_op=ops.forward_ops(backend)[0]: (
                 torch.autograd.grad(fwd_op(xg, wg, 0.0, EPS, False)[0], (xg, wg), dy)
             ),
-            f"{backend}: forward+backward, backward on this thread": lambda backend=backend: _on_this_thread(
-                lambda: torch.autograd.grad(rmsnorm.rms_norm(xg, (N,), wg, EPS, backend=backend), (xg, wg), dy)
-            ),
+            f"{backend}: forward+backward, backward on this thread": lambda step=step: _on_this_thread(step),
             f"{backend}: backward alone (one graph replayed, as the sweep times it)": _backward_replay(
                 rmsnorm.rms_norm(xg, (N,), wg, EPS, backend=backend), xg, wg, dy
             ),
@@ -144,35 +144,28 @@ def training_layers(x: torch.Tensor, w: torch.Tensor) -> dict[str, Callable[[], 
     return cases
 
 
-def profile_training_step(backend: str) -> None:
-    """cProfile of CALLS forward+backward steps, the backward on this thread so that the profile sees
-    it: the functions with the most time of their own (cProfile inflates Python calls: read shares)."""
-    x = torch.randn(1, N, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    w = torch.randn(N, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    dy = torch.randn_like(x)
-
-    def step() -> object:
-        return torch.autograd.grad(rmsnorm.rms_norm(x, (N,), w, EPS, backend=backend), (x, w), dy)
-
-    with torch.autograd.set_multithreading_enabled(False):
-        for _ in range(100):
-            step()
-        torch.cuda.synchronize()
-        profile = cProfile.Profile()
-        profile.enable()
-        for _ in range(CALLS):
-            step()
-        torch.cuda.synchronize()
-        profile.disable()
-    print(f"=== forward+backward, backend={backend!r}, {CALLS} steps, backward on this thread", flush=True)
-    pstats.Stats(profile).sort_stats("tottime").print_stats(TOP)
+def profile(name: str, fn: Callable[[], object], calls: int = CALLS, top: int = TOP) -> None:
+    """cProfile of `calls` calls of fn, already warm: the `top` functions with the most time of their
+    own (cProfile inflates Python calls: read shares, not absolute numbers)."""
+    torch.cuda.synchronize()
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    profiler.disable()
+    print(f"=== {name}, {calls} calls", flush=True)
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(top)
 
 
 def main() -> None:
     print(f"host time per call, bf16 [1, {N}], no grad inputs; {torch.cuda.get_device_name()}", flush=True)
-    for name, fn in layers().items():
+    cases = layers()
+    for name, fn in cases.items():
         print(f"{host_us(fn):8.1f} us  {name}", flush=True)
-    profile_training_step("triton")
+    # Its backward on this thread, where the profile sees it.
+    on_this_thread = "triton: forward+backward, backward on this thread"
+    profile(on_this_thread, cases[on_this_thread])
 
 
 if __name__ == "__main__":

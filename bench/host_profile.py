@@ -7,12 +7,10 @@ overhead inflates Python calls, so read the shares, not the absolute numbers).
 
 from __future__ import annotations
 
-import cProfile
-import pstats
-
 import torch
 
 import rmsnorm
+from bench.host_breakdown import profile
 
 CALLS = 5000
 N = 4096
@@ -23,17 +21,13 @@ def main() -> None:
     x = torch.randn(1, N, device="cuda", dtype=torch.bfloat16)
     w = torch.randn(N, device="cuda", dtype=torch.bfloat16)
     for backend in ("triton", "cuda"):
+
+        def call(backend: str = backend) -> torch.Tensor:
+            return rmsnorm.rms_norm(x, (N,), w, 1e-6, backend=backend)
+
         for _ in range(100):
-            rmsnorm.rms_norm(x, (N,), w, 1e-6, backend=backend)
-        torch.cuda.synchronize()
-        profile = cProfile.Profile()
-        profile.enable()
-        for _ in range(CALLS):
-            rmsnorm.rms_norm(x, (N,), w, 1e-6, backend=backend)
-        torch.cuda.synchronize()
-        profile.disable()
-        print(f"=== rms_norm(backend={backend!r}), {CALLS} calls, bf16 [1, {N}]", flush=True)
-        pstats.Stats(profile).sort_stats("tottime").print_stats(TOP)
+            call()
+        profile(f"rms_norm(backend={backend!r}), bf16 [1, {N}]", call, CALLS, TOP)
 
 
 if __name__ == "__main__":
