@@ -25,7 +25,6 @@ NS = (1024, 2048, 4096, 8192, 16384, 32768)
 # label -> {constant name in csrc/*.cu: value written in its place}; {} is csrc as it is.
 CANDIDATES: dict[str, dict[str, str]] = {
     "as is": {},
-    "bwd: 2 Vecs a thread in sub-warp rows": {"kBwdSubWarpItems": "2"},
     "bwd: staged from 4 KB rows": {"kBwdStagedMinRowBytes": "4 * 1024"},
     "bwd: staged from 2 KB rows": {"kBwdStagedMinRowBytes": "2 * 1024"},
     # 512 threads (kBwdMaxBlockThreads) of 4 chunks stage at most 32 KB rows.
