@@ -38,39 +38,25 @@ QUANT_ELEMENTS_PER_THREAD = (16, 32, 64, 128)
 
 
 def _quant_sweep(ns: list[int], ceiling: float) -> None:
-    """rms_norm_quant (static and dynamic) and add_rms_norm_quant (dynamic) alone, for each
-    QUANT_ELEMENTS_PER_THREAD (at every width), with and without QUANT_HOLDS_16_BIT."""
-    defaults = (
-        triton_kernels.QUANT_ELEMENTS_PER_THREAD,
-        triton_kernels.QUANT_WIDE_ROW_ELEMENTS_PER_THREAD,
-        triton_kernels.QUANT_HOLDS_16_BIT,
-    )
-    print("N | quant elems/thread | warps | holds 16-bit | quant static | quant dynamic | add quant dynamic", flush=True)
+    """rms_norm_quant alone, static and dynamic, for each QUANT_ELEMENTS_PER_THREAD."""
+    default = triton_kernels.QUANT_ELEMENTS_PER_THREAD
+    print("N | quant elems/thread | warps | quant static | quant dynamic", flush=True)
     scale = torch.tensor([0.02], device="cuda")
     for n in ns:
         x = torch.randn(ELEMENTS // n, n, device="cuda", dtype=torch.bfloat16)
-        residual = torch.randn_like(x)
         w = torch.randn(n, device="cuda", dtype=torch.bfloat16)
-        for elements, holds in itertools.product(QUANT_ELEMENTS_PER_THREAD, (False, True)):
+        for elements in QUANT_ELEMENTS_PER_THREAD:
             triton_kernels.QUANT_ELEMENTS_PER_THREAD = elements
-            triton_kernels.QUANT_WIDE_ROW_ELEMENTS_PER_THREAD = elements
-            triton_kernels.QUANT_HOLDS_16_BIT = holds
             triton_kernels.tile_config.cache_clear()
             warps = triton_kernels.tile_config(n, "quant").num_warps
             static = median_ms(lambda: triton_kernels.rms_norm_quant_fwd(x, None, w, 0.0, 1e-6, False, scale, None))
             dynamic = median_ms(lambda: triton_kernels.rms_norm_quant_fwd(x, None, w, 0.0, 1e-6, False, None, None))
-            add = median_ms(lambda: triton_kernels.rms_norm_quant_fwd(x, residual, w, 0.0, 1e-6, False, None, None))
             print(
-                # bf16 tensors moved: 2 + 1 bytes an element, and 2 + 2 + 2 + 1 with the residual
-                f"{n} | {elements} | {warps} | {holds} | {_percent(static, 1.5, x, ceiling):.1f} | "
-                f"{_percent(dynamic, 1.5, x, ceiling):.1f} | {_percent(add, 3.5, x, ceiling):.1f}",
+                f"{n} | {elements} | {warps} | {_percent(static, 1.5, x, ceiling):.1f} | "
+                f"{_percent(dynamic, 1.5, x, ceiling):.1f}",
                 flush=True,
             )
-    (
-        triton_kernels.QUANT_ELEMENTS_PER_THREAD,
-        triton_kernels.QUANT_WIDE_ROW_ELEMENTS_PER_THREAD,
-        triton_kernels.QUANT_HOLDS_16_BIT,
-    ) = defaults
+    triton_kernels.QUANT_ELEMENTS_PER_THREAD = default
     triton_kernels.tile_config.cache_clear()
 
 

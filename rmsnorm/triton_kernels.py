@@ -93,12 +93,11 @@ def _quantize(y, scale, out_dtype: tl.constexpr):
 
 
 @triton.jit
-def _row_input_stored(
+def _row_input(
     x_ptr, x_offsets, res_ptr, res_offsets, res_out_ptr, res_out_offsets, mask,
     HAS_RESIDUAL: tl.constexpr, STORE_RESIDUAL: tl.constexpr,
 ):  # fmt: skip
-    """The values a row is normalized from, in the dtype they are stored in: x, or x + residual
-    rounded to the residual's dtype.
+    """The values a row is normalized from, in fp32: x, or x + residual rounded to the residual's dtype.
 
     add_rms_norm normalizes residual_out as stored, rounded, so that y == rms_norm(residual_out).
     """
@@ -108,46 +107,7 @@ def _row_input_stored(
         x = (x.to(tl.float32) + residual.to(tl.float32)).to(res_out_ptr.dtype.element_ty)
         if STORE_RESIDUAL:
             tl.store(res_out_ptr + res_out_offsets, x, mask=mask)
-    return x
-
-
-@triton.jit
-def _row_input(
-    x_ptr, x_offsets, res_ptr, res_offsets, res_out_ptr, res_out_offsets, mask,
-    HAS_RESIDUAL: tl.constexpr, STORE_RESIDUAL: tl.constexpr,
-):  # fmt: skip
-    """_row_input_stored's values in fp32."""
-    return _row_input_stored(
-        x_ptr, x_offsets, res_ptr, res_offsets, res_out_ptr, res_out_offsets, mask, HAS_RESIDUAL, STORE_RESIDUAL
-    ).to(tl.float32)
-
-
-@triton.jit
-def _widen_again(v):
-    """v in fp32, for a second use of 16-bit values already converted once.
-
-    bf16 is widened by its bits, an operation the compiler cannot merge with the first conversion:
-    it then keeps the 16-bit values, packed two to a register, across the row's reduction instead
-    of their fp32 copies, and a quantizing program needs ~40 fewer registers (bench/NOTES.md v0.19).
-    Exact, as the conversion is.
-    """
-    if v.dtype == tl.bfloat16:
-        return (v.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
-    return v.to(tl.float32)
-
-
-@triton.jit
-def _abs_max(v):
-    """max |v| over axis 1 in fp32, NaN-propagating; v's own dtype rounded nothing away.
-
-    16-bit floats are sign and magnitude: with the sign cleared, their bits order as their absolute
-    values, and every NaN above infinity, so an integer maximum on the packed values is |v|'s, NaN
-    included.
-    """
-    if v.dtype == tl.bfloat16 or v.dtype == tl.float16:
-        magnitude = tl.max(v.to(tl.int16, bitcast=True) & 0x7FFF, 1).to(tl.int16)
-        return magnitude.to(v.dtype, bitcast=True).to(tl.float32)
-    return tl.reduce(tl.abs(v.to(tl.float32)), 1, _nan_max)
+    return x.to(tl.float32)
 
 
 @triton.jit(do_not_specialize=["M"])
@@ -174,7 +134,6 @@ def rms_norm_fwd_kernel(
     ROUND_XHAT: tl.constexpr,  # casting_mode "llama": x * rstd rounded to x's dtype before the weight
     QUANT: tl.constexpr,  # NO_QUANT, QUANT_STATIC or QUANT_DYNAMIC (one tile per row only)
     HAS_SCALE_UB: tl.constexpr,
-    HOLD_16_BIT: tl.constexpr,  # QUANT: 16-bit x and y held as such across the row's reductions (_widen_again)
     BLOCK_M: tl.constexpr,  # rows per program
     BLOCK_N: tl.constexpr,  # columns per program: a power of two >= N unless RSTD_GIVEN
 ):  # fmt: skip
@@ -191,11 +150,10 @@ def rms_norm_fwd_kernel(
         static_scale = tl.load(scale_ptr)
     x_starts = _row_starts(rows, size1, size2, size3, x_stride0, x_stride1, x_stride2, x_stride3)
     res_starts = _row_starts(rows, size1, size2, size3, res_stride0, res_stride1, res_stride2, res_stride3)
-    x_stored = _row_input_stored(
+    x = _row_input(
         x_ptr, x_starts[:, None] + cols[None, :], res_ptr, res_starts[:, None] + cols[None, :], res_out_ptr,
         out_offsets, mask, HAS_RESIDUAL, STORE_RESIDUAL=True,
     )  # fmt: skip
-    x = x_stored.to(tl.float32)
     # Row statistics (rstd, the dynamic scales) are held by every thread of their row; Triton stores
     # them through a layout conversion in shared memory where those threads all write the same
     # value to one slot, a write-after-write racecheck reports and tests/sanitize.py explains.
@@ -209,8 +167,6 @@ def rms_norm_fwd_kernel(
         rstd = tl.div_rn(1.0, tl.sqrt_rn(mean_square + eps))
         if STORE_RSTD:
             tl.store(rstd_ptr + rows, rstd, mask=row_mask)
-    if QUANT != NO_QUANT and HOLD_16_BIT:
-        x = _widen_again(x_stored)
     y = x * rstd[:, None]
     if ROUND_XHAT:
         y = y.to(x_ptr.dtype.element_ty).to(tl.float32)
@@ -221,23 +177,13 @@ def rms_norm_fwd_kernel(
         tl.store(y_ptr + out_offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
     else:
         # Quantized from y as rms_norm returns it, rounded to x's dtype.
-        if HOLD_16_BIT:
-            y_rounded = y.to(x_ptr.dtype.element_ty)
-            if QUANT == QUANT_STATIC:
-                scale = static_scale
-            else:
-                scale = _dynamic_scale(_abs_max(y_rounded), scale_ub_ptr, HAS_SCALE_UB)
-                tl.store(scale_ptr + rows, scale, mask=row_mask)
-                scale = scale[:, None]
-            y = _widen_again(y_rounded)
+        y = y.to(x_ptr.dtype.element_ty).to(tl.float32)
+        if QUANT == QUANT_STATIC:
+            scale = static_scale
         else:
-            y = y.to(x_ptr.dtype.element_ty).to(tl.float32)
-            if QUANT == QUANT_STATIC:
-                scale = static_scale
-            else:
-                scale = _dynamic_scale(tl.reduce(tl.abs(y), 1, _nan_max), scale_ub_ptr, HAS_SCALE_UB)
-                tl.store(scale_ptr + rows, scale, mask=row_mask)
-                scale = scale[:, None]
+            scale = _dynamic_scale(tl.reduce(tl.abs(y), 1, _nan_max), scale_ub_ptr, HAS_SCALE_UB)
+            tl.store(scale_ptr + rows, scale, mask=row_mask)
+            scale = scale[:, None]
         tl.store(y_ptr + out_offsets, _quantize(y, scale, y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -454,10 +400,6 @@ WIDE_ROW_ELEMENTS_PER_THREAD = 64
 # 84-92% -> 96-98% of copy, static 92-98% -> 98% (at 16 a thread); the plain forward is half a
 # point to a point better at 16, and keeps it below WIDE_ROW_TILE_N (v0.7).
 QUANT_ELEMENTS_PER_THREAD = 64
-# Rows of WIDE_ROW_TILE_N or more in the quantizing forward.
-QUANT_WIDE_ROW_ELEMENTS_PER_THREAD = 64
-# The quantizing forward holds 16-bit x and y as such across its reductions (_widen_again).
-QUANT_HOLDS_16_BIT = False
 # The backward holds x, dy and a dweight sum a column: 32 elements a thread in its 16384-wide tiles
 # (16 warps: 71.2% of copy, against 65.6% at 64 a thread and 71.3% at 16).
 BWD_WIDE_ROW_ELEMENTS_PER_THREAD = 32
@@ -497,7 +439,7 @@ def tile_config(n: int, kind: str = "forward") -> TileConfig:
     block_m = max(1, SHORT_ROW_TILE_ELEMENTS // block_n)
     per_thread = None
     if kind == "quant":
-        per_thread = QUANT_WIDE_ROW_ELEMENTS_PER_THREAD if block_n >= WIDE_ROW_TILE_N else QUANT_ELEMENTS_PER_THREAD
+        per_thread = QUANT_ELEMENTS_PER_THREAD
     elif block_n >= WIDE_ROW_TILE_N:
         per_thread = BWD_WIDE_ROW_ELEMENTS_PER_THREAD if kind == "backward" else WIDE_ROW_ELEMENTS_PER_THREAD
     return TileConfig(block_m, block_n, _tile_warps(block_m * block_n, per_thread), split_rows=False)
@@ -587,8 +529,7 @@ def _forward(
              *res_strides, m, n, eps, weight_offset),
             {"HAS_RESIDUAL": residual is not None, "HAS_WEIGHT": weight is not None, "RSTD_GIVEN": cfg.split_rows,
              "STORE_RSTD": need_rstd and not cfg.split_rows, "ROUND_XHAT": round_xhat, "QUANT": quant,
-             "HAS_SCALE_UB": scale_ub is not None, "HOLD_16_BIT": QUANT_HOLDS_16_BIT and quant != NO_QUANT,
-             "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n},
+             "HAS_SCALE_UB": scale_ub is not None, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n},
             cfg.num_warps, device,
         )  # fmt: skip
     return residual_out, rstd
