@@ -93,6 +93,15 @@ static_assert(kBwdStagedMaxRowBytes / kVectorBytes <= int64_t{kBwdStagedChunksPe
 // of these widths that are not 16-byte aligned now take the two passes (not timed at these widths;
 // 39-51% beyond 64 KB), so that dx has the same bits wherever the row sits.
 constexpr int64_t kBwdStagedMinRowBytes = 8 * 1024;
+// Staged rows of at most kBwdStagedShortRowMaxBytes a tensor spread over more threads, this many
+// chunks each (the kernel walks at most kBwdStagedChunksPerThread; fewer where its block is wider).
+// First guess 8, as every staged row; bench/NOTES.md v0.20 times fewer.
+constexpr int64_t kBwdStagedShortRowMaxBytes = 16 * 1024;
+constexpr int kBwdStagedShortRowChunksPerThread = 8;
+static_assert(kBwdStagedShortRowChunksPerThread <= kBwdStagedChunksPerThread &&
+                  kBwdStagedShortRowMaxBytes / kVectorBytes <=
+                      int64_t{kBwdStagedShortRowChunksPerThread} * kBwdMaxBlockThreads,
+              "a short staged row's chunks must fit the staged kernel's walk and its largest block");
 // rms_norm_bwd_columns_kernel: 256 threads a block, one Vec of columns each, 2 blocks resident
 // per SM (its __launch_bounds__ then allows 128 registers a thread: at 3 blocks, 80 registers,
 // the unaligned half path with fp32 weights spilled on sm_80), and the number of row slices aims
@@ -124,9 +133,11 @@ BwdConfig bwd_config(int64_t n, int elem_bytes) {
   const RowTiling tiling = tile_row(ceil_div(n, vec), kBwdMaxAccumulators / vec, kBwdPreferredThreadsPerRow,
                                     kBwdMaxBlockThreads, kBwdSubWarpItems);
   if (tiling.items == 0 || (row_bytes >= kBwdStagedMinRowBytes && row_bytes <= kBwdStagedMaxRowBytes)) {
+    const int chunks_per_thread =
+        row_bytes <= kBwdStagedShortRowMaxBytes ? kBwdStagedShortRowChunksPerThread : kBwdStagedChunksPerThread;
     const int staged_threads =
         row_bytes <= kBwdStagedMaxRowBytes
-            ? static_cast<int>(round_up(ceil_div(ceil_div(n, vec), kBwdStagedChunksPerThread), kWarpSize))
+            ? static_cast<int>(round_up(ceil_div(ceil_div(n, vec), chunks_per_thread), kWarpSize))
             : 0;
     return {RowTiling{0, 0}, 1, kLoopedBlockThreads, staged_threads};
   }
