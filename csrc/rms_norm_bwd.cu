@@ -89,15 +89,17 @@ static_assert(kBwdStagedMaxRowBytes / kVectorBytes <= int64_t{kBwdStagedChunksPe
 // block few threads holds an SM with few loads in flight: 5120 bf16 is 320 threads of 2 Vecs, one
 // block an SM of the persistent grid, 56% of copy (bench/results/h100, 476a9bd), where the staged
 // kernel's 96-thread blocks, five an SM, each stage their rows whole. H100, bf16, backward alone
-// (bench/tune_cuda.py, bench/NOTES.md v0.14): 56 -> 85% of copy at 5120, 74 -> 82% at 8192. Rows
-// of these widths that are not 16-byte aligned now take the two passes (not timed at these widths;
-// 39-51% beyond 64 KB), so that dx has the same bits wherever the row sits.
-constexpr int64_t kBwdStagedMinRowBytes = 8 * 1024;
+// (bench/tune_cuda.py, bench/NOTES.md v0.14 and v0.20): 56 -> 85% of copy at 5120, 74 -> 82% at
+// 8192; from 2 KB, 79 -> 84% at 1024 and 78 -> 86% at 2048 (with the short rows' chunks below).
+// Rows of these widths that are not 16-byte aligned now take the two passes (not timed at these
+// widths; 39-51% beyond 64 KB), so that dx has the same bits wherever the row sits.
+constexpr int64_t kBwdStagedMinRowBytes = 2 * 1024;
 // Staged rows of at most kBwdStagedShortRowMaxBytes a tensor spread over more threads, this many
 // chunks each (the kernel walks at most kBwdStagedChunksPerThread; fewer where its block is wider).
-// First guess 8, as every staged row; bench/NOTES.md v0.20 times fewer.
-constexpr int64_t kBwdStagedShortRowMaxBytes = 16 * 1024;
-constexpr int kBwdStagedShortRowChunksPerThread = 8;
+// H100, bf16, backward alone (bench/NOTES.md v0.20): 4 chunks, 80 -> 87% at 4096; 2048 on 64
+// threads, not 32. 5120 lost 3 points with 4 and 8192 gained 1-2, within the spread: 8 KB.
+constexpr int64_t kBwdStagedShortRowMaxBytes = 8 * 1024;
+constexpr int kBwdStagedShortRowChunksPerThread = 4;
 static_assert(kBwdStagedShortRowChunksPerThread <= kBwdStagedChunksPerThread &&
                   kBwdStagedShortRowMaxBytes / kVectorBytes <=
                       int64_t{kBwdStagedShortRowChunksPerThread} * kBwdMaxBlockThreads,
