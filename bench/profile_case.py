@@ -7,7 +7,9 @@ runs a list of such cases.
 
 Ops: rms_norm, add_rms_norm, quant_static and quant_dynamic (rms_norm_quant with a given scale or
 per-row scales), add_quant (add_rms_norm_quant), qk_norm (N = D: a [tokens, H, D] view of a wider
-qkv row, H = 32, as bench/features.py's QK-norm rows).
+qkv row, H = 32, as bench/features.py's QK-norm rows), backward (the gradients of x and the weight
+of one recorded rms_norm, as the benchmark's backward rows: profile.sh with
+KERNEL=regex:rms_norm_bwd_(kernel|staged) keeps to the row kernel, not the dweight reduction).
 """
 
 from __future__ import annotations
@@ -34,6 +36,12 @@ def make_call(op: str, backend: str, n: int):
         q = torch.randn(tokens, 3 * QK_HEADS * n, device="cuda", dtype=torch.bfloat16)[:, : QK_HEADS * n]
         q = q.view(tokens, QK_HEADS, n)
         return lambda: rmsnorm.rms_norm(q, (n,), weight, EPS, backend=backend)
+    if op == "backward":
+        x.requires_grad_(True)
+        weight.requires_grad_(True)
+        y = rmsnorm.rms_norm(x, (n,), weight, EPS, backend=backend)
+        dy = torch.randn_like(y)
+        return lambda: torch.autograd.grad(y, (x, weight), dy, retain_graph=True)
     calls = {
         "rms_norm": lambda: rmsnorm.rms_norm(x, (n,), weight, EPS, backend=backend),
         "add_rms_norm": lambda: rmsnorm.add_rms_norm(x, residual, weight, EPS, backend=backend),
@@ -46,7 +54,7 @@ def make_call(op: str, backend: str, n: int):
 
 def main(op: str, backend: str, n: int) -> None:
     call = make_call(op, backend, n)
-    with torch.no_grad():
+    with torch.no_grad() if op != "backward" else torch.enable_grad():
         for _ in range(CALLS):
             call()
     torch.cuda.synchronize()
