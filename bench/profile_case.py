@@ -1,4 +1,5 @@
-"""One warmed-up call of an op on a bf16 [2^27 / N, N] case, for a profiler to look at.
+"""One warmed-up call of an op on a bf16 [2^27 / N, N] case (or [M, N]: a fourth argument), for a
+profiler to look at.
 
 `ncu --kernel-name regex:rms_norm --launch-skip 2 --launch-count 1 python -m bench.profile_case
 add_rms_norm cuda 16384` profiles the third launch (after two warm-up calls): achieved DRAM
@@ -26,8 +27,8 @@ EPS = 1e-6
 QK_HEADS = 32
 
 
-def make_call(op: str, backend: str, n: int):
-    x = torch.randn(ELEMENTS // n, n, device="cuda", dtype=torch.bfloat16)
+def make_call(op: str, backend: str, n: int, rows: int | None = None):
+    x = torch.randn(rows or ELEMENTS // n, n, device="cuda", dtype=torch.bfloat16)
     residual = torch.randn_like(x)
     weight = torch.randn(n, device="cuda", dtype=torch.bfloat16)
     scale = torch.tensor([0.02], device="cuda")
@@ -52,8 +53,8 @@ def make_call(op: str, backend: str, n: int):
     return calls[op]
 
 
-def main(op: str, backend: str, n: int) -> None:
-    call = make_call(op, backend, n)
+def main(op: str, backend: str, n: int, rows: int | None = None) -> None:
+    call = make_call(op, backend, n, rows)
     with torch.no_grad() if op != "backward" else torch.enable_grad():
         for _ in range(CALLS):
             call()
@@ -61,4 +62,4 @@ def main(op: str, backend: str, n: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]) if len(sys.argv) > 4 else None)

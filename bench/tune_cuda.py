@@ -25,25 +25,7 @@ NS = (1024, 2048, 4096, 8192, 16384, 32768)
 # label -> {constant name in csrc/*.cu: value written in its place}; {} is csrc as it is.
 CANDIDATES: dict[str, dict[str, str]] = {
     "as is": {},
-    # v0.16's winner at 4096 and 8192, for reference: it sends rows of 32-64 KB to the two passes.
-    "bwd staged: 4 chunks a thread (max 32 KB)": {
-        "kBwdStagedChunksPerThread": "4",
-        "kBwdStagedMaxRowBytes": "32 * 1024",
-        "kBwdStagedShortRowChunksPerThread": "4",
-    },
-    "bwd staged rows to 16 KB: 4 chunks a thread": {"kBwdStagedShortRowChunksPerThread": "4"},
-    "bwd staged rows to 8 KB: 4 chunks a thread": {
-        "kBwdStagedShortRowChunksPerThread": "4",
-        "kBwdStagedShortRowMaxBytes": "8 * 1024",
-    },
-    "bwd staged from 2 KB, rows to 16 KB: 4 chunks a thread": {
-        "kBwdStagedShortRowChunksPerThread": "4",
-        "kBwdStagedMinRowBytes": "2 * 1024",
-    },
-    "bwd staged from 2 KB, rows to 16 KB: 2 chunks a thread": {
-        "kBwdStagedShortRowChunksPerThread": "2",
-        "kBwdStagedMinRowBytes": "2 * 1024",
-    },
+    "bwd staged short rows keep g": {"kBwdStagedKeptGradMaxChunks": "4"},
 }
 
 

@@ -100,6 +100,11 @@ constexpr int64_t kBwdStagedMinRowBytes = 2 * 1024;
 // threads, not 32. 5120 lost 3 points with 4 and 8192 gained 1-2, within the spread: 8 KB.
 constexpr int64_t kBwdStagedShortRowMaxBytes = 8 * 1024;
 constexpr int kBwdStagedShortRowChunksPerThread = 4;
+// Staged kernels of at most this many chunks a thread keep g = dy * w, formed for c in the first
+// walk, in registers for dx in the second, which then neither reads dy from the stage nor loads,
+// converts and offsets the weight again (ncu has the staged kernel issue-bound: 32-38
+// instructions an element against Triton's 17-18, bench/NOTES.md v0.21). 0: none; timed in v0.22.
+constexpr int kBwdStagedKeptGradMaxChunks = 0;
 static_assert(kBwdStagedShortRowChunksPerThread <= kBwdStagedChunksPerThread &&
                   kBwdStagedShortRowMaxBytes / kVectorBytes <=
                       int64_t{kBwdStagedShortRowChunksPerThread} * kBwdMaxBlockThreads,
@@ -125,6 +130,7 @@ struct BwdConfig {
   // > 0 (tiling.items == 0 only): aligned rows with x of dy's type go to rms_norm_bwd_staged_kernel
   // on this many threads, and the others' row-dot kernel takes as many, so that c has the same bits.
   int staged_threads;
+  int staged_chunks;  // chunks a thread of the staged kernel walks at most (its CHUNKS)
 };
 
 // The backward configuration for rows of n elements of elem_bytes each: from n and the element
@@ -141,12 +147,12 @@ BwdConfig bwd_config(int64_t n, int elem_bytes) {
         row_bytes <= kBwdStagedMaxRowBytes
             ? static_cast<int>(round_up(ceil_div(ceil_div(n, vec), chunks_per_thread), kWarpSize))
             : 0;
-    return {RowTiling{0, 0}, 1, kLoopedBlockThreads, staged_threads};
+    return {RowTiling{0, 0}, 1, kLoopedBlockThreads, staged_threads, chunks_per_thread};
   }
   if (tiling.threads_per_row <= kWarpSize) {
-    return {tiling, kBwdSubWarpBlockThreads / tiling.threads_per_row, kBwdSubWarpBlockThreads, 0};
+    return {tiling, kBwdSubWarpBlockThreads / tiling.threads_per_row, kBwdSubWarpBlockThreads, 0, 0};
   }
-  return {tiling, 1, tiling.threads_per_row, 0};
+  return {tiling, 1, tiling.threads_per_row, 0, 0};
 }
 
 // Slices of rows of the columns kernel: the rows are cut into `count` slices of rows_per_slice
@@ -356,11 +362,12 @@ __global__ void __launch_bounds__(kBwdMaxBlockThreads,
 // b + gridDim.x, ...: it copies each row's x and dy to shared memory with cp.async, and walks them
 // from there twice (c, then dx), where the row-dot and columns kernels read them from DRAM twice
 // (5 passes over memory where 3 are needed: at most 60% of copy). Thread t owns chunks t,
-// t + blockDim.x, ... (kBwdStagedChunksPerThread at most) of every row it visits, reads back only
-// what it copied (so no barrier guards the stage), and sums dy * xhat for them in fp32 registers,
-// written at the end as row b of dweight_partials. c is summed as rms_norm_bwd_row_dot_kernel on as
-// many threads sums it (the launcher gives it as many for unaligned rows): the same bits of dx.
-template <typename T, typename W>
+// t + blockDim.x, ... (CHUNKS at most) of every row it visits, reads back only what it copied (so no
+// barrier guards the stage), and sums dy * xhat for them in fp32 registers, written at the end as
+// row b of dweight_partials. c is summed as rms_norm_bwd_row_dot_kernel on as many threads sums it
+// (the launcher gives it as many for unaligned rows): the same bits of dx. KEEP_GRAD: g of the
+// first walk is kept for the second (the same values, so the same bits).
+template <typename T, typename W, int CHUNKS, bool KEEP_GRAD>
 __global__ void __launch_bounds__(kBwdMaxBlockThreads, 1) rms_norm_bwd_staged_kernel(
     const T* __restrict__ dy,              // [rows, n], row i at dy + dy_layout.offset(i)
     RowLayout dy_layout,
@@ -377,7 +384,6 @@ __global__ void __launch_bounds__(kBwdMaxBlockThreads, 1) rms_norm_bwd_staged_ke
     int64_t rows,
     int64_t n) {                           // a multiple of VEC, at most kBwdStagedMaxRowBytes of T
   constexpr int VEC = kVecElems<T>;
-  constexpr int CHUNKS = kBwdStagedChunksPerThread;
   extern __shared__ uint4 stage[];  // x's n / VEC chunks, then dy's, as 16-byte words
   const unsigned row_n = static_cast<unsigned>(n);
   uint4* x_stage = stage;
@@ -388,6 +394,7 @@ __global__ void __launch_bounds__(kBwdMaxBlockThreads, 1) rms_norm_bwd_staged_ke
   const auto chunk_at = [&](const uint4* buffer, int i) { return load_stage_word<T, VEC>(&buffer[col_of(i) / VEC]); };
   const bool with_dweight = dweight_partials != nullptr;
   Vec<float, VEC> dweight_sums[CHUNKS] = {};
+  [[maybe_unused]] Vec<float, VEC> kept_grads[KEEP_GRAD ? CHUNKS : 1];
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const T* x_row = x + x_layout.offset(row);
     const T* dy_row = dy + dy_layout.offset(row);
@@ -406,8 +413,9 @@ __global__ void __launch_bounds__(kBwdMaxBlockThreads, 1) rms_norm_bwd_staged_ke
       if (col_of(i) >= row_n) continue;
       const Vec<T, VEC> x_chunk = chunk_at(x_stage, i);
       const Vec<T, VEC> dy_chunk = chunk_at(dy_stage, i);
-      dot = add_xhat_dot_g(dot, x_chunk, weighted_grad<true>(dy_chunk, weight, weight_offset, col_of(i), row_n),
-                           row_rstd);
+      const Vec<float, VEC> g = weighted_grad<true>(dy_chunk, weight, weight_offset, col_of(i), row_n);
+      if constexpr (KEEP_GRAD) kept_grads[i] = g;
+      dot = add_xhat_dot_g(dot, x_chunk, g, row_rstd);
       if (with_dweight) add_dweight_terms(dweight_sums[i], x_chunk, dy_chunk, row_rstd, round_xhat);
     }
     const float c = __fdiv_rn(block_reduce_sum(dot, blockDim.x), static_cast<float>(n));
@@ -416,7 +424,12 @@ __global__ void __launch_bounds__(kBwdMaxBlockThreads, 1) rms_norm_bwd_staged_ke
 #pragma unroll
     for (int i = 0; i < CHUNKS; ++i) {
       if (col_of(i) >= row_n) continue;
-      const Vec<float, VEC> g = weighted_grad<true>(chunk_at(dy_stage, i), weight, weight_offset, col_of(i), row_n);
+      Vec<float, VEC> g;
+      if constexpr (KEEP_GRAD) {
+        g = kept_grads[i];
+      } else {
+        g = weighted_grad<true>(chunk_at(dy_stage, i), weight, weight_offset, col_of(i), row_n);
+      }
       store_vec<true>(dx_row, col_of(i), row_n,
                       dx_of<true>(chunk_at(x_stage, i), g, row_rstd, c, dresidual_row, col_of(i), row_n));
     }
@@ -563,13 +576,13 @@ cudaError_t launch_bwd_columns(const T* dy, RowLayout dy_layout, const X* x, Row
 // Its shared memory carveout is what the blocks an SM need, no more: the rest is L1, where the
 // rows' walks find the weight (the forward's staged kernel lost 5-10 points of copy with the weight
 // in L2, bench/NOTES.md v0.9).
-template <typename T, typename W>
+template <int CHUNKS, typename T, typename W>
 cudaError_t launch_bwd_staged(const T* dy, RowLayout dy_layout, const T* x, RowLayout x_layout,
                               const T* dresidual_out, RowLayout dresidual_out_layout, const W* weight,
                               float weight_offset, bool round_xhat, const float* rstd, T* dx,
                               float* dweight_partials, int64_t rows, int64_t n, int block_threads, int64_t grid,
                               cudaStream_t stream) {
-  const auto kernel = rms_norm_bwd_staged_kernel<T, W>;
+  const auto kernel = rms_norm_bwd_staged_kernel<T, W, CHUNKS, (CHUNKS <= kBwdStagedKeptGradMaxChunks)>;
   const int stage_bytes = static_cast<int>(2 * n * sizeof(T));
   constexpr int kReservedBytesPerBlock = 1024;  // shared memory the system keeps for each block
   const int blocks_per_sm = bwd_blocks_per_sm(block_threads, kBwdResidentThreadsPerSm);
@@ -659,9 +672,17 @@ cudaError_t rms_norm_bwd(const T* dy, RowLayout dy_layout, const X* x, RowLayout
     if constexpr (std::is_same_v<X, T>) {
       if constexpr (ALIGNED) {
         if (staged) {
-          return launch_bwd_staged(dy, dy_layout, x, x_layout, dresidual_out, dresidual_out_layout, weight, offset,
-                                   round_xhat, rstd, dx, partials, rows, n, config.staged_threads, partial_rows,
-                                   stream);
+          const auto launch_staged = [&](auto chunks_tag) {
+            return launch_bwd_staged<decltype(chunks_tag)::value>(
+                dy, dy_layout, x, x_layout, dresidual_out, dresidual_out_layout, weight, offset, round_xhat, rstd,
+                dx, partials, rows, n, config.staged_threads, partial_rows, stream);
+          };
+          if constexpr (kBwdStagedShortRowChunksPerThread != kBwdStagedChunksPerThread) {
+            if (config.staged_chunks == kBwdStagedShortRowChunksPerThread) {
+              return launch_staged(std::integral_constant<int, kBwdStagedShortRowChunksPerThread>{});
+            }
+          }
+          return launch_staged(std::integral_constant<int, kBwdStagedChunksPerThread>{});
         }
       }
     }
