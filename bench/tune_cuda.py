@@ -25,7 +25,7 @@ NS = (1024, 2048, 4096, 8192, 16384, 32768)
 # label -> {constant name in csrc/*.cu: value written in its place}; {} is csrc as it is.
 CANDIDATES: dict[str, dict[str, str]] = {
     "as is": {},
-    "bwd staged short rows keep g": {"kBwdStagedKeptGradMaxChunks": "4"},
+    "bwd staged short rows never keep g": {"kBwdStagedKeptGradMinRowBytes": "int64_t{1} << 62"},
 }
 
 

@@ -100,11 +100,13 @@ constexpr int64_t kBwdStagedMinRowBytes = 2 * 1024;
 // threads, not 32. 5120 lost 3 points with 4 and 8192 gained 1-2, within the spread: 8 KB.
 constexpr int64_t kBwdStagedShortRowMaxBytes = 8 * 1024;
 constexpr int kBwdStagedShortRowChunksPerThread = 4;
-// Staged kernels of at most this many chunks a thread keep g = dy * w, formed for c in the first
-// walk, in registers for dx in the second, which then neither reads dy from the stage nor loads,
-// converts and offsets the weight again (ncu has the staged kernel issue-bound: 32-38
-// instructions an element against Triton's 17-18, bench/NOTES.md v0.21). 0: none; timed in v0.22.
-constexpr int kBwdStagedKeptGradMaxChunks = 0;
+// Short staged rows of at least this many bytes keep g = dy * w, formed for c in the first walk,
+// in registers (4 chunks: 32 floats) for dx in the second, which then neither reads dy from the
+// stage nor loads, converts and offsets the weight again: ncu has the staged kernel issue-bound,
+// 32-38 instructions an element against Triton's 17-18 (bench/NOTES.md v0.21). H100, bf16,
+// backward alone (v0.22): 86 -> 91% of copy at 4096, level at 2048, but 85 -> 80% at 1024 (2 KB
+// rows, one-warp blocks): from 4 KB. Rows of 8 chunks a thread have no registers for it.
+constexpr int64_t kBwdStagedKeptGradMinRowBytes = 4 * 1024;
 static_assert(kBwdStagedShortRowChunksPerThread <= kBwdStagedChunksPerThread &&
                   kBwdStagedShortRowMaxBytes / kVectorBytes <=
                       int64_t{kBwdStagedShortRowChunksPerThread} * kBwdMaxBlockThreads,
@@ -130,7 +132,8 @@ struct BwdConfig {
   // > 0 (tiling.items == 0 only): aligned rows with x of dy's type go to rms_norm_bwd_staged_kernel
   // on this many threads, and the others' row-dot kernel takes as many, so that c has the same bits.
   int staged_threads;
-  int staged_chunks;  // chunks a thread of the staged kernel walks at most (its CHUNKS)
+  int staged_chunks;       // chunks a thread of the staged kernel walks at most (its CHUNKS)
+  bool staged_keeps_grad;  // the staged kernel keeps g between its walks (its KEEP_GRAD)
 };
 
 // The backward configuration for rows of n elements of elem_bytes each: from n and the element
@@ -147,12 +150,14 @@ BwdConfig bwd_config(int64_t n, int elem_bytes) {
         row_bytes <= kBwdStagedMaxRowBytes
             ? static_cast<int>(round_up(ceil_div(ceil_div(n, vec), chunks_per_thread), kWarpSize))
             : 0;
-    return {RowTiling{0, 0}, 1, kLoopedBlockThreads, staged_threads, chunks_per_thread};
+    const bool keeps_grad = chunks_per_thread == kBwdStagedShortRowChunksPerThread &&
+                            chunks_per_thread < kBwdStagedChunksPerThread && row_bytes >= kBwdStagedKeptGradMinRowBytes;
+    return {RowTiling{0, 0}, 1, kLoopedBlockThreads, staged_threads, chunks_per_thread, keeps_grad};
   }
   if (tiling.threads_per_row <= kWarpSize) {
-    return {tiling, kBwdSubWarpBlockThreads / tiling.threads_per_row, kBwdSubWarpBlockThreads, 0, 0};
+    return {tiling, kBwdSubWarpBlockThreads / tiling.threads_per_row, kBwdSubWarpBlockThreads, 0, 0, false};
   }
-  return {tiling, 1, tiling.threads_per_row, 0, 0};
+  return {tiling, 1, tiling.threads_per_row, 0, 0, false};
 }
 
 // Slices of rows of the columns kernel: the rows are cut into `count` slices of rows_per_slice
@@ -576,13 +581,13 @@ cudaError_t launch_bwd_columns(const T* dy, RowLayout dy_layout, const X* x, Row
 // Its shared memory carveout is what the blocks an SM need, no more: the rest is L1, where the
 // rows' walks find the weight (the forward's staged kernel lost 5-10 points of copy with the weight
 // in L2, bench/NOTES.md v0.9).
-template <int CHUNKS, typename T, typename W>
+template <int CHUNKS, bool KEEP_GRAD, typename T, typename W>
 cudaError_t launch_bwd_staged(const T* dy, RowLayout dy_layout, const T* x, RowLayout x_layout,
                               const T* dresidual_out, RowLayout dresidual_out_layout, const W* weight,
                               float weight_offset, bool round_xhat, const float* rstd, T* dx,
                               float* dweight_partials, int64_t rows, int64_t n, int block_threads, int64_t grid,
                               cudaStream_t stream) {
-  const auto kernel = rms_norm_bwd_staged_kernel<T, W, CHUNKS, (CHUNKS <= kBwdStagedKeptGradMaxChunks)>;
+  const auto kernel = rms_norm_bwd_staged_kernel<T, W, CHUNKS, KEEP_GRAD>;
   const int stage_bytes = static_cast<int>(2 * n * sizeof(T));
   constexpr int kReservedBytesPerBlock = 1024;  // shared memory the system keeps for each block
   const int blocks_per_sm = bwd_blocks_per_sm(block_threads, kBwdResidentThreadsPerSm);
@@ -672,17 +677,19 @@ cudaError_t rms_norm_bwd(const T* dy, RowLayout dy_layout, const X* x, RowLayout
     if constexpr (std::is_same_v<X, T>) {
       if constexpr (ALIGNED) {
         if (staged) {
-          const auto launch_staged = [&](auto chunks_tag) {
-            return launch_bwd_staged<decltype(chunks_tag)::value>(
+          const auto launch_staged = [&](auto chunks_tag, auto keep_grad_tag) {
+            return launch_bwd_staged<decltype(chunks_tag)::value, decltype(keep_grad_tag)::value>(
                 dy, dy_layout, x, x_layout, dresidual_out, dresidual_out_layout, weight, offset, round_xhat, rstd,
                 dx, partials, rows, n, config.staged_threads, partial_rows, stream);
           };
           if constexpr (kBwdStagedShortRowChunksPerThread != kBwdStagedChunksPerThread) {
             if (config.staged_chunks == kBwdStagedShortRowChunksPerThread) {
-              return launch_staged(std::integral_constant<int, kBwdStagedShortRowChunksPerThread>{});
+              return dispatch_bool(config.staged_keeps_grad, [&](auto keep_grad_tag) {
+                return launch_staged(std::integral_constant<int, kBwdStagedShortRowChunksPerThread>{}, keep_grad_tag);
+              });
             }
           }
-          return launch_staged(std::integral_constant<int, kBwdStagedChunksPerThread>{});
+          return launch_staged(std::integral_constant<int, kBwdStagedChunksPerThread>{}, std::false_type{});
         }
       }
     }
