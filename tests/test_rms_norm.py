@@ -26,7 +26,7 @@ ODD_SIZE_ROWS = 37 if ON_GPU else 2
 # in registers, or walked twice): 16384 and 32768 halves, 65536 (8 Vecs a thread), 16384 floats;
 # 131072 (on sm_90 cut across a cluster, its slices staged or walked from L2); backward: 16384 and
 # 32768 halves and 16384 floats staged aligned, walked twice misaligned, and 2048 and 5120 (staged from
-# 2 KB a row, kBwdStagedMinRowBytes; 2048 on kBwdStagedShortRowChunksPerThread).
+# 2 KB a row, kBwdStagedMinRowBytes; 2048 on kBwdStagedShortRowChunksPerThread, keeping dy * w).
 ALIGNMENT_WIDTHS = (520, 2048, 5120, 16384, 32768, 65536, 131072)
 
 
