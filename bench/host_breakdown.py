@@ -52,7 +52,7 @@ def layers() -> dict[str, Callable[[], object]]:
     sizes, strides = triton_kernels.row_layout(x)
     args = (x, x, w, y, y, rstd, rstd, x, *sizes, *strides, *strides, 1, N, EPS, 0.0)
     constexprs = {
-        "HAS_RESIDUAL": False, "HAS_WEIGHT": True, "RSTD_GIVEN": False, "STORE_RSTD": True, "ROUND_XHAT": False,
+        "HAS_RESIDUAL": False, "HAS_WEIGHT": True, "STORE_RSTD": True, "ROUND_XHAT": False,
         "QUANT": triton_kernels.NO_QUANT, "HAS_SCALE_UB": False, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
     }  # fmt: skip
     cases = {
@@ -63,11 +63,11 @@ def layers() -> dict[str, Callable[[], object]]:
             "auto", "cuda", x.dtype, w.dtype, False
         ),
         "rms_norm: as_rows": lambda: functional.as_rows(x, N),
-        "triton: raw kernel launch (kernel[grid])": lambda: triton_kernels.rms_norm_fwd_kernel[(1, 1)](
+        "triton: raw kernel launch (kernel[grid])": lambda: triton_kernels.rms_norm_fwd_kernel[(1,)](
             *args, **constexprs, num_warps=cfg.num_warps, enable_fp_fusion=False
         ),
         "triton: KernelLauncher, compiled kernel cached": lambda: triton_kernels._launch_fwd(
-            (1, 1), args, constexprs, cfg.num_warps, x.device.index
+            (1,), args, constexprs, cfg.num_warps, x.device.index
         ),
         "triton: host wrapper (triton_kernels.rms_norm_fwd)": lambda: triton_kernels.rms_norm_fwd(
             x, None, w, 0.0, EPS

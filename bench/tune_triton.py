@@ -9,7 +9,9 @@ behind it go to bench/NOTES.md and to the comments beside the constants.
 from __future__ import annotations
 
 import argparse
+import importlib
 import itertools
+import sys
 
 import torch
 
@@ -60,18 +62,73 @@ def _quant_sweep(ns: list[int], ceiling: float) -> None:
     triton_kernels.tile_config.cache_clear()
 
 
+# The split-row forward (`--split`, rows over FWD_MAX_TILE_N): chunk width, fp32 elements a thread,
+# the lag between a chunk's sum and its normalization (bytes moved meanwhile).
+SPLIT_NS = (65536, 131072, 262144, 524288, 1048576)
+SPLIT_TILES = ((4096, 16), (4096, 32), (8192, 32))  # (chunk, fp32 elements a thread)
+SPLIT_LAG_BYTES = (4 << 20, 8 << 20, 12 << 20)
+_SPLIT_CONSTANTS = ("FWD_SPLIT_CHUNK_N", "FWD_SPLIT_ELEMENTS_PER_THREAD", "FWD_SPLIT_LAG_BYTES")
+
+
+def _configure_split(values: tuple) -> None:
+    for name, value in zip(_SPLIT_CONSTANTS, values):
+        setattr(triton_kernels, name, value)
+    triton_kernels.tile_config.cache_clear()
+
+
+def _split_sweep(ns: list[int], ceiling: float, baseline: str | None) -> None:
+    """rms_norm and add_rms_norm forward on split rows for each candidate; `baseline`: a folder holding
+    an older triton_kernels.py (with its reference.py and triton_launch.py), timed beside them."""
+    old = None
+    if baseline:
+        sys.path.insert(0, baseline)
+        old = importlib.import_module("old_triton.triton_kernels")
+    defaults = tuple(getattr(triton_kernels, name) for name in _SPLIT_CONSTANTS)
+    candidates = [(*tile, lag) for tile, lag in itertools.product(SPLIT_TILES, SPLIT_LAG_BYTES)]
+    print("N | M | chunk | elems/thread | warps | lag MiB | fwd | add fwd | max |y - F.rms_norm|", flush=True)
+    for n in ns:
+        m = max(256, ELEMENTS // n)
+        x = torch.randn(m, n, device="cuda", dtype=torch.bfloat16)
+        residual = torch.randn_like(x)
+        w = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+        expected = torch.nn.functional.rms_norm(x.float(), (n,), w.float(), 1e-6)
+        if old is not None:
+            fwd = median_ms(lambda: old.rms_norm_fwd(x, None, w, 0.0, 1e-6))
+            add = median_ms(lambda: old.rms_norm_fwd(x, residual, w, 0.0, 1e-6))
+            print(f"{n} | {m} | baseline | | | | {_percent(fwd, 2, x, ceiling):.1f} | "
+                  f"{_percent(add, 4, x, ceiling):.1f} |", flush=True)  # fmt: skip
+        for candidate in candidates:
+            _configure_split(candidate)
+            warps = triton_kernels.tile_config(n).num_warps
+            error = (triton_kernels.rms_norm_fwd(x, None, w, 0.0, 1e-6)[0].float() - expected).abs().max().item()
+            fwd = median_ms(lambda: triton_kernels.rms_norm_fwd(x, None, w, 0.0, 1e-6))
+            add = median_ms(lambda: triton_kernels.rms_norm_fwd(x, residual, w, 0.0, 1e-6))
+            chunk, elements, lag = candidate
+            print(
+                f"{n} | {m} | {chunk} | {elements} | {warps} | {lag >> 20} | {_percent(fwd, 2, x, ceiling):.1f} | "
+                f"{_percent(add, 4, x, ceiling):.1f} | {error:.3g}",
+                flush=True,
+            )
+    _configure_split(defaults)
+
+
 def _percent(ms: float, tensors: float, x: torch.Tensor, ceiling_gbps: float) -> float:
     return 100 * tensors * x.numel() * x.element_size() / ms / 1e6 / ceiling_gbps
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ns", default=",".join(map(str, NS)), help="row widths, e.g. 16384,32768")
+    parser.add_argument("--ns", help="row widths, e.g. 16384,32768 (default: NS, or SPLIT_NS with --split)")
     parser.add_argument("--quant", action="store_true", help="sweep the quantizing forward's tile alone")
+    parser.add_argument("--split", action="store_true", help="sweep the split-row forward (default ns: SPLIT_NS)")
+    parser.add_argument("--baseline", help="with --split: a folder holding old_triton/, timed beside")
     args = parser.parse_args()
-    ns = [int(n) for n in args.ns.split(",")]
+    ns = [int(n) for n in args.ns.split(",")] if args.ns else list(SPLIT_NS if args.split else NS)
     ceiling = copy_ceiling()["gbps"]
     print(f"copy ceiling {ceiling:.0f} GB/s; bf16, M*N = 2^27; % of the ceiling", flush=True)
+    if args.split:
+        _split_sweep(ns, ceiling, args.baseline)
+        return
     if args.quant:
         _quant_sweep(ns, ceiling)
         return

@@ -237,8 +237,15 @@ def _require_kernel_dtypes(backend: str, x_dtype: torch.dtype, w_dtype: torch.dt
 # to 8192 (triton 99 / 98% static / dynamic against cuda's 98 / 97%), beyond which CUDA stages rows
 # in shared memory (v0.9: at 16384 98 / 94% against triton's 96 / 92%, at 32768 97 / 93% against
 # 78 / 76%); add_rms_norm_quant up to 32768 (triton 97-99% against cuda's 96-98% since v0.9, ahead
-# by 10-25 points before). A function of N alone, so a row's backend, and bits, never depend on M.
-_AUTO_TRITON_WIDTHS = {"add_rms_norm": (8193, None), "rms_norm_quant": (1, 8192), "add_rms_norm_quant": (1, 32768)}
+# by 10-25 points before); rms_norm above 32768, forward and backward (v0.23: triton's split-row
+# forward 91-92% at 65536-2^20 against cuda's 89 / 88 / 83 / 71 / 62%; its backward 57% against
+# 39-50%). A function of N alone, so a row's backend, and bits, never depend on M.
+_AUTO_TRITON_WIDTHS = {
+    "rms_norm": (32769, None),
+    "add_rms_norm": (8193, None),
+    "rms_norm_quant": (1, 8192),
+    "add_rms_norm_quant": (1, 32768),
+}
 
 
 def _auto_prefers_triton(op: str, n: int) -> bool:

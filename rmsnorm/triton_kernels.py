@@ -7,9 +7,11 @@ configuration is a function of N and nothing else, so a row's bits never depend 
 surround it (batch invariance) and every call on the same input gives the same bits.
 
 Rows up to FWD_MAX_TILE_N (forward) / BWD_MAX_TILE_N (backward) elements are handled in one tile
-held in registers: x is read once. Wider rows are split: a first kernel walks each row in chunks
-to compute its statistic (rstd forward, the dot product of xhat and dy*w backward), then a 2-D
-grid of column blocks applies it. That reads x once more, but nothing spills.
+held in registers: x is read once. Wider rows are split into chunks. Forward: one kernel sums each
+chunk's squares and, some thousands of chunks later, normalizes it from L2 once its row's sums are
+in (rms_norm_fwd_split_kernel): x still crosses DRAM once. Backward: a first kernel walks each row
+to compute the dot product of xhat and dy*w, then a 2-D grid of column blocks applies it, reading
+x and dy once more.
 
 Launches go through triton_launch.KernelLauncher (Triton's own launch the first time an argument
 specialization is seen, the compiled kernel directly after: host time). Every launch passes
@@ -48,6 +50,9 @@ QUANT_DYNAMIC = tl.constexpr(2)
 # The largest finite float8_e4m3fn, and vLLM's floor on a dynamic scale: the reference's numbers.
 FP8_E4M3_MAX = tl.constexpr(reference.FP8_E4M3_MAX)
 MIN_DYNAMIC_SCALE = tl.constexpr(reference.MIN_DYNAMIC_SCALE)
+# rms_norm_fwd_split_kernel's partial sums of squares before their chunk stores them: no sum of
+# squares is negative (NaN and inf are sums too, and differ from it).
+PENDING = tl.constexpr(-1.0)
 
 
 @triton.jit
@@ -110,6 +115,36 @@ def _row_input(
     return x.to(tl.float32)
 
 
+@triton.jit
+def _rstd(sum_squares, N, eps):
+    # IEEE division and square root (not rsqrt.approx): the CUDA backend and the reference round the
+    # same way, so backends agree to the last bit more often. N * 1.0: N in fp32, whether it arrived
+    # as an int or was specialised to the constant 1.
+    return tl.div_rn(1.0, tl.sqrt_rn(tl.div_rn(sum_squares, N * 1.0) + eps))
+
+
+@triton.jit
+def _normalized(x, rstd, w, weight_offset, x_dtype: tl.constexpr, HAS_WEIGHT: tl.constexpr, ROUND_XHAT: tl.constexpr):
+    """y in fp32: x * rstd (rounded to x's dtype in casting_mode "llama") times w + weight_offset (w as loaded)."""
+    y = x * rstd
+    if ROUND_XHAT:
+        y = y.to(x_dtype).to(tl.float32)
+    if HAS_WEIGHT:
+        y = y * (w.to(tl.float32) + weight_offset)
+    return y
+
+
+@triton.jit
+def _store_output(y, y_ptr, offsets, mask, x_dtype: tl.constexpr, QUANT: tl.constexpr, static_scale):
+    """Stores y in y's dtype (NO_QUANT), or quantized to fp8 by one given scale (QUANT_STATIC)."""
+    if QUANT == NO_QUANT:
+        tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
+    else:
+        # Quantized from y as rms_norm returns it, rounded to x's dtype.
+        y = y.to(x_dtype).to(tl.float32)
+        tl.store(y_ptr + offsets, _quantize(y, static_scale, y_ptr.dtype.element_ty), mask=mask)
+
+
 @triton.jit(do_not_specialize=["M"])
 def rms_norm_fwd_kernel(
     x_ptr,  # [M, N] input; row i starts at x_ptr + _row_starts(i, sizes, x strides)
@@ -117,7 +152,7 @@ def rms_norm_fwd_kernel(
     w_ptr,  # [N] weight; not read unless HAS_WEIGHT
     y_ptr,  # [M, N] output, contiguous: x's dtype, or fp8 when QUANT
     res_out_ptr,  # [M, N] output x + residual, contiguous, residual's dtype; not written unless HAS_RESIDUAL
-    rstd_ptr,  # [M] fp32 reciprocal RMS: written here (when STORE_RSTD), or read when RSTD_GIVEN
+    rstd_ptr,  # [M] fp32 output: reciprocal RMS, written when STORE_RSTD
     scale_ptr,  # QUANT_STATIC: [1] fp32 scale read; QUANT_DYNAMIC: [M] fp32 row scales written
     scale_ub_ptr,  # [1] fp32 upper bound of a row's max |y| (QUANT_DYNAMIC); not read unless HAS_SCALE_UB
     size1, size2, size3,  # leading dims 1..3 of the inputs, [size0, size1, size2, size3, N] (1: absent)
@@ -129,21 +164,21 @@ def rms_norm_fwd_kernel(
     weight_offset,  # fp32, added to the weight (Gemma's 1 + w)
     HAS_RESIDUAL: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
-    RSTD_GIVEN: tl.constexpr,  # rows wider than one tile: rms_norm_rstd_kernel already computed rstd
-    STORE_RSTD: tl.constexpr,  # rstd is kept for a backward (not by inference calls, nor when RSTD_GIVEN)
+    STORE_RSTD: tl.constexpr,  # rstd is kept for a backward (not by inference calls)
     ROUND_XHAT: tl.constexpr,  # casting_mode "llama": x * rstd rounded to x's dtype before the weight
-    QUANT: tl.constexpr,  # NO_QUANT, QUANT_STATIC or QUANT_DYNAMIC (one tile per row only)
+    QUANT: tl.constexpr,  # NO_QUANT, QUANT_STATIC or QUANT_DYNAMIC
     HAS_SCALE_UB: tl.constexpr,
     BLOCK_M: tl.constexpr,  # rows per program
-    BLOCK_N: tl.constexpr,  # columns per program: a power of two >= N unless RSTD_GIVEN
+    BLOCK_N: tl.constexpr,  # a power of two >= N: a row is one tile
 ):  # fmt: skip
     # int64 row indices: row * stride overflows int32 past 2^31 elements.
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.arange(0, BLOCK_N)
     row_mask = rows < M
     col_mask = cols < N
     mask = row_mask[:, None] & col_mask[None, :]
     out_offsets = rows[:, None] * N + cols[None, :]
+    static_scale = 1.0
     if QUANT == QUANT_STATIC:
         # Loaded before the row, off the path from the reduction to the stores: at N >= 16384 one
         # program holds an SM alone, and a load after the reduction left it idle (bench/NOTES.md v0.7).
@@ -157,63 +192,134 @@ def rms_norm_fwd_kernel(
     # Row statistics (rstd, the dynamic scales) are held by every thread of their row; Triton stores
     # them through a layout conversion in shared memory where those threads all write the same
     # value to one slot, a write-after-write racecheck reports and tests/sanitize.py explains.
-    if RSTD_GIVEN:
-        rstd = tl.load(rstd_ptr + rows, mask=row_mask, other=0.0)
-    else:
-        # IEEE division and square root (not rsqrt.approx): the CUDA backend and the reference
-        # round the same way, so backends agree to the last bit more often.
-        # N * 1.0: N in fp32, whether it arrived as an int or was specialised to the constant 1.
-        mean_square = tl.div_rn(tl.sum(x * x, axis=1), N * 1.0)
-        rstd = tl.div_rn(1.0, tl.sqrt_rn(mean_square + eps))
-        if STORE_RSTD:
-            tl.store(rstd_ptr + rows, rstd, mask=row_mask)
-    y = x * rstd[:, None]
-    if ROUND_XHAT:
-        y = y.to(x_ptr.dtype.element_ty).to(tl.float32)
+    rstd = _rstd(tl.sum(x * x, axis=1), N, eps)
+    if STORE_RSTD:
+        tl.store(rstd_ptr + rows, rstd, mask=row_mask)
+    w = 0.0
     if HAS_WEIGHT:
-        w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32) + weight_offset
-        y = y * w[None, :]
-    if QUANT == NO_QUANT:
-        tl.store(y_ptr + out_offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
-    else:
+        w = tl.load(w_ptr + cols, mask=col_mask, other=0.0)[None, :]
+    y = _normalized(x, rstd[:, None], w, weight_offset, x_ptr.dtype.element_ty, HAS_WEIGHT, ROUND_XHAT)
+    if QUANT == QUANT_DYNAMIC:
         # Quantized from y as rms_norm returns it, rounded to x's dtype.
         y = y.to(x_ptr.dtype.element_ty).to(tl.float32)
-        if QUANT == QUANT_STATIC:
-            scale = static_scale
-        else:
-            scale = _dynamic_scale(tl.reduce(tl.abs(y), 1, _nan_max), scale_ub_ptr, HAS_SCALE_UB)
-            tl.store(scale_ptr + rows, scale, mask=row_mask)
-            scale = scale[:, None]
-        tl.store(y_ptr + out_offsets, _quantize(y, scale, y_ptr.dtype.element_ty), mask=mask)
+        scale = _dynamic_scale(tl.reduce(tl.abs(y), 1, _nan_max), scale_ub_ptr, HAS_SCALE_UB)
+        tl.store(scale_ptr + rows, scale, mask=row_mask)
+        tl.store(y_ptr + out_offsets, _quantize(y, scale[:, None], y_ptr.dtype.element_ty), mask=mask)
+    else:
+        _store_output(y, y_ptr, out_offsets, mask, x_ptr.dtype.element_ty, QUANT, static_scale)
 
 
 @triton.jit
-def rms_norm_rstd_kernel(
+def _chunk_inputs(
+    x_ptr, res_ptr, w_ptr, row, cols, mask, size1, size2, size3, x_stride0, x_stride1, x_stride2, x_stride3,
+    res_stride0, res_stride1, res_stride2, res_stride3, HAS_RESIDUAL: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+):  # fmt: skip
+    """A chunk's x, residual and weight as loaded, in their own dtypes (half the registers of fp32 for
+    16-bit inputs while they wait); 0.0 for those absent."""
+    x = tl.load(x_ptr + _row_starts(row, size1, size2, size3, x_stride0, x_stride1, x_stride2, x_stride3) + cols,
+                mask=mask, other=0.0)  # fmt: skip
+    res = 0.0
+    if HAS_RESIDUAL:
+        res_start = _row_starts(row, size1, size2, size3, res_stride0, res_stride1, res_stride2, res_stride3)
+        res = tl.load(res_ptr + res_start + cols, mask=mask, other=0.0)
+    w = 0.0
+    if HAS_WEIGHT:
+        w = tl.load(w_ptr + cols, mask=mask, other=0.0)
+    return x, res, w
+
+
+@triton.jit(do_not_specialize=["M"])
+def rms_norm_fwd_split_kernel(
     x_ptr,  # [M, N] input, laid out as in rms_norm_fwd_kernel
     res_ptr,  # [M, N] residual, laid out by its own strides; not read unless HAS_RESIDUAL
-    res_out_ptr,  # only its dtype is used: the rounding of x + residual
-    rstd_ptr,  # [M] fp32 output: reciprocal RMS of each row
+    w_ptr,  # [N] weight; not read unless HAS_WEIGHT
+    y_ptr,  # [M, N] output, contiguous: x's dtype, or fp8 when QUANT_STATIC
+    res_out_ptr,  # [M, N] output x + residual, contiguous, residual's dtype; not written unless HAS_RESIDUAL
+    rstd_ptr,  # [M] fp32 output: reciprocal RMS, written when STORE_RSTD
+    scale_ptr,  # [1] fp32 scale; not read unless QUANT_STATIC
+    partial_ptr,  # [M, cdiv(N, CHUNK_N)] fp32 scratch, filled with PENDING: each chunk's sum of squares
+    lag,  # program p normalizes chunk p - lag; lag >= cdiv(N, CHUNK_N)
     size1, size2, size3,
     x_stride0, x_stride1, x_stride2, x_stride3,
     res_stride0, res_stride1, res_stride2, res_stride3,
+    M,
     N,
     eps,  # fp32
+    weight_offset,  # fp32
     HAS_RESIDUAL: tl.constexpr,
-    BLOCK_N: tl.constexpr,  # chunk width walked along the row
+    HAS_WEIGHT: tl.constexpr,
+    STORE_RSTD: tl.constexpr,
+    ROUND_XHAT: tl.constexpr,
+    QUANT: tl.constexpr,  # NO_QUANT or QUANT_STATIC (a dynamic scale needs the whole row's y)
+    CHUNK_N: tl.constexpr,  # columns of a chunk: rows are cut into cdiv(N, CHUNK_N) of them
+    PARTIALS_BLOCK: tl.constexpr,  # partial sums read at a time
 ):  # fmt: skip
-    row = tl.program_id(0).to(tl.int64)
-    x_start = _row_starts(row, size1, size2, size3, x_stride0, x_stride1, x_stride2, x_stride3)
-    res_start = _row_starts(row, size1, size2, size3, res_stride0, res_stride1, res_stride2, res_stride3)
-    sum_squares = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for start in range(0, N, BLOCK_N):
-        cols = start + tl.arange(0, BLOCK_N)
+    """Rows wider than one tile, cut into chunks: chunk p of the flattened [M, chunks] grid is program p's.
+
+    Program p sums the squares of chunk p and stores that partial in place of PENDING. It also
+    normalizes chunk q = p - lag: it reads q's inputs again (lag chunks after program q read them:
+    from L2), waits until no partial of q's row is PENDING, and sums them in a fixed order. x crosses DRAM once, not twice as with a statistics kernel and a second
+    kernel (3 passes of the row: 67% of copy at most).
+
+    A program waits on lower program ids only, which started before it: blocks are dispatched in
+    increasing order (CUB's decoupled look-back rests on that too), and a started program stores
+    its partial before it waits for anything. In Triton's interpreter programs run one after
+    another in that order, so a wait is over before it begins. The partials are the only values
+    programs pass each other (add_rms_norm's x + residual is recomputed from the inputs, not read
+    back from residual_out): there is nothing else to order. With lag at least the programs one
+    wave holds, the partials q needs are there when p first looks. The grid has lag more programs
+    than chunks, which only normalize.
+    """
+    pid = tl.program_id(0).to(tl.int64)
+    chunks = tl.cdiv(N, CHUNK_N)
+    offsets = tl.arange(0, CHUNK_N)
+    q = pid - lag
+    q_row = tl.maximum(q, 0) // chunks
+    q_cols = (tl.maximum(q, 0) % chunks) * CHUNK_N + offsets
+    q_mask = (q_cols < N) & (q >= 0)
+    # Chunk q's inputs first: their latency (L2) then overlaps chunk p's (DRAM). Loaded after the
+    # wait, they cost 1-12 points (H100, bench/NOTES.md v0.23).
+    q_x, q_res, q_w = _chunk_inputs(
+        x_ptr, res_ptr, w_ptr, q_row, q_cols, q_mask, size1, size2, size3, x_stride0, x_stride1, x_stride2,
+        x_stride3, res_stride0, res_stride1, res_stride2, res_stride3, HAS_RESIDUAL, HAS_WEIGHT,
+    )  # fmt: skip
+    if pid < M * chunks:
+        row = pid // chunks
+        cols = (pid % chunks) * CHUNK_N + offsets
+        mask = cols < N
+        x_start = _row_starts(row, size1, size2, size3, x_stride0, x_stride1, x_stride2, x_stride3)
+        res_start = _row_starts(row, size1, size2, size3, res_stride0, res_stride1, res_stride2, res_stride3)
         x = _row_input(
-            x_ptr, x_start + cols, res_ptr, res_start + cols, res_out_ptr, cols, cols < N,
-            HAS_RESIDUAL, STORE_RESIDUAL=False,
+            x_ptr, x_start + cols, res_ptr, res_start + cols, res_out_ptr, row * N + cols, mask,
+            HAS_RESIDUAL, STORE_RESIDUAL=True,
         )  # fmt: skip
-        sum_squares += x * x
-    mean_square = tl.div_rn(tl.sum(sum_squares, axis=0), N * 1.0)
-    tl.store(rstd_ptr + row, tl.div_rn(1.0, tl.sqrt_rn(mean_square + eps)))
+        tl.store(partial_ptr + pid, tl.sum(x * x, axis=0))
+    if q >= 0:
+        # The row's last chunk is the last to start: wait for it on one word before reading them all.
+        last_ptr = partial_ptr + q_row * chunks + chunks - 1
+        pending = tl.load(last_ptr, volatile=True) == PENDING
+        while pending:
+            pending = tl.load(last_ptr, volatile=True) == PENDING
+        sum_squares = tl.zeros([PARTIALS_BLOCK], dtype=tl.float32)
+        for start in range(0, chunks, PARTIALS_BLOCK):
+            parts_ptr = partial_ptr + q_row * chunks + start + tl.arange(0, PARTIALS_BLOCK)
+            parts_mask = start + tl.arange(0, PARTIALS_BLOCK) < chunks
+            # volatile: from L2, where other SMs' stores land, at every try.
+            parts = tl.load(parts_ptr, mask=parts_mask, other=0.0, volatile=True)
+            while tl.sum((parts == PENDING).to(tl.int32), axis=0) > 0:
+                parts = tl.load(parts_ptr, mask=parts_mask, other=0.0, volatile=True)
+            sum_squares += parts
+        rstd = _rstd(tl.sum(sum_squares, axis=0), N, eps)
+        if STORE_RSTD and q % chunks == 0:
+            tl.store(rstd_ptr + q_row, rstd)
+        x = q_x.to(tl.float32)
+        if HAS_RESIDUAL:  # rounded to residual_out's dtype, as chunk q's program stored it
+            x = (x + q_res.to(tl.float32)).to(res_out_ptr.dtype.element_ty).to(tl.float32)
+        y = _normalized(x, rstd, q_w, weight_offset, x_ptr.dtype.element_ty, HAS_WEIGHT, ROUND_XHAT)
+        static_scale = 1.0
+        if QUANT == QUANT_STATIC:
+            static_scale = tl.load(scale_ptr)
+        _store_output(y, y_ptr, q_row * N + q_cols, q_mask, x_ptr.dtype.element_ty, QUANT, static_scale)
 
 
 @triton.jit
@@ -361,7 +467,7 @@ def rms_norm_dw_reduce_kernel(
 
 # Each kernel's launcher (see triton_launch: the host time of a small call).
 _launch_fwd = KernelLauncher(rms_norm_fwd_kernel)
-_launch_rstd = KernelLauncher(rms_norm_rstd_kernel)
+_launch_fwd_split = KernelLauncher(rms_norm_fwd_split_kernel)
 _launch_quantize_rows = KernelLauncher(rms_norm_quantize_rows_kernel)
 _launch_bwd = KernelLauncher(rms_norm_bwd_kernel)
 _launch_bwd_dot = KernelLauncher(rms_norm_bwd_dot_kernel)
@@ -375,7 +481,9 @@ class TileConfig:
     block_m: int
     block_n: int
     num_warps: int
-    split_rows: bool  # the row is wider than one tile: a statistics pass, then a 2-D grid of column blocks
+    # The row is wider than one tile. Forward: rms_norm_fwd_split_kernel, block_n columns a chunk;
+    # backward: a statistics pass, then a 2-D grid of column blocks.
+    split_rows: bool
 
 
 # Widest row kept whole in registers. Above it the fp32 copy of the tile needs more than ~32
@@ -403,8 +511,17 @@ QUANT_ELEMENTS_PER_THREAD = 64
 # The backward holds x, dy and a dweight sum a column: 32 elements a thread in its 16384-wide tiles
 # (16 warps: 71.2% of copy, against 65.6% at 64 a thread and 71.3% at 16).
 BWD_WIDE_ROW_ELEMENTS_PER_THREAD = 32
-# Chunk width of the split-row kernels.
+# Chunk width of the split-row backward kernels.
 SPLIT_BLOCK_N = 4096
+# The split-row forward (rms_norm_fwd_split_kernel): columns a chunk, fp32 elements a thread, and
+# the lag between summing a chunk and normalizing it, as bytes moved meanwhile. H100, bf16, M·N =
+# 2^27, 65536-2^20 (bench/tune_triton.py --split, bench/NOTES.md v0.23): 4096 x 32 (4 warps) beat
+# 4096 x 16 by 1-9 points and 8192 x 32 by 1-10 (add_rms_norm); a lag of 12 MiB beat 4 MiB by 5-11
+# points (the partials a chunk needs not yet there) and 16-34 MiB by 5-25 (its inputs out of L2).
+FWD_SPLIT_CHUNK_N = 4096
+FWD_SPLIT_ELEMENTS_PER_THREAD = 32
+FWD_SPLIT_LAG_BYTES = 12 << 20
+FWD_SPLIT_PARTIALS_BLOCK = 256
 MAX_NUM_WARPS = 32
 # Persistent backward: programs per SM; two keep the memory pipe busy while one reduces. From
 # rows of BWD_ONE_PROGRAM_TILE_N, one: a program of 16 warps fills an SM's registers, a second
@@ -433,8 +550,10 @@ def _tile_warps(elements: int, elements_per_thread: int | None = None) -> int:
 def tile_config(n: int, kind: str = "forward") -> TileConfig:
     """The launch configuration for rows of n elements of one kernel kind, "forward", "quant" (the
     quantizing forward) or "backward"; a function of n alone (batch invariance)."""
-    if n > (BWD_MAX_TILE_N if kind == "backward" else FWD_MAX_TILE_N):
+    if kind == "backward" and n > BWD_MAX_TILE_N:
         return TileConfig(1, SPLIT_BLOCK_N, _tile_warps(SPLIT_BLOCK_N), split_rows=True)
+    if kind != "backward" and n > FWD_MAX_TILE_N:
+        return TileConfig(1, FWD_SPLIT_CHUNK_N, _tile_warps(FWD_SPLIT_CHUNK_N, FWD_SPLIT_ELEMENTS_PER_THREAD), True)
     block_n = triton.next_power_of_2(n)
     block_m = max(1, SHORT_ROW_TILE_ELEMENTS // block_n)
     per_thread = None
@@ -500,8 +619,7 @@ def _forward(
     _check_n(n)
     m = y.numel() // n if n else 0
     cfg = tile_config(n, "forward" if quant == NO_QUANT else "quant")
-    # Rows wider than a tile need rstd between their two kernels.
-    rstd = torch.empty(x.shape[:-1], dtype=torch.float32, device=x.device) if need_rstd or cfg.split_rows else None
+    rstd = torch.empty(x.shape[:-1], dtype=torch.float32, device=x.device) if need_rstd else None
     residual_out = None if residual is None else torch.empty(x.shape, dtype=residual.dtype, device=x.device)
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug(
@@ -518,21 +636,46 @@ def _forward(
     device = x.device.index
     with _on_device_of(x):
         if cfg.split_rows:
-            _launch_rstd(
-                (m,), (x, res, res_out, rstd_arg, *sizes, *x_strides, *res_strides, n, eps),
-                {"HAS_RESIDUAL": residual is not None, "BLOCK_N": cfg.block_n}, cfg.num_warps, device,
-            )  # fmt: skip
-        grid = (_cdiv(m, cfg.block_m), _cdiv(n, cfg.block_n))
+            if m:
+                _forward_split(
+                    cfg, (x, res, w, y, res_out, rstd_arg, scale), (*sizes, *x_strides, *res_strides, m, n, eps,
+                    weight_offset), residual is not None, weight is not None, need_rstd, round_xhat, quant, device,
+                )  # fmt: skip
+            return residual_out, rstd
         _launch_fwd(
-            grid,
+            (_cdiv(m, cfg.block_m),),
             (x, res, w, y, res_out, rstd_arg, scale, x if scale_ub is None else scale_ub, *sizes, *x_strides,
              *res_strides, m, n, eps, weight_offset),
-            {"HAS_RESIDUAL": residual is not None, "HAS_WEIGHT": weight is not None, "RSTD_GIVEN": cfg.split_rows,
-             "STORE_RSTD": need_rstd and not cfg.split_rows, "ROUND_XHAT": round_xhat, "QUANT": quant,
-             "HAS_SCALE_UB": scale_ub is not None, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n},
+            {"HAS_RESIDUAL": residual is not None, "HAS_WEIGHT": weight is not None, "STORE_RSTD": need_rstd,
+             "ROUND_XHAT": round_xhat, "QUANT": quant, "HAS_SCALE_UB": scale_ub is not None, "BLOCK_M": cfg.block_m,
+             "BLOCK_N": cfg.block_n},
             cfg.num_warps, device,
         )  # fmt: skip
     return residual_out, rstd
+
+
+def _forward_split(
+    cfg: TileConfig, tensors: tuple, sizes: tuple, has_residual: bool, has_weight: bool, need_rstd: bool,
+    round_xhat: bool, quant: int, device: int,
+) -> None:  # fmt: skip
+    """Launches rms_norm_fwd_split_kernel. tensors: x, res, w, y, res_out, rstd, scale (stand-ins where
+    absent); sizes: the leading sizes, both tensors' strides, M, N, eps and weight_offset."""
+    x = tensors[0]
+    m, n = sizes[-4], sizes[-3]
+    chunks = _cdiv(n, cfg.block_n)
+    partials = torch.full((m, chunks), PENDING.value, dtype=torch.float32, device=x.device)
+    # Enough chunks that a chunk's row has been summed by the time its normalization comes, few
+    # enough that its inputs are still in L2: a budget of bytes moved meanwhile; never under a row
+    # and a chunk an SM (a program waits on lower ids only), nor past the chunks there are.
+    bytes_a_chunk = cfg.block_n * x.element_size() * (4 if has_residual else 2)
+    lag = min(m * chunks, max(chunks + _num_sms(x.device), FWD_SPLIT_LAG_BYTES // bytes_a_chunk))
+    _launch_fwd_split(
+        (m * chunks + lag,), (*tensors, partials, lag, *sizes),
+        {"HAS_RESIDUAL": has_residual, "HAS_WEIGHT": has_weight, "STORE_RSTD": need_rstd, "ROUND_XHAT": round_xhat,
+         "QUANT": quant, "CHUNK_N": cfg.block_n,
+         "PARTIALS_BLOCK": FWD_SPLIT_PARTIALS_BLOCK},
+        cfg.num_warps, device,
+    )  # fmt: skip
 
 
 def rms_norm_fwd(

@@ -12,7 +12,7 @@ from tests.numerics import check_rms_norm
 DTYPES = (torch.float16, torch.float32, torch.bfloat16)
 # Every path: sub-warp rows, one warp, one block, the CUDA register limit (8K backward, 32K forward
 # for half types), the split rows beyond, and odd widths that take the scalar paths.
-WIDTHS = (1, 3, 64, 127, 1024, 4097, 8192, 12288, 65537) if ON_GPU else (1, 3, 64, 127, 1024, 4097, 12288)
+WIDTHS = (1, 3, 64, 127, 1024, 4097, 8192, 12288, 65537) if ON_GPU else (1, 3, 64, 127, 1024, 4097, 12288, 32769)
 ROWS = 37 if ON_GPU else 3
 
 

@@ -12,7 +12,7 @@ from tests.numerics import check_rms_norm, ulp
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # A register tile, a forward split row (> 32K) and a backward split row (> 8K); odd widths for tails.
-WIDTHS = (64, 1000, 4097, 12288, 65537) if ON_GPU else (64, 1000, 12288)
+WIDTHS = (64, 1000, 4097, 12288, 65537) if ON_GPU else (64, 1000, 12288, 32769)
 ROWS = 37 if ON_GPU else 3
 
 

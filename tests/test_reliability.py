@@ -226,3 +226,39 @@ def test_tiny_rows(backend, rows, n, dtype, weighted, op):
     residual = randn(rows, n, dtype=dtype) if op == "add_rms_norm" else None
     weight = random_weight(n, dtype) if weighted else None
     check_rms_norm(backend, x, (n,), weight, 1e-6, residual=residual)
+
+
+# --- the Triton split-row forward's lag ----------------------------------------------------------
+# Wider than one Triton forward tile (triton_kernels.FWD_MAX_TILE_N): rows cut into chunks, each
+# summed by one program and normalized by a later one (rms_norm_fwd_split_kernel).
+SPLIT_N = 32769
+SPLIT_ROWS = 64 if ON_GPU else 3
+
+
+@pytest.mark.parametrize("residual", (False, True), ids=("rms_norm", "add_rms_norm"))
+def test_triton_split_forward_lag_changes_no_bits(residual, monkeypatch):
+    """How far behind its row's sums a chunk is normalized is a matter of speed: the least lag (a row
+    and a chunk an SM), the default, and all sums first give the same bits, a NaN row and an Inf row
+    among them, and the NaN and Inf stay in their rows."""
+    from rmsnorm import available_backends, triton_kernels
+
+    if "triton" not in available_backends():
+        pytest.skip("the triton backend needs a CUDA GPU, or TRITON_INTERPRET=1 on CPU")
+    assert SPLIT_N > triton_kernels.FWD_MAX_TILE_N
+    x = randn(SPLIT_ROWS, SPLIT_N, dtype=torch.bfloat16)
+    x[1, 5] = float("nan")
+    x[2, SPLIT_N - 1] = float("inf")
+    res = randn(SPLIT_ROWS, SPLIT_N, dtype=torch.bfloat16) if residual else None
+    w = random_weight(SPLIT_N, torch.bfloat16)
+    results = []
+    for lag_bytes in (0, triton_kernels.FWD_SPLIT_LAG_BYTES, 1 << 50):
+        monkeypatch.setattr(triton_kernels, "FWD_SPLIT_LAG_BYTES", lag_bytes)
+        y, residual_out, rstd = triton_kernels.rms_norm_fwd(x, res, w, 0.5, 1e-6)
+        results.append((y.view(torch.int16), rstd.view(torch.int32)))
+        if residual:
+            results[-1] += (residual_out.view(torch.int16),)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+    y = results[0][0].view(torch.bfloat16)
+    assert y[1].isnan().all() and y[2].isnan().any() and not y[[0, *range(3, SPLIT_ROWS)]].isnan().any()
