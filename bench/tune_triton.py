@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import itertools
+import statistics
 import sys
 
 import torch
@@ -21,17 +22,15 @@ from bench.timing import copy_ceiling, median_ms
 from rmsnorm import triton_kernels
 
 NS = (1024, 4096, 8192, 16384, 32768)
-# fp32 elements a thread holds in a row tile, and the warps a program may have.
+# fp32 elements a thread holds in a row tile, and the warps a program may have (the backward's
+# programs an SM and pipeline: `--bwd`).
 ELEMENTS_PER_THREAD = (16, 32, 64)
 MAX_NUM_WARPS = (8, 16, 32)
-# Persistent backward programs per SM, tried at the default tile configuration.
-BWD_PROGRAMS_PER_SM = (2, 4, 8)
 
 
-def _configure(elements_per_thread: int, max_warps: int, bwd_programs: int) -> None:
+def _configure(elements_per_thread: int, max_warps: int) -> None:
     triton_kernels.ELEMENTS_PER_THREAD = elements_per_thread
     triton_kernels.MAX_NUM_WARPS = max_warps
-    triton_kernels.BWD_PROGRAMS_PER_SM = bwd_programs
     triton_kernels.tile_config.cache_clear()
 
 
@@ -112,6 +111,56 @@ def _split_sweep(ns: list[int], ceiling: float, baseline: str | None) -> None:
     _configure_split(defaults)
 
 
+# The backward's software pipelining (`--bwd`): fp32 elements a thread, programs an SM and the
+# stages of its persistent loop (num_stages: the next tiles' loads in flight, through shared
+# memory). None: the default. Timed in ROUNDS interleaved rounds (the median), because one timing
+# of a latency-bound kernel can read 10-15 points off the next one of the same kernel.
+BWD_SWEEP_NS = (1024, 2048, 4096, 5120, 8192, 12288, 16384, 32768)
+BWD_CANDIDATES = (None, (16, 2, 1), (16, 1, 3), (16, 1, 4), (32, 1, 4), (32, 1, 1))
+ROUNDS = 3
+_BWD_CONSTANTS = ("ELEMENTS_PER_THREAD", "BWD_WIDE_ROW_ELEMENTS_PER_THREAD", "BWD_PIPELINE", "BWD_WIDE_PIPELINE",
+                  "BWD_SPLIT_PIPELINE")  # fmt: skip
+
+
+def _configure_bwd(values: tuple) -> None:
+    """values: those of _BWD_CONSTANTS, or a candidate (elements a thread, programs an SM, stages)."""
+    if len(values) == 3:
+        elements, programs, stages = values
+        values = (elements, elements, (), (programs, stages), (programs, stages))
+    for name, value in zip(_BWD_CONSTANTS, values):
+        setattr(triton_kernels, name, value)
+    triton_kernels.tile_config.cache_clear()
+
+
+def _bwd_sweep(ns: list[int], ceiling: float) -> None:
+    """The backward alone for each candidate (elements a thread, programs an SM, stages), every width alike."""
+    defaults = tuple(getattr(triton_kernels, name) for name in _BWD_CONSTANTS)
+    print("N | elems/thread | warps | programs/SM | stages | bwd (median of rounds) | rounds", flush=True)
+    for n in ns:
+        x = torch.randn(ELEMENTS // n, n, device="cuda", dtype=torch.bfloat16)
+        dy = torch.randn_like(x)
+        w = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+        _, rstd = torch.ops.rmsnorm.rms_norm_fwd_triton(x, w, 0.0, 1e-6, False)
+        cells: dict = {c: [] for c in BWD_CANDIDATES}
+        for _ in range(ROUNDS):
+            for candidate in BWD_CANDIDATES:
+                _configure_bwd(defaults if candidate is None else candidate)
+                try:
+                    ms = median_ms(lambda: triton_kernels.rms_norm_bwd(dy, x, None, w, 0.0, rstd, True))
+                    cells[candidate].append(_percent(ms, 3, x, ceiling))
+                except Exception as exc:  # out of shared memory, say
+                    cells[candidate].append(float("nan"))
+                    print(f"{n} {candidate}: {str(exc).splitlines()[0][:80]}", flush=True)
+        for candidate, values in cells.items():
+            _configure_bwd(defaults if candidate is None else candidate)
+            warps = triton_kernels.tile_config(n, "backward").num_warps
+            label = "default | " if candidate is None else f"{candidate[0]} | "
+            rest = f"{warps} | |" if candidate is None else f"{warps} | {candidate[1]} | {candidate[2]}"
+            rounds = " / ".join(f"{v:.1f}" for v in values)
+            print(f"{n} | {label}{rest} | {statistics.median(values):.1f} | {rounds}", flush=True)
+    _configure_bwd(defaults)
+
+
 def _percent(ms: float, tensors: float, x: torch.Tensor, ceiling_gbps: float) -> float:
     return 100 * tensors * x.numel() * x.element_size() / ms / 1e6 / ceiling_gbps
 
@@ -122,19 +171,23 @@ def main() -> None:
     parser.add_argument("--quant", action="store_true", help="sweep the quantizing forward's tile alone")
     parser.add_argument("--split", action="store_true", help="sweep the split-row forward (default ns: SPLIT_NS)")
     parser.add_argument("--baseline", help="with --split: a folder holding old_triton/, timed beside")
+    parser.add_argument("--bwd", action="store_true", help="sweep the backward's pipelining (default ns: BWD_SWEEP_NS)")
     args = parser.parse_args()
-    ns = [int(n) for n in args.ns.split(",")] if args.ns else list(SPLIT_NS if args.split else NS)
+    ns = [int(n) for n in args.ns.split(",")] if args.ns else list(SPLIT_NS if args.split else BWD_SWEEP_NS if args.bwd else NS)
     ceiling = copy_ceiling()["gbps"]
     print(f"copy ceiling {ceiling:.0f} GB/s; bf16, M*N = 2^27; % of the ceiling", flush=True)
     if args.split:
         _split_sweep(ns, ceiling, args.baseline)
         return
+    if args.bwd:
+        _bwd_sweep(ns, ceiling)
+        return
     if args.quant:
         _quant_sweep(ns, ceiling)
         return
-    defaults = (triton_kernels.ELEMENTS_PER_THREAD, triton_kernels.MAX_NUM_WARPS, triton_kernels.BWD_PROGRAMS_PER_SM)
+    defaults = (triton_kernels.ELEMENTS_PER_THREAD, triton_kernels.MAX_NUM_WARPS)
     print(
-        "N | elems/thread | max warps | bwd programs/SM | fwd | add fwd | bwd | quant static | quant dynamic",
+        "N | elems/thread | max warps | fwd | add fwd | bwd | quant static | quant dynamic",
         flush=True,
     )
     scale = torch.tensor([0.02], device="cuda")
@@ -143,18 +196,15 @@ def main() -> None:
         residual, dy = torch.randn_like(x), torch.randn_like(x)
         w = torch.randn(n, device="cuda", dtype=torch.bfloat16)
         _, rstd = torch.ops.rmsnorm.rms_norm_fwd_triton(x, w, 0.0, 1e-6, False)
-        for elements, warps, programs in itertools.chain(
-            ((e, m, defaults[2]) for e, m in itertools.product(ELEMENTS_PER_THREAD, MAX_NUM_WARPS)),
-            ((defaults[0], defaults[1], p) for p in BWD_PROGRAMS_PER_SM if n <= triton_kernels.BWD_MAX_TILE_N),
-        ):
-            _configure(elements, warps, programs)
+        for elements, warps in itertools.product(ELEMENTS_PER_THREAD, MAX_NUM_WARPS):
+            _configure(elements, warps)
             fwd = median_ms(lambda: torch.ops.rmsnorm.rms_norm_fwd_triton(x, w, 0.0, 1e-6, False))
             add = median_ms(lambda: torch.ops.rmsnorm.add_rms_norm_fwd_triton(x, residual, w, 0.0, 1e-6, False))
             bwd = median_ms(lambda: torch.ops.rmsnorm.rms_norm_bwd_triton(dy, x, None, w, 0.0, rstd, True, False))
             static = median_ms(lambda: triton_kernels.rms_norm_quant_fwd(x, None, w, 0.0, 1e-6, False, scale, None))
             dynamic = median_ms(lambda: triton_kernels.rms_norm_quant_fwd(x, None, w, 0.0, 1e-6, False, None, None))
             print(
-                f"{n} | {elements} | {warps} | {programs} | {_percent(fwd, 2, x, ceiling):.1f} | "
+                f"{n} | {elements} | {warps} | {_percent(fwd, 2, x, ceiling):.1f} | "
                 f"{_percent(add, 4, x, ceiling):.1f} | {_percent(bwd, 3, x, ceiling):.1f} | "
                 # rms_norm_quant reads 2 bytes and writes 1 an element: 1.5 bf16 tensors
                 f"{_percent(static, 1.5, x, ceiling):.1f} | {_percent(dynamic, 1.5, x, ceiling):.1f}",

@@ -372,6 +372,7 @@ def rms_norm_bwd_kernel(
     ROUND_XHAT: tl.constexpr,  # casting_mode "llama": dweight sums dy * xhat rounded to dy's dtype
     BLOCK_M: tl.constexpr,  # rows per tile
     BLOCK_N: tl.constexpr,  # columns per program: a power of two >= N unless DOT_GIVEN
+    NUM_STAGES: tl.constexpr,  # tiles whose loads are in flight at once (shared-memory buffers, cp.async)
 ):  # fmt: skip
     # Persistent over row tiles: each program keeps its dweight partial in registers across all the
     # tiles it visits, so dweight costs one [programs, N] fp32 write instead of atomics.
@@ -382,7 +383,7 @@ def rms_norm_bwd_kernel(
     if HAS_WEIGHT:
         w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32) + weight_offset
     dw_acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for tile in range(pid, tl.cdiv(M, BLOCK_M), num_programs):
+    for tile in tl.range(pid, tl.cdiv(M, BLOCK_M), num_programs, num_stages=NUM_STAGES):
         rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         row_mask = rows < M
         mask = row_mask[:, None] & col_mask[None, :]
@@ -523,12 +524,20 @@ FWD_SPLIT_ELEMENTS_PER_THREAD = 32
 FWD_SPLIT_LAG_BYTES = 12 << 20
 FWD_SPLIT_PARTIALS_BLOCK = 256
 MAX_NUM_WARPS = 32
-# Persistent backward: programs per SM; two keep the memory pipe busy while one reduces. From
-# rows of BWD_ONE_PROGRAM_TILE_N, one: a program of 16 warps fills an SM's registers, a second
-# waits, and each program adds a row of dweight partials (8192: 86.1% against 83.5%; 16384: 71.2
-# against 69.0%, v0.7).
-BWD_PROGRAMS_PER_SM = 2
-BWD_ONE_PROGRAM_TILE_N = 8192
+# The persistent backward's programs an SM and pipeline stages (row tiles whose loads are in flight
+# at once: the next tiles' x and dy copied to shared memory by cp.async while one is reduced), by
+# tile width: (widest block_n, programs an SM, stages); wider tiles take BWD_WIDE_PIPELINE. H100,
+# bf16, backward alone (bench/tune_triton.py --bwd, bench/NOTES.md v0.24): one program of 4 stages
+# at 512-4096, 90-91% against 88-89% for two unpipelined programs (2 or 6 stages: 85-88); 3
+# stages at 5120 and 8192, 92 / 90% against 73 / 86%; 16384-wide tiles lose 4-12 points to any
+# pipelining (registers and shared memory for a 16-warp program of 128 registers).
+BWD_PIPELINE = ((4096, 1, 4), (8192, 1, 3))
+BWD_WIDE_PIPELINE = (1, 1)
+# Split rows' column blocks: two programs an SM keep the memory pipe busy while one reduces; no
+# stage gains there (58% at 32768 whatever the pipeline).
+BWD_SPLIT_PIPELINE = (2, 1)
+# Shared memory Triton's reductions and layout conversions take beside the pipeline's buffers.
+BWD_PIPELINE_SHARED_MARGIN = 16 << 10
 DW_REDUCE_BLOCK_P = 32
 DW_REDUCE_BLOCK_N = 128
 DW_REDUCE_NUM_WARPS = 4  # Triton's default, which this kernel always had
@@ -569,6 +578,25 @@ def _num_sms(device: torch.device) -> int:
     if device.type != "cuda":
         return 4  # the interpreter on CPU: any fixed number keeps results reproducible
     return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+@functools.lru_cache(maxsize=None)
+def _shared_memory_per_block(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1 << 30  # the interpreter: no limit, and stages change nothing there
+    return torch.cuda.get_device_properties(device).shared_memory_per_block_optin
+
+
+def _bwd_pipeline(cfg: TileConfig, device: torch.device, tiled: tuple[torch.Tensor, ...]) -> tuple[int, int]:
+    """The persistent backward's (programs an SM, stages), its stages capped by the shared memory a
+    block may have: each stage past the first buffers a tile of every tensor in `tiled`."""
+    if cfg.split_rows:
+        per_sm, stages = BWD_SPLIT_PIPELINE
+    else:
+        per_sm, stages = next(((p, s) for widest, p, s in BWD_PIPELINE if cfg.block_n <= widest), BWD_WIDE_PIPELINE)
+    tile_bytes = cfg.block_m * cfg.block_n * sum(t.element_size() for t in tiled)
+    fitting = 1 + (_shared_memory_per_block(device) - BWD_PIPELINE_SHARED_MARGIN) // tile_bytes
+    return per_sm, max(1, min(stages, fitting))
 
 
 def _check_n(n: int) -> None:
@@ -772,7 +800,7 @@ def rms_norm_bwd(
     col_blocks = _cdiv(n, cfg.block_n)
     # Enough programs to fill the GPU, fewer when there are few tiles; a function of (M, N, GPU)
     # only, so the dweight summation order is the same on every run.
-    per_sm = 1 if cfg.block_n >= BWD_ONE_PROGRAM_TILE_N and not cfg.split_rows else BWD_PROGRAMS_PER_SM
+    per_sm, stages = _bwd_pipeline(cfg, x.device, (dy, x) if dresidual_out is None else (dy, x, dresidual_out))
     programs = min(_cdiv(m, cfg.block_m), max(1, _num_sms(x.device) * per_sm // col_blocks))
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug(
@@ -799,7 +827,8 @@ def rms_norm_bwd(
             (dy, x, dres, w, rstd, dot, dx, dw_partial, *sizes, *dy_strides, *x_strides, *dres_strides, m, n,
              weight_offset),
             {"HAS_DRESIDUAL": dresidual_out is not None, "HAS_WEIGHT": weight is not None, "COMPUTE_DW": compute_dw,
-             "DOT_GIVEN": cfg.split_rows, "ROUND_XHAT": round_xhat, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n},
+             "DOT_GIVEN": cfg.split_rows, "ROUND_XHAT": round_xhat, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
+             "NUM_STAGES": stages},
             cfg.num_warps, device,
         )  # fmt: skip
         if compute_dw:
