@@ -64,8 +64,8 @@ def _quant_sweep(ns: list[int], ceiling: float) -> None:
 # The split-row forward (`--split`, rows over FWD_MAX_TILE_N): chunk width, fp32 elements a thread,
 # the lag between a chunk's sum and its normalization (bytes moved meanwhile).
 SPLIT_NS = (65536, 131072, 262144, 524288, 1048576)
-SPLIT_TILES = ((4096, 16), (4096, 32), (8192, 32))  # (chunk, fp32 elements a thread)
-SPLIT_LAG_BYTES = (4 << 20, 8 << 20, 12 << 20)
+SPLIT_TILES = ((4096, 32), (4096, 64), (8192, 64), (2048, 32), (16384, 64))  # (chunk, fp32 elements a thread)
+SPLIT_LAG_BYTES = (8 << 20, 12 << 20)
 _SPLIT_CONSTANTS = ("FWD_SPLIT_CHUNK_N", "FWD_SPLIT_ELEMENTS_PER_THREAD", "FWD_SPLIT_LAG_BYTES")
 
 
