@@ -258,8 +258,9 @@ def rms_norm_fwd_split_kernel(
 
     Program p sums the squares of chunk p and stores that partial in place of PENDING. It also
     normalizes chunk q = p - lag: it reads q's inputs again (lag chunks after program q read them:
-    from L2), waits until no partial of q's row is PENDING, and sums them in a fixed order. x crosses DRAM once, not twice as with a statistics kernel and a second
-    kernel (3 passes of the row: 67% of copy at most).
+    from L2), waits until no partial of q's row is PENDING, and sums them in a fixed order. x
+    crosses DRAM once, not twice as with a statistics kernel and a second kernel (3 passes of the
+    row: 67% of copy at most).
 
     A program waits on lower program ids only, which started before it: blocks are dispatched in
     increasing order (CUB's decoupled look-back rests on that too), and a started program stores
@@ -541,7 +542,7 @@ BWD_PIPELINE_SHARED_MARGIN = 16 << 10
 DW_REDUCE_BLOCK_P = 32
 DW_REDUCE_BLOCK_N = 128
 DW_REDUCE_NUM_WARPS = 4  # Triton's default, which this kernel always had
-# The split-row kernels put column blocks on grid axis 1, whose CUDA limit is 65535.
+# The split-row backward puts column blocks on grid axis 1, whose CUDA limit is 65535.
 MAX_N = 65535 * SPLIT_BLOCK_N
 
 
@@ -667,7 +668,8 @@ def _forward(
             if m:
                 _forward_split(
                     cfg, (x, res, w, y, res_out, rstd_arg, scale), (*sizes, *x_strides, *res_strides, m, n, eps,
-                    weight_offset), residual is not None, weight is not None, need_rstd, round_xhat, quant, device,
+                    weight_offset), {"HAS_RESIDUAL": residual is not None, "HAS_WEIGHT": weight is not None,
+                    "STORE_RSTD": need_rstd, "ROUND_XHAT": round_xhat, "QUANT": quant}, device,
                 )  # fmt: skip
             return residual_out, rstd
         _launch_fwd(
@@ -682,27 +684,24 @@ def _forward(
     return residual_out, rstd
 
 
-def _forward_split(
-    cfg: TileConfig, tensors: tuple, sizes: tuple, has_residual: bool, has_weight: bool, need_rstd: bool,
-    round_xhat: bool, quant: int, device: int,
-) -> None:  # fmt: skip
+def _forward_split(cfg: TileConfig, tensors: tuple, scalars: tuple, flags: dict, device: int) -> None:
     """Launches rms_norm_fwd_split_kernel. tensors: x, res, w, y, res_out, rstd, scale (stand-ins where
-    absent); sizes: the leading sizes, both tensors' strides, M, N, eps and weight_offset."""
-    x = tensors[0]
-    m, n = sizes[-4], sizes[-3]
+    absent); scalars: the leading sizes, both inputs' strides, M, N, eps, weight_offset; flags: the
+    constexprs HAS_RESIDUAL to QUANT."""
+    x, res, _, y, res_out = tensors[:5]
+    m, n = scalars[-4], scalars[-3]
     chunks = _cdiv(n, cfg.block_n)
     partials = torch.full((m, chunks), PENDING.value, dtype=torch.float32, device=x.device)
     # Enough chunks that a chunk's row has been summed by the time its normalization comes, few
-    # enough that its inputs are still in L2: a budget of bytes moved meanwhile; never under a row
-    # and a chunk an SM (a program waits on lower ids only), nor past the chunks there are.
-    bytes_a_chunk = cfg.block_n * x.element_size() * (4 if has_residual else 2)
+    # enough that its inputs are still in L2: a budget of bytes moved meanwhile (read and written);
+    # never under a row and a chunk an SM (a program waits on lower ids only), nor past the chunks
+    # there are.
+    moved = (x, y, res, res_out) if flags["HAS_RESIDUAL"] else (x, y)
+    bytes_a_chunk = cfg.block_n * sum(t.element_size() for t in moved)
     lag = min(m * chunks, max(chunks + _num_sms(x.device), FWD_SPLIT_LAG_BYTES // bytes_a_chunk))
     _launch_fwd_split(
-        (m * chunks + lag,), (*tensors, partials, lag, *sizes),
-        {"HAS_RESIDUAL": has_residual, "HAS_WEIGHT": has_weight, "STORE_RSTD": need_rstd, "ROUND_XHAT": round_xhat,
-         "QUANT": quant, "CHUNK_N": cfg.block_n,
-         "PARTIALS_BLOCK": FWD_SPLIT_PARTIALS_BLOCK},
-        cfg.num_warps, device,
+        (m * chunks + lag,), (*tensors, partials, lag, *scalars),
+        {**flags, "CHUNK_N": cfg.block_n, "PARTIALS_BLOCK": FWD_SPLIT_PARTIALS_BLOCK}, cfg.num_warps, device,
     )  # fmt: skip
 
 
