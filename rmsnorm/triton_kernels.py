@@ -98,6 +98,12 @@ def _quantize(y, scale, out_dtype: tl.constexpr):
 
 
 @triton.jit
+def _residual_sum(x, residual, out_dtype: tl.constexpr):
+    """x + residual in fp32, rounded to residual_out's dtype: what add_rms_norm stores and normalizes."""
+    return (x.to(tl.float32) + residual.to(tl.float32)).to(out_dtype)
+
+
+@triton.jit
 def _row_input(
     x_ptr, x_offsets, res_ptr, res_offsets, res_out_ptr, res_out_offsets, mask,
     HAS_RESIDUAL: tl.constexpr, STORE_RESIDUAL: tl.constexpr,
@@ -109,7 +115,7 @@ def _row_input(
     x = tl.load(x_ptr + x_offsets, mask=mask, other=0.0)
     if HAS_RESIDUAL:
         residual = tl.load(res_ptr + res_offsets, mask=mask, other=0.0)
-        x = (x.to(tl.float32) + residual.to(tl.float32)).to(res_out_ptr.dtype.element_ty)
+        x = _residual_sum(x, residual, res_out_ptr.dtype.element_ty)
         if STORE_RESIDUAL:
             tl.store(res_out_ptr + res_out_offsets, x, mask=mask)
     return x.to(tl.float32)
@@ -314,8 +320,8 @@ def rms_norm_fwd_split_kernel(
         if STORE_RSTD and q % chunks == 0:
             tl.store(rstd_ptr + q_row, rstd)
         x = q_x.to(tl.float32)
-        if HAS_RESIDUAL:  # rounded to residual_out's dtype, as chunk q's program stored it
-            x = (x + q_res.to(tl.float32)).to(res_out_ptr.dtype.element_ty).to(tl.float32)
+        if HAS_RESIDUAL:  # residual_out as chunk q's program stored it
+            x = _residual_sum(x, q_res, res_out_ptr.dtype.element_ty).to(tl.float32)
         y = _normalized(x, rstd, q_w, weight_offset, x_ptr.dtype.element_ty, HAS_WEIGHT, ROUND_XHAT)
         static_scale = 1.0
         if QUANT == QUANT_STATIC:
