@@ -116,6 +116,8 @@ def training_layers(x: torch.Tensor, w: torch.Tensor) -> dict[str, Callable[[], 
         "F.rms_norm backward alone": _backward_replay(F.rms_norm(xg, (N,), wg, EPS), xg, wg, dy),
     }
     backends = ["triton"] + (["cuda"] if "cuda" in rmsnorm.available_backends() else [])
+    if "cuda" in backends:
+        rmsnorm.cuda_ext.load()  # torch.ops.rmsnorm_cuda exists once loaded, and this may run first
     for backend in backends:
         bwd_op = torch.ops.rmsnorm.rms_norm_bwd_triton if backend == "triton" else torch.ops.rmsnorm_cuda.rms_norm_bwd
 
