@@ -19,6 +19,9 @@ Under TRITON_INTERPRET there is no compiled kernel: every call goes through Trit
 
 from __future__ import annotations
 
+import ctypes
+import functools
+
 import torch
 import triton
 from triton import knobs
@@ -57,8 +60,11 @@ class KernelLauncher:
     launch goes to (the current device).
     """
 
-    def __init__(self, kernel) -> None:
+    def __init__(self, kernel, cooperative: bool = False) -> None:
         self._kernel = kernel
+        # cooperative: launched as a cooperative grid, which the driver refuses (an error, not a hang)
+        # unless all its programs can be resident at once: for kernels whose programs wait on each other.
+        self._options = {"enable_fp_fusion": False, **({"launch_cooperative_grid": True} if cooperative else {})}
         self._compiled: dict[tuple, object] = {}
         # A JITFunction compiles; the interpreter's function does not (TRITON_INTERPRET=1).
         self._compiles = isinstance(kernel, triton.runtime.JITFunction)
@@ -69,18 +75,14 @@ class KernelLauncher:
         if not self._compiles:
             self._kernel[grid](*args, **constexprs, num_warps=num_warps, enable_fp_fusion=False)
             return
-        try:
-            key = (_specialization_key(args), tuple(constexprs.values()), num_warps, device)
-        except AttributeError:  # an argument neither int, float nor tensor: _check_types names it
-            _check_types(args)
-            raise
+        key = self._key(args, constexprs, num_warps, device)
         compiled = self._compiled.get(key)
         runtime = knobs.runtime
         if compiled is None or runtime.launch_enter_hook.calls or runtime.launch_exit_hook.calls:
             # Through Triton: it compiles where needed, and runs any launch hooks (a profiler's).
             if list(constexprs) != self._constexpr_names:
                 raise ValueError(f"constexprs must be {self._constexpr_names}, in that order; got {list(constexprs)}")
-            compiled = self._kernel[grid](*args, **constexprs, num_warps=num_warps, enable_fp_fusion=False)
+            compiled = self._kernel[grid](*args, **constexprs, num_warps=num_warps, **self._options)
             self._compiled[key] = compiled  # one dict assignment: atomic, no lock needed
             return
         grid_x, grid_y, grid_z = (*grid, 1, 1)[:3]
@@ -89,3 +91,39 @@ class KernelLauncher:
             grid_x, grid_y, grid_z, stream, compiled.function, compiled.packed_metadata, None, None, None,
             *args, *constexprs.values(),
         )  # fmt: skip
+
+    def resident_programs(self, args: tuple, constexprs: dict, num_warps: int, device: int) -> int:
+        """How many programs of the kernel these arguments compile to the GPU holds at once (the
+        driver's occupancy for its registers and shared memory, times the SMs); compiles it where
+        needed, without launching it."""
+        key = self._key(args, constexprs, num_warps, device)
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            if list(constexprs) != self._constexpr_names:
+                raise ValueError(f"constexprs must be {self._constexpr_names}, in that order; got {list(constexprs)}")
+            compiled = self._kernel.warmup(*args, **constexprs, grid=(1,), num_warps=num_warps, **self._options)
+            self._compiled[key] = compiled
+        compiled._init_handles()  # loads the module, which sets compiled.function
+        per_sm = _blocks_per_sm(compiled.function, num_warps * 32, compiled.metadata.shared)
+        return per_sm * torch.cuda.get_device_properties(device).multi_processor_count
+
+    @staticmethod
+    def _key(args: tuple, constexprs: dict, num_warps: int, device: int) -> tuple:
+        try:
+            return (_specialization_key(args), tuple(constexprs.values()), num_warps, device)
+        except AttributeError:  # an argument neither int, float nor tensor: _check_types names it
+            _check_types(args)
+            raise
+
+
+@functools.lru_cache(maxsize=None)
+def _blocks_per_sm(function: int, threads: int, shared_bytes: int) -> int:
+    # The driver's own occupancy calculation (what a cooperative launch is checked against); torch
+    # and Triton expose none. libcuda is loaded already: Triton's launcher links it.
+    blocks = ctypes.c_int()
+    status = ctypes.CDLL("libcuda.so.1").cuOccupancyMaxActiveBlocksPerMultiprocessor(
+        ctypes.byref(blocks), ctypes.c_void_p(function), ctypes.c_int(threads), ctypes.c_size_t(shared_bytes)
+    )
+    if status != 0:
+        raise RuntimeError(f"cuOccupancyMaxActiveBlocksPerMultiprocessor failed with CUresult {status}")
+    return blocks.value

@@ -71,6 +71,15 @@ def test_second_call_goes_straight_to_the_compiled_kernel(launcher):
                                   t, 48, 1e-6, True, 128)  # fmt: skip
 
 
+def test_cooperative_launcher_asks_triton_for_a_cooperative_grid():
+    kernel = _Kernel()
+    launch = triton_launch.KernelLauncher(kernel, cooperative=True)
+    launch._compiles, launch._constexpr_names = True, ["A", "B"]
+    launch((3, 2), _args(torch.zeros(64), 32), {"A": True, "B": 128}, 4, 0)
+    assert kernel.calls[0][3] == {"A": True, "B": 128, "num_warps": 4, "enable_fp_fusion": False,
+                                  "launch_cooperative_grid": True}  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "change",
     [
