@@ -9,9 +9,11 @@ surround it (batch invariance) and every call on the same input gives the same b
 Rows up to FWD_MAX_TILE_N (forward) / BWD_MAX_TILE_N (backward) elements are handled in one tile
 held in registers: x is read once. Wider rows are split into chunks. Forward: one kernel sums each
 chunk's squares and, some thousands of chunks later, normalizes it from L2 once its row's sums are
-in (rms_norm_fwd_split_kernel): x still crosses DRAM once. Backward: a first kernel walks each row
-to compute the dot product of xhat and dy*w, then a 2-D grid of column blocks applies it, reading
-x and dy once more.
+in (rms_norm_fwd_split_kernel): x still crosses DRAM once. Backward: a grid of [row groups, column
+chunks] programs, all resident at once, each summing its chunk's share of a row's dot product of
+xhat and dy*w and, a row later, applying the row's sum to the same chunk from L2
+(rms_norm_bwd_split_kernel); where the GPU cannot hold a program a chunk, a first kernel walks each
+row for the dot product, then a 2-D grid of column blocks applies it, reading x and dy once more.
 
 Launches go through triton_launch.KernelLauncher (Triton's own launch the first time an argument
 specialization is seen, the compiled kernel directly after: host time). Every launch passes
@@ -453,6 +455,130 @@ def rms_norm_bwd_dot_kernel(
     tl.store(dot_ptr + row, tl.sum(acc, axis=0))
 
 
+@triton.jit
+def _weight(w_ptr, cols, col_mask, weight_offset, HAS_WEIGHT: tl.constexpr):
+    """w + weight_offset in fp32 over cols, or 1.0 without a weight: loaded where it is used (from L1),
+    not held in registers across the row loop."""
+    w = tl.full(cols.shape, 1.0, tl.float32)
+    if HAS_WEIGHT:
+        w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32) + weight_offset
+    return w
+
+
+# rms_norm_bwd_split_kernel's partials: the fp32 sum's bits in the low word and READY in the high
+# one, over a scratch of zeros. A dot product may be any float, so no float can mean "not yet".
+READY = tl.constexpr(1 << 32)
+LOW_WORD = tl.constexpr(0xFFFFFFFF)
+
+
+@triton.jit
+def _ready_partial(value):
+    return (value.to(tl.int32, bitcast=True).to(tl.int64) & LOW_WORD) | READY
+
+
+@triton.jit
+def _partial_value(packed):
+    return (packed & LOW_WORD).to(tl.int32).to(tl.float32, bitcast=True)
+
+
+# rms_norm_bwd_split_kernel's phases: both in one launch (the GPU), or one launch each (Triton's
+# interpreter, which runs programs one after another, so that no program waits on one not yet run).
+BOTH_PHASES = tl.constexpr(0)
+SUMS_ONLY = tl.constexpr(1)
+DX_ONLY = tl.constexpr(2)
+
+
+@triton.jit(do_not_specialize=["M"])
+def rms_norm_bwd_split_kernel(
+    dy_ptr,  # [M, N] incoming gradient, laid out by its strides
+    x_ptr,  # [M, N] the normalized input (add_rms_norm: residual_out), laid out by its strides
+    dres_ptr,  # [M, N] gradient arriving on residual_out, added to dx; not read unless HAS_DRESIDUAL
+    w_ptr,  # [N] weight; not read unless HAS_WEIGHT
+    rstd_ptr,  # [M] fp32 reciprocal RMS from the forward
+    dx_ptr,  # [M, N] output, contiguous, x's dtype
+    dw_partial_ptr,  # [groups, N] fp32 per-group dweight partial sums; written when COMPUTE_DW
+    partial_ptr,  # [M, chunks] int64 scratch of zeros: each chunk's sum of xhat * dy * w, READY-flagged
+    size1, size2, size3,
+    dy_stride0, dy_stride1, dy_stride2, dy_stride3,
+    x_stride0, x_stride1, x_stride2, x_stride3,
+    dres_stride0, dres_stride1, dres_stride2, dres_stride3,
+    M,
+    N,
+    weight_offset,  # fp32, added to the weight
+    HAS_DRESIDUAL: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    COMPUTE_DW: tl.constexpr,
+    ROUND_XHAT: tl.constexpr,
+    CHUNK_N: tl.constexpr,  # columns of a chunk; grid axis 1 has cdiv(N, CHUNK_N) programs
+    PARTIALS_BLOCK: tl.constexpr,  # partial sums read at a time
+    LAG_ROWS: tl.constexpr,  # a program's dx trails its sums by this many of its rows
+    PHASE: tl.constexpr,  # BOTH_PHASES, SUMS_ONLY or DX_ONLY
+):  # fmt: skip
+    """Rows wider than one backward tile, on a grid of [groups, chunks] programs all resident at once.
+
+    Program (g, c) owns column chunk c of rows g, g + groups, ...: for each it sums chunk c's
+    xhat * dy * w and stores that partial, flagged READY, over a zero; LAG_ROWS of its rows later it
+    waits until every partial of that row is READY (the programs of the row's other chunks visit the same
+    rows in the same order), reads the row's chunk again (from L2), writes dx and adds dy * xhat to
+    its dweight, kept in registers for all its rows. x and dy cross DRAM once, not twice as with a
+    dot-product kernel and a second one. The programs of a row wait on each other, so the launcher
+    sizes the grid to what the GPU holds at once; the interpreter runs the two phases as two launches.
+    """
+    group = tl.program_id(0)
+    chunk = tl.program_id(1)
+    groups = tl.num_programs(0)
+    chunks = tl.num_programs(1)
+    cols = chunk * CHUNK_N + tl.arange(0, CHUNK_N)
+    col_mask = cols < N
+    dw_acc = tl.zeros([CHUNK_N], dtype=tl.float32)
+    rows_here = tl.cdiv(M - group, groups)
+    for i in range(0, rows_here + LAG_ROWS):
+        if PHASE != DX_ONLY:
+            if i < rows_here:
+                row = (group + i * groups).to(tl.int64)
+                x_start = _row_starts(row, size1, size2, size3, x_stride0, x_stride1, x_stride2, x_stride3)
+                dy_start = _row_starts(row, size1, size2, size3, dy_stride0, dy_stride1, dy_stride2, dy_stride3)
+                x = tl.load(x_ptr + x_start + cols, mask=col_mask, other=0.0).to(tl.float32)
+                dy = tl.load(dy_ptr + dy_start + cols, mask=col_mask, other=0.0).to(tl.float32)
+                g = dy * _weight(w_ptr, cols, col_mask, weight_offset, HAS_WEIGHT)
+                partial = tl.sum((x * tl.load(rstd_ptr + row)) * g, axis=0)
+                tl.store(partial_ptr + row * chunks + chunk, _ready_partial(partial))
+        if PHASE != SUMS_ONLY:
+            if i >= LAG_ROWS:
+                row = (group + (i - LAG_ROWS) * groups).to(tl.int64)
+                x_start = _row_starts(row, size1, size2, size3, x_stride0, x_stride1, x_stride2, x_stride3)
+                dy_start = _row_starts(row, size1, size2, size3, dy_stride0, dy_stride1, dy_stride2, dy_stride3)
+                x = tl.load(x_ptr + x_start + cols, mask=col_mask, other=0.0).to(tl.float32)
+                dy = tl.load(dy_ptr + dy_start + cols, mask=col_mask, other=0.0).to(tl.float32)
+                rstd = tl.load(rstd_ptr + row)
+                dot = tl.zeros([PARTIALS_BLOCK], dtype=tl.float32)
+                for start in range(0, chunks, PARTIALS_BLOCK):
+                    parts_ptr = partial_ptr + row * chunks + start + tl.arange(0, PARTIALS_BLOCK)
+                    parts_mask = start + tl.arange(0, PARTIALS_BLOCK) < chunks
+                    # volatile: from L2, where other SMs' stores land, at every try.
+                    parts = tl.load(parts_ptr, mask=parts_mask, other=READY, volatile=True)
+                    while tl.min(parts, axis=0) == 0:
+                        parts = tl.load(parts_ptr, mask=parts_mask, other=READY, volatile=True)
+                    dot += _partial_value(parts)
+                x_hat = x * rstd
+                g = dy * _weight(w_ptr, cols, col_mask, weight_offset, HAS_WEIGHT)
+                dx = (g - x_hat * tl.div_rn(tl.sum(dot, axis=0), N * 1.0)) * rstd
+                if HAS_DRESIDUAL:
+                    dres_start = _row_starts(
+                        row, size1, size2, size3, dres_stride0, dres_stride1, dres_stride2, dres_stride3
+                    )
+                    dx += tl.load(dres_ptr + dres_start + cols, mask=col_mask, other=0.0).to(tl.float32)
+                tl.store(dx_ptr + row * N + cols, dx.to(dx_ptr.dtype.element_ty), mask=col_mask)
+                if COMPUTE_DW:
+                    if ROUND_XHAT:
+                        dw_acc += dy * x_hat.to(dy_ptr.dtype.element_ty).to(tl.float32)
+                    else:
+                        dw_acc += dy * x_hat
+    if COMPUTE_DW:
+        if PHASE != SUMS_ONLY:
+            tl.store(dw_partial_ptr + group * N + cols, dw_acc, mask=col_mask)
+
+
 @triton.jit(do_not_specialize=["P"])
 def rms_norm_dw_reduce_kernel(
     dw_partial_ptr,  # [P, N] fp32 per-program partial sums
@@ -479,6 +605,7 @@ _launch_fwd_split = KernelLauncher(rms_norm_fwd_split_kernel)
 _launch_quantize_rows = KernelLauncher(rms_norm_quantize_rows_kernel)
 _launch_bwd = KernelLauncher(rms_norm_bwd_kernel)
 _launch_bwd_dot = KernelLauncher(rms_norm_bwd_dot_kernel)
+_launch_bwd_split = KernelLauncher(rms_norm_bwd_split_kernel, cooperative=True)
 _launch_dw_reduce = KernelLauncher(rms_norm_dw_reduce_kernel)
 
 
@@ -498,9 +625,10 @@ class TileConfig:
 # registers per thread at 32 warps (the forward keeps x; the backward keeps x, dy and the dweight
 # accumulator), and ptxas starts spilling. First guesses, to be tuned by the benchmark.
 FWD_MAX_TILE_N = 32768
-# 16384, not 8192: one tile of 16 warps at 16384 reached 71% of copy (H100, 1 program an SM)
-# against the split-row path's 58.5%; 32768 in one tile spilled (14%) (bench/NOTES.md v0.7).
-BWD_MAX_TILE_N = 16384
+# Wider rows take rms_norm_bwd_split_kernel, one pass over DRAM in column chunks: H100, bf16,
+# backward alone, 80% of copy at 12288 and 16384 against 68 and 73% for one 16-warp tile a row
+# (bench/NOTES.md v0.26).
+BWD_MAX_TILE_N = 8192
 # Elements one program covers when rows are short: enough independent loads in flight per SM.
 SHORT_ROW_TILE_ELEMENTS = 4096
 # fp32 elements per thread a tile aims for: 16 bytes of bf16 and fp16, or four 16-byte fp32 loads.
@@ -516,9 +644,6 @@ WIDE_ROW_ELEMENTS_PER_THREAD = 64
 # 84-92% -> 96-98% of copy, static 92-98% -> 98% (at 16 a thread); the plain forward is half a
 # point to a point better at 16, and keeps it below WIDE_ROW_TILE_N (v0.7).
 QUANT_ELEMENTS_PER_THREAD = 64
-# The backward holds x, dy and a dweight sum a column: 32 elements a thread in its 16384-wide tiles
-# (16 warps: 71.2% of copy, against 65.6% at 64 a thread and 71.3% at 16).
-BWD_WIDE_ROW_ELEMENTS_PER_THREAD = 32
 # Chunk width of the split-row backward kernels.
 SPLIT_BLOCK_N = 4096
 # The split-row forward (rms_norm_fwd_split_kernel): columns a chunk, fp32 elements a thread, and
@@ -533,16 +658,27 @@ FWD_SPLIT_PARTIALS_BLOCK = 256
 MAX_NUM_WARPS = 32
 # The persistent backward's programs an SM and pipeline stages (row tiles whose loads are in flight
 # at once: the next tiles' x and dy copied to shared memory by cp.async while one is reduced), by
-# tile width: (widest block_n, programs an SM, stages); wider tiles take BWD_WIDE_PIPELINE. H100,
-# bf16, backward alone (bench/tune_triton.py --bwd, bench/NOTES.md v0.24): one program of 4 stages
-# at 512-4096, 90-91% against 88-89% for two unpipelined programs (2 or 6 stages: 85-88); 3
-# stages at 5120 and 8192, 92 / 90% against 73 / 86%; 16384-wide tiles lose 4-12 points to any
-# pipelining (registers and shared memory for a 16-warp program of 128 registers).
+# tile width: (widest block_n, programs an SM, stages), the last up to BWD_MAX_TILE_N. H100, bf16,
+# backward alone (bench/tune_triton.py --bwd, bench/NOTES.md v0.24): one program of 4 stages at
+# 512-4096, 90-91% against 88-89% for two unpipelined programs (2 or 6 stages: 85-88); 3 stages
+# at 5120 and 8192, 92 / 90% against 73 / 86%.
 BWD_PIPELINE = ((4096, 1, 4), (8192, 1, 3))
-BWD_WIDE_PIPELINE = (1, 1)
 # Split rows' column blocks: two programs an SM keep the memory pipe busy while one reduces; no
 # stage gains there (58% at 32768 whatever the pipeline).
 BWD_SPLIT_PIPELINE = (2, 1)
+# rms_norm_bwd_split_kernel: columns a chunk (at least BWD_SPLIT_CHUNK_N, wider where a row would
+# have more than BWD_SPLIT_MAX_CHUNKS), fp32 elements a thread, and how many of its rows a
+# program's dx trails its sums. H100, bf16, backward alone (bench/tune_triton.py --split-bwd,
+# bench/NOTES.md v0.26): 2048 x 32 (2 warps) 78-80% at 12288-262144 and 74% at 2^19, 4096 x 32
+# 1-2 points lower there but 62% at 2^20 (2048: 53%); 16 a thread with the next row's loads
+# issued before this row's dx, 42-70% (its partials waited on a whole iteration); 2 rows' lag, 12-16
+# points lower. The grid is sized to the programs the GPU holds at once, from the compiled
+# kernel's registers and shared memory.
+BWD_SPLIT_CHUNK_N = 2048
+BWD_SPLIT_MAX_CHUNKS = 256
+BWD_SPLIT_ELEMENTS_PER_THREAD = 32
+BWD_SPLIT_LAG_ROWS = 1
+BWD_SPLIT_PARTIALS_BLOCK = 256
 # Shared memory Triton's reductions and layout conversions take beside the pipeline's buffers.
 BWD_PIPELINE_SHARED_MARGIN = 16 << 10
 DW_REDUCE_BLOCK_P = 32
@@ -575,8 +711,8 @@ def tile_config(n: int, kind: str = "forward") -> TileConfig:
     per_thread = None
     if kind == "quant":
         per_thread = QUANT_ELEMENTS_PER_THREAD
-    elif block_n >= WIDE_ROW_TILE_N:
-        per_thread = BWD_WIDE_ROW_ELEMENTS_PER_THREAD if kind == "backward" else WIDE_ROW_ELEMENTS_PER_THREAD
+    elif block_n >= WIDE_ROW_TILE_N:  # the forward's only: backward tiles stop at BWD_MAX_TILE_N
+        per_thread = WIDE_ROW_ELEMENTS_PER_THREAD
     return TileConfig(block_m, block_n, _tile_warps(block_m * block_n, per_thread), split_rows=False)
 
 
@@ -600,7 +736,7 @@ def _bwd_pipeline(cfg: TileConfig, device: torch.device, tiled: tuple[torch.Tens
     if cfg.split_rows:
         per_sm, stages = BWD_SPLIT_PIPELINE
     else:
-        per_sm, stages = next(((p, s) for widest, p, s in BWD_PIPELINE if cfg.block_n <= widest), BWD_WIDE_PIPELINE)
+        per_sm, stages = next(((p, s) for widest, p, s in BWD_PIPELINE if cfg.block_n <= widest), BWD_PIPELINE[-1][1:])
     tile_bytes = cfg.block_m * cfg.block_n * sum(t.element_size() for t in tiled)
     fitting = 1 + (_shared_memory_per_block(device) - BWD_PIPELINE_SHARED_MARGIN) // tile_bytes
     return per_sm, max(1, min(stages, fitting))
@@ -774,6 +910,61 @@ def rms_norm_quant_fwd(
     return y_q, residual_out, row_scale
 
 
+def _backward_split(
+    dy: torch.Tensor, x: torch.Tensor, dresidual_out: torch.Tensor | None, weight: torch.Tensor | None,
+    weight_offset: float, rstd: torch.Tensor, compute_dw: bool, round_xhat: bool, dx: torch.Tensor,
+    dw: torch.Tensor | None,
+) -> bool:  # fmt: skip
+    """rms_norm_bwd's rows wider than one tile on rms_norm_bwd_split_kernel, a [groups, chunks] grid
+    of programs all resident at once. False, with nothing launched, where the GPU cannot hold one
+    program a chunk: a function of N, the dtypes and the GPU, never of M."""
+    m, n = rstd.numel(), x.shape[-1]
+    chunk_n = max(BWD_SPLIT_CHUNK_N, triton.next_power_of_2(_cdiv(n, BWD_SPLIT_MAX_CHUNKS)))
+    num_warps = _tile_warps(chunk_n, BWD_SPLIT_ELEMENTS_PER_THREAD)
+    chunks = _cdiv(n, chunk_n)
+    sizes, x_strides = row_layout(x)
+    _, dy_strides = row_layout(dy)
+    dres_strides = dy_strides if dresidual_out is None else row_layout(dresidual_out)[1]
+    flags = {"HAS_DRESIDUAL": dresidual_out is not None, "HAS_WEIGHT": weight is not None, "COMPUTE_DW": compute_dw,
+             "ROUND_XHAT": round_xhat, "CHUNK_N": chunk_n, "PARTIALS_BLOCK": BWD_SPLIT_PARTIALS_BLOCK,
+             "LAG_ROWS": BWD_SPLIT_LAG_ROWS}  # fmt: skip
+
+    def args(dw_partial: torch.Tensor, partials: torch.Tensor) -> tuple:
+        return (dy, x, dy if dresidual_out is None else dresidual_out, x if weight is None else weight, rstd, dx,
+                dw_partial, partials, *sizes, *dy_strides, *x_strides, *dres_strides, m, n, weight_offset)  # fmt: skip
+
+    device = x.device.index
+    if x.device.type == "cuda":
+        # Fresh allocations of the scratch tensors' dtypes: the same specialization as the launch's.
+        stand_ins = args(torch.empty(0, dtype=torch.float32, device=x.device), rstd.new_empty(0, dtype=torch.int64))
+        with _on_device_of(x):
+            resident = _launch_bwd_split.resident_programs(
+                stand_ins, {**flags, "PHASE": BOTH_PHASES}, num_warps, device
+            )
+        if chunks > resident:
+            return False
+        phases = (BOTH_PHASES,)
+    else:
+        # The interpreter runs programs one after another: every program's sums, then every
+        # program's dx, so none waits; any fixed grid will do.
+        resident = 2 * _num_sms(x.device)
+        phases = (SUMS_ONLY, DX_ONLY)
+    groups = max(1, min(m, resident // chunks))
+    partials = torch.zeros((m, chunks), dtype=torch.int64, device=x.device)
+    dw_partial = torch.empty((groups, n), dtype=torch.float32, device=x.device) if compute_dw else rstd
+    with _on_device_of(x):
+        for phase in phases:
+            _launch_bwd_split(
+                (groups, chunks), args(dw_partial, partials), {**flags, "PHASE": phase}, num_warps, device
+            )
+        if compute_dw:
+            _launch_dw_reduce(
+                (_cdiv(n, DW_REDUCE_BLOCK_N),), (dw_partial, dw, groups, n),
+                {"BLOCK_P": DW_REDUCE_BLOCK_P, "BLOCK_N": DW_REDUCE_BLOCK_N}, DW_REDUCE_NUM_WARPS, device,
+            )  # fmt: skip
+    return True
+
+
 def rms_norm_bwd(
     dy: torch.Tensor,
     x: torch.Tensor,
@@ -802,6 +993,10 @@ def rms_norm_bwd(
     if m == 0:
         return dx, dw.zero_() if compute_dw else None
     cfg = tile_config(n, "backward")
+    if cfg.split_rows and _backward_split(
+        dy, x, dresidual_out, weight, weight_offset, rstd, compute_dw, round_xhat, dx, dw
+    ):  # fmt: skip
+        return dx, dw
     col_blocks = _cdiv(n, cfg.block_n)
     # Enough programs to fill the GPU, fewer when there are few tiles; a function of (M, N, GPU)
     # only, so the dweight summation order is the same on every run.

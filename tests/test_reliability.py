@@ -262,3 +262,60 @@ def test_triton_split_forward_lag_changes_no_bits(residual, monkeypatch):
             assert torch.equal(a, b)
     y = results[0][0].view(torch.bfloat16)
     assert y[1].isnan().all() and y[2].isnan().any() and not y[[0, *range(3, SPLIT_ROWS)]].isnan().any()
+
+
+# --- the Triton wide-row backward in one pass ----------------------------------------------------
+# Wider than one Triton backward tile (triton_kernels.BWD_MAX_TILE_N): rms_norm_bwd_split_kernel,
+# whose programs wait for each row's chunk partials, flagged READY over a scratch of zeros; or, where
+# the GPU cannot hold one program a chunk, the two passes (a dot-product kernel, then dx).
+BWD_SPLIT_N = 16385 if ON_GPU else 8193
+
+
+def _triton_kernels_or_skip():
+    from rmsnorm import available_backends, triton_kernels
+
+    if "triton" not in available_backends():
+        pytest.skip("the triton backend needs a CUDA GPU, or TRITON_INTERPRET=1 on CPU")
+    return triton_kernels
+
+
+def test_triton_split_backward_partials_of_any_value():
+    """A chunk's partial dot product may be any float: -1.0 (the forward's PENDING), 0.0, -0.0 and
+    a negative one whose bits sign-extend, each in a chunk of its own, pass through the READY flag
+    unchanged (on the GPU, a partial mistaken for "not yet" would hang the kernel)."""
+    triton_kernels = _triton_kernels_or_skip()
+    chunk, n = triton_kernels.BWD_SPLIT_CHUNK_N, BWD_SPLIT_N
+    assert triton_kernels.BWD_MAX_TILE_N < n <= chunk * triton_kernels.BWD_SPLIT_MAX_CHUNKS and n > 4 * chunk
+    x = torch.ones(2, n, dtype=torch.float32, device=DEVICE)
+    dy = torch.zeros_like(x)
+    dy[:, :chunk] = -1.0 / chunk  # partial -1.0 (x * rstd = 1, weight 1)
+    dy[:, chunk : 2 * chunk] = 0.0  # partial 0.0
+    dy[:, 2 * chunk : 3 * chunk] = -0.0  # partial -0.0
+    dy[:, 3 * chunk : 4 * chunk] = -3.0 / chunk  # partial -3.0: sign bit and high exponent bits
+    dy[:, 4 * chunk :] = 0.25  # the last chunks, partly masked
+    rstd = torch.ones(2, dtype=torch.float32, device=DEVICE)
+    w = torch.ones(n, dtype=torch.float32, device=DEVICE)
+    dx, dw = triton_kernels.rms_norm_bwd(dy, x, None, w, 0.0, rstd, True)
+    # The same formula in float64: dx = dy - x * mean(x * dy) with x = 1 and rstd = 1.
+    dy64 = dy.double()
+    expected = dy64 - dy64.mean(dim=1, keepdim=True)
+    tolerance = 8 * torch.finfo(torch.float32).eps * (dy64.abs() + expected.abs().max())
+    assert ((dx.double() - expected).abs() <= tolerance).all()
+    assert torch.equal(dw, dy.sum(dim=0))
+
+
+@pytest.mark.parametrize("passes", ("one pass", "two passes"))
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float32), ids=str)
+def test_triton_split_backward_either_path(passes, op, dtype, monkeypatch):
+    """The one-pass backward and the two passes it falls back to both match the reference, NaN and
+    Inf rows kept in their rows."""
+    triton_kernels = _triton_kernels_or_skip()
+    if passes == "two passes":
+        monkeypatch.setattr(triton_kernels, "_backward_split", lambda *args: False)
+    rows = 64 if ON_GPU else 3
+    x = randn(rows, BWD_SPLIT_N, dtype=dtype)
+    x[1, 7] = float("nan")
+    x[2, BWD_SPLIT_N - 1] = float("inf")
+    residual = randn(rows, BWD_SPLIT_N, dtype=dtype) if op == "add_rms_norm" else None
+    check_rms_norm("triton", x, (BWD_SPLIT_N,), random_weight(BWD_SPLIT_N, dtype), 1e-6, residual=residual)
