@@ -118,15 +118,14 @@ def _split_sweep(ns: list[int], ceiling: float, baseline: str | None) -> None:
 BWD_SWEEP_NS = (1024, 2048, 4096, 5120, 8192, 12288, 16384, 32768)
 BWD_CANDIDATES = (None, (16, 2, 1), (16, 1, 3), (16, 1, 4), (32, 1, 4), (32, 1, 1))
 ROUNDS = 3
-_BWD_CONSTANTS = ("ELEMENTS_PER_THREAD", "BWD_WIDE_ROW_ELEMENTS_PER_THREAD", "BWD_PIPELINE", "BWD_WIDE_PIPELINE",
-                  "BWD_SPLIT_PIPELINE")  # fmt: skip
+_BWD_CONSTANTS = ("ELEMENTS_PER_THREAD", "BWD_PIPELINE", "BWD_SPLIT_PIPELINE")
 
 
 def _configure_bwd(values: tuple) -> None:
     """values: those of _BWD_CONSTANTS, or a candidate (elements a thread, programs an SM, stages)."""
     if len(values) == 3:
         elements, programs, stages = values
-        values = (elements, elements, (), (programs, stages), (programs, stages))
+        values = (elements, ((triton_kernels.BWD_MAX_TILE_N, programs, stages),), (programs, stages))
     for name, value in zip(_BWD_CONSTANTS, values):
         setattr(triton_kernels, name, value)
     triton_kernels.tile_config.cache_clear()
@@ -161,6 +160,59 @@ def _bwd_sweep(ns: list[int], ceiling: float) -> None:
     _configure_bwd(defaults)
 
 
+# The one-pass backward of wide rows (`--split-bwd`, rms_norm_bwd_split_kernel): (least columns a
+# chunk, fp32 elements a thread, lag rows), or None for the two passes it replaces (a dot-product
+# kernel, then dx from a second read of x and dy).
+SPLIT_BWD_NS = (12288, 16384, 32768, 65536, 131072, 262144, 524288, 1048576)
+SPLIT_BWD_CANDIDATES = (None, (2048, 32, 1), (4096, 32, 1), (2048, 16, 1), (1024, 32, 1))
+_SPLIT_BWD_CONSTANTS = ("BWD_SPLIT_CHUNK_N", "BWD_SPLIT_ELEMENTS_PER_THREAD", "BWD_SPLIT_LAG_ROWS")
+
+
+def _split_bwd_sweep(ns: list[int], ceiling: float) -> None:
+    """The backward alone of rows split into chunks, for each candidate, beside the two passes;
+    rounds interleaved as in `--bwd`. The last column: the largest difference from the two passes'
+    dx, or from their dweight over sqrt(M)."""
+    defaults = tuple(getattr(triton_kernels, name) for name in _SPLIT_BWD_CONSTANTS)
+    one_pass = triton_kernels._backward_split
+
+    def configure(candidate: tuple | None) -> None:
+        triton_kernels._backward_split = one_pass if candidate else (lambda *args: False)
+        for name, value in zip(_SPLIT_BWD_CONSTANTS, candidate or defaults):
+            setattr(triton_kernels, name, value)
+
+    print("N | M | least chunk | elems/thread | lag rows | bwd (median of rounds) | rounds | max difference",
+          flush=True)  # fmt: skip
+    for n in ns:
+        m = max(256, ELEMENTS // n)
+        x = torch.randn(m, n, device="cuda", dtype=torch.bfloat16)
+        dy = torch.randn_like(x)
+        w = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+        _, rstd = torch.ops.rmsnorm.rms_norm_fwd_triton(x, w, 0.0, 1e-6, False)
+        cells: dict = {c: [] for c in SPLIT_BWD_CANDIDATES}
+        errors: dict = {}
+        for _ in range(ROUNDS):
+            for candidate in SPLIT_BWD_CANDIDATES:
+                configure(candidate)
+                try:
+                    if candidate not in errors:
+                        dx, dw = triton_kernels.rms_norm_bwd(dy, x, None, w, 0.0, rstd, True)
+                        if candidate is None:
+                            baseline = dx.float(), dw.float()
+                        errors[candidate] = max((dx.float() - baseline[0]).abs().max().item(),
+                                                (dw.float() - baseline[1]).abs().max().item() / m**0.5)  # fmt: skip
+                    ms = median_ms(lambda: triton_kernels.rms_norm_bwd(dy, x, None, w, 0.0, rstd, True))
+                    cells[candidate].append(_percent(ms, 3, x, ceiling))
+                except Exception as exc:  # a grid the GPU cannot hold, say
+                    cells[candidate].append(float("nan"))
+                    print(f"{n} {candidate}: {str(exc).splitlines()[0][:100]}", flush=True)
+        for candidate, values in cells.items():
+            label = "two passes | | " if candidate is None else " | ".join(str(v) for v in candidate)
+            rounds = " / ".join(f"{v:.1f}" for v in values)
+            print(f"{n} | {m} | {label} | {statistics.median(values):.1f} | {rounds} | {errors.get(candidate, float('nan')):.3g}",
+                  flush=True)  # fmt: skip
+    configure(None)
+
+
 def _percent(ms: float, tensors: float, x: torch.Tensor, ceiling_gbps: float) -> float:
     return 100 * tensors * x.numel() * x.element_size() / ms / 1e6 / ceiling_gbps
 
@@ -172,8 +224,10 @@ def main() -> None:
     parser.add_argument("--split", action="store_true", help="sweep the split-row forward (default ns: SPLIT_NS)")
     parser.add_argument("--baseline", help="with --split: a folder holding old_triton/, timed beside")
     parser.add_argument("--bwd", action="store_true", help="sweep the backward's pipelining (default ns: BWD_SWEEP_NS)")
+    parser.add_argument("--split-bwd", action="store_true", help="sweep the one-pass wide-row backward (SPLIT_BWD_NS)")
     args = parser.parse_args()
-    ns = [int(n) for n in args.ns.split(",")] if args.ns else list(SPLIT_NS if args.split else BWD_SWEEP_NS if args.bwd else NS)
+    default_ns = SPLIT_NS if args.split else BWD_SWEEP_NS if args.bwd else SPLIT_BWD_NS if args.split_bwd else NS
+    ns = [int(n) for n in args.ns.split(",")] if args.ns else list(default_ns)
     ceiling = copy_ceiling()["gbps"]
     print(f"copy ceiling {ceiling:.0f} GB/s; bf16, M*N = 2^27; % of the ceiling", flush=True)
     if args.split:
@@ -181,6 +235,9 @@ def main() -> None:
         return
     if args.bwd:
         _bwd_sweep(ns, ceiling)
+        return
+    if args.split_bwd:
+        _split_bwd_sweep(ns, ceiling)
         return
     if args.quant:
         _quant_sweep(ns, ceiling)
