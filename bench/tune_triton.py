@@ -179,6 +179,7 @@ def _split_bwd_sweep(ns: list[int], ceiling: float) -> None:
         triton_kernels._backward_split = one_pass if candidate else (lambda *args: False)
         for name, value in zip(_SPLIT_BWD_CONSTANTS, candidate or defaults):
             setattr(triton_kernels, name, value)
+        triton_kernels._bwd_split_chunk.cache_clear()
 
     print("N | M | least chunk | elems/thread | lag rows | bwd (median of rounds) | rounds | max difference",
           flush=True)  # fmt: skip

@@ -910,6 +910,13 @@ def rms_norm_quant_fwd(
     return y_q, residual_out, row_scale
 
 
+@functools.lru_cache(maxsize=None)
+def _bwd_split_chunk(n: int) -> tuple[int, int]:
+    """rms_norm_bwd_split_kernel's columns a chunk and warps for rows of n elements."""
+    chunk_n = max(BWD_SPLIT_CHUNK_N, triton.next_power_of_2(_cdiv(n, BWD_SPLIT_MAX_CHUNKS)))
+    return chunk_n, _tile_warps(chunk_n, BWD_SPLIT_ELEMENTS_PER_THREAD)
+
+
 def _backward_split(
     dy: torch.Tensor, x: torch.Tensor, dresidual_out: torch.Tensor | None, weight: torch.Tensor | None,
     weight_offset: float, rstd: torch.Tensor, compute_dw: bool, round_xhat: bool, dx: torch.Tensor,
@@ -919,8 +926,7 @@ def _backward_split(
     of programs all resident at once. False, with nothing launched, where the GPU cannot hold one
     program a chunk: a function of N, the dtypes and the GPU, never of M."""
     m, n = rstd.numel(), x.shape[-1]
-    chunk_n = max(BWD_SPLIT_CHUNK_N, triton.next_power_of_2(_cdiv(n, BWD_SPLIT_MAX_CHUNKS)))
-    num_warps = _tile_warps(chunk_n, BWD_SPLIT_ELEMENTS_PER_THREAD)
+    chunk_n, num_warps = _bwd_split_chunk(n)
     chunks = _cdiv(n, chunk_n)
     sizes, x_strides = row_layout(x)
     _, dy_strides = row_layout(dy)

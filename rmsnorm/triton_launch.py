@@ -104,8 +104,7 @@ class KernelLauncher:
             compiled = self._kernel.warmup(*args, **constexprs, grid=(1,), num_warps=num_warps, **self._options)
             self._compiled[key] = compiled
         compiled._init_handles()  # loads the module, which sets compiled.function
-        per_sm = _blocks_per_sm(compiled.function, num_warps * 32, compiled.metadata.shared)
-        return per_sm * torch.cuda.get_device_properties(device).multi_processor_count
+        return _blocks_per_sm(compiled.function, num_warps * 32, compiled.metadata.shared) * _sm_count(device)
 
     @staticmethod
     def _key(args: tuple, constexprs: dict, num_warps: int, device: int) -> tuple:
@@ -114,6 +113,11 @@ class KernelLauncher:
         except AttributeError:  # an argument neither int, float nor tensor: _check_types names it
             _check_types(args)
             raise
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: int) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 @functools.lru_cache(maxsize=None)
