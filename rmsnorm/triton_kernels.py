@@ -670,9 +670,9 @@ BWD_SPLIT_PIPELINE = (2, 1)
 # have more than BWD_SPLIT_MAX_CHUNKS), fp32 elements a thread, and how many of its rows a
 # program's dx trails its sums. H100, bf16, backward alone (bench/tune_triton.py --split-bwd,
 # bench/NOTES.md v0.26): 2048 x 32 (2 warps) 78-80% at 12288-262144 and 74% at 2^19, 4096 x 32
-# 1-2 points lower there but 62% at 2^20 (2048: 53%); 16 a thread with the next row's loads
-# issued before this row's dx, 42-70% (its partials waited on a whole iteration); 2 rows' lag, 12-16
-# points lower. The grid is sized to the programs the GPU holds at once, from the compiled
+# 1-3 points lower there but 62% at 2^20 (2048: 53%); 16 a thread with the next row's loads
+# issued before this row's dx, 18-72% (a row's partials then wait on whole iterations); 2 rows' lag,
+# 2-14 points lower. The grid is sized to the programs the GPU holds at once, from the compiled
 # kernel's registers and shared memory.
 BWD_SPLIT_CHUNK_N = 2048
 BWD_SPLIT_MAX_CHUNKS = 256
