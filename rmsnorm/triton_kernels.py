@@ -357,6 +357,21 @@ def rms_norm_quantize_rows_kernel(
         tl.store(y_q_ptr + row_start + cols, _quantize(y, scale, y_q_ptr.dtype.element_ty), mask=cols < N)
 
 
+@triton.jit
+def _dx(g, x_hat, dot, rstd, N):
+    """dx = (g - xhat * mean(xhat * g)) * rstd, from dot = sum(xhat * g) over the row."""
+    return (g - x_hat * tl.div_rn(dot, N * 1.0)) * rstd
+
+
+@triton.jit
+def _dweight_term(dy, x_hat, y_dtype: tl.constexpr, ROUND_XHAT: tl.constexpr):
+    """A row's term of dweight, dy * xhat; with ROUND_XHAT, xhat rounded to y's dtype, which dy has
+    (x's may be wider: an fp32 residual stream), as the forward rounded it."""
+    if ROUND_XHAT:
+        return dy * x_hat.to(y_dtype).to(tl.float32)
+    return dy * x_hat
+
+
 @triton.jit(do_not_specialize=["M"])
 def rms_norm_bwd_kernel(
     dy_ptr,  # [M, N] incoming gradient, laid out by its strides (see rms_norm_fwd_kernel)
@@ -409,17 +424,13 @@ def rms_norm_bwd_kernel(
             dot = tl.load(dot_ptr + rows, mask=row_mask, other=0.0)
         else:
             dot = tl.sum(x_hat * g, axis=1)
-        mean_dot = tl.div_rn(dot, N * 1.0)
-        dx = (g - x_hat * mean_dot[:, None]) * rstd[:, None]
+        dx = _dx(g, x_hat, dot[:, None], rstd[:, None], N)
         if HAS_DRESIDUAL:
             dres_starts = _row_starts(rows, size1, size2, size3, dres_stride0, dres_stride1, dres_stride2, dres_stride3)
             dx += tl.load(dres_ptr + dres_starts[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         tl.store(dx_ptr + rows[:, None] * N + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mask)
         if COMPUTE_DW:
-            if ROUND_XHAT:  # rounded to y's dtype, which dy has (x's may be wider: an fp32 residual stream)
-                dw_acc += dy * x_hat.to(dy_ptr.dtype.element_ty).to(tl.float32)
-            else:
-                dw_acc += dy * x_hat
+            dw_acc += _dweight_term(dy, x_hat, dy_ptr.dtype.element_ty, ROUND_XHAT)
     if COMPUTE_DW:
         tl.store(dw_partial_ptr + pid * N + cols, tl.sum(dw_acc, axis=0), mask=col_mask)
 
@@ -562,7 +573,7 @@ def rms_norm_bwd_split_kernel(
                     dot += _partial_value(parts)
                 x_hat = x * rstd
                 g = dy * _weight(w_ptr, cols, col_mask, weight_offset, HAS_WEIGHT)
-                dx = (g - x_hat * tl.div_rn(tl.sum(dot, axis=0), N * 1.0)) * rstd
+                dx = _dx(g, x_hat, tl.sum(dot, axis=0), rstd, N)
                 if HAS_DRESIDUAL:
                     dres_start = _row_starts(
                         row, size1, size2, size3, dres_stride0, dres_stride1, dres_stride2, dres_stride3
@@ -570,10 +581,7 @@ def rms_norm_bwd_split_kernel(
                     dx += tl.load(dres_ptr + dres_start + cols, mask=col_mask, other=0.0).to(tl.float32)
                 tl.store(dx_ptr + row * N + cols, dx.to(dx_ptr.dtype.element_ty), mask=col_mask)
                 if COMPUTE_DW:
-                    if ROUND_XHAT:
-                        dw_acc += dy * x_hat.to(dy_ptr.dtype.element_ty).to(tl.float32)
-                    else:
-                        dw_acc += dy * x_hat
+                    dw_acc += _dweight_term(dy, x_hat, dy_ptr.dtype.element_ty, ROUND_XHAT)
     if COMPUTE_DW:
         if PHASE != SUMS_ONLY:
             tl.store(dw_partial_ptr + group * N + cols, dw_acc, mask=col_mask)
