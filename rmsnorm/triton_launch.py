@@ -80,8 +80,7 @@ class KernelLauncher:
         runtime = knobs.runtime
         if compiled is None or runtime.launch_enter_hook.calls or runtime.launch_exit_hook.calls:
             # Through Triton: it compiles where needed, and runs any launch hooks (a profiler's).
-            if list(constexprs) != self._constexpr_names:
-                raise ValueError(f"constexprs must be {self._constexpr_names}, in that order; got {list(constexprs)}")
+            self._check_constexpr_order(constexprs)
             compiled = self._kernel[grid](*args, **constexprs, num_warps=num_warps, **self._options)
             self._compiled[key] = compiled  # one dict assignment: atomic, no lock needed
             return
@@ -99,12 +98,16 @@ class KernelLauncher:
         key = self._key(args, constexprs, num_warps, device)
         compiled = self._compiled.get(key)
         if compiled is None:
-            if list(constexprs) != self._constexpr_names:
-                raise ValueError(f"constexprs must be {self._constexpr_names}, in that order; got {list(constexprs)}")
+            self._check_constexpr_order(constexprs)
             compiled = self._kernel.warmup(*args, **constexprs, grid=(1,), num_warps=num_warps, **self._options)
             self._compiled[key] = compiled
         compiled._init_handles()  # loads the module, which sets compiled.function
         return _blocks_per_sm(compiled.function, num_warps * 32, compiled.metadata.shared) * _sm_count(device)
+
+    def _check_constexpr_order(self, constexprs: dict) -> None:
+        # The direct launch passes them positionally, after the runtime arguments.
+        if list(constexprs) != self._constexpr_names:
+            raise ValueError(f"constexprs must be {self._constexpr_names}, in that order; got {list(constexprs)}")
 
     @staticmethod
     def _key(args: tuple, constexprs: dict, num_warps: int, device: int) -> tuple:
