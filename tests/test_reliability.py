@@ -228,6 +228,14 @@ def test_tiny_rows(backend, rows, n, dtype, weighted, op):
     check_rms_norm(backend, x, (n,), weight, 1e-6, residual=residual)
 
 
+def _triton_kernels_or_skip():
+    from rmsnorm import available_backends, triton_kernels
+
+    if "triton" not in available_backends():
+        pytest.skip("the triton backend needs a CUDA GPU, or TRITON_INTERPRET=1 on CPU")
+    return triton_kernels
+
+
 # --- the Triton split-row forward's lag ----------------------------------------------------------
 # Wider than one Triton forward tile (triton_kernels.FWD_MAX_TILE_N): rows cut into chunks, each
 # summed by one program and normalized by a later one (rms_norm_fwd_split_kernel).
@@ -240,10 +248,7 @@ def test_triton_split_forward_lag_changes_no_bits(residual, monkeypatch):
     """How far behind its row's sums a chunk is normalized is a matter of speed: the least lag (a row
     and a chunk an SM), the default, and all sums first give the same bits, a NaN row and an Inf row
     among them, and the NaN and Inf stay in their rows."""
-    from rmsnorm import available_backends, triton_kernels
-
-    if "triton" not in available_backends():
-        pytest.skip("the triton backend needs a CUDA GPU, or TRITON_INTERPRET=1 on CPU")
+    triton_kernels = _triton_kernels_or_skip()
     assert SPLIT_N > triton_kernels.FWD_MAX_TILE_N
     x = randn(SPLIT_ROWS, SPLIT_N, dtype=torch.bfloat16)
     x[1, 5] = float("nan")
@@ -269,14 +274,6 @@ def test_triton_split_forward_lag_changes_no_bits(residual, monkeypatch):
 # whose programs wait for each row's chunk partials, flagged READY over a scratch of zeros; or, where
 # the GPU cannot hold one program a chunk, the two passes (a dot-product kernel, then dx).
 BWD_SPLIT_N = 16385 if ON_GPU else 8193
-
-
-def _triton_kernels_or_skip():
-    from rmsnorm import available_backends, triton_kernels
-
-    if "triton" not in available_backends():
-        pytest.skip("the triton backend needs a CUDA GPU, or TRITON_INTERPRET=1 on CPU")
-    return triton_kernels
 
 
 def test_triton_split_backward_partials_of_any_value():
