@@ -115,17 +115,18 @@ def _split_sweep(ns: list[int], ceiling: float, baseline: str | None) -> None:
 # stages of its persistent loop (num_stages: the next tiles' loads in flight, through shared
 # memory). None: the default. Timed in ROUNDS interleaved rounds (the median), because one timing
 # of a latency-bound kernel read up to 17 points off the next one of the same kernel (v0.24).
-BWD_SWEEP_NS = (1024, 2048, 4096, 5120, 8192, 12288, 16384, 32768)
+# Widths up to BWD_MAX_TILE_N: wider rows take the one-pass kernel (`--split-bwd`).
+BWD_SWEEP_NS = (1024, 2048, 4096, 5120, 8192)
 BWD_CANDIDATES = (None, (16, 2, 1), (16, 1, 3), (16, 1, 4), (32, 1, 4), (32, 1, 1))
 ROUNDS = 3
-_BWD_CONSTANTS = ("ELEMENTS_PER_THREAD", "BWD_PIPELINE", "BWD_SPLIT_PIPELINE")
+_BWD_CONSTANTS = ("ELEMENTS_PER_THREAD", "BWD_PIPELINE")
 
 
 def _configure_bwd(values: tuple) -> None:
     """values: those of _BWD_CONSTANTS, or a candidate (elements a thread, programs an SM, stages)."""
     if len(values) == 3:
         elements, programs, stages = values
-        values = (elements, ((triton_kernels.BWD_MAX_TILE_N, programs, stages),), (programs, stages))
+        values = (elements, ((triton_kernels.BWD_MAX_TILE_N, programs, stages),))
     for name, value in zip(_BWD_CONSTANTS, values):
         setattr(triton_kernels, name, value)
     triton_kernels.tile_config.cache_clear()
