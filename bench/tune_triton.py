@@ -161,12 +161,14 @@ def _bwd_sweep(ns: list[int], ceiling: float) -> None:
     _configure_bwd(defaults)
 
 
-# The one-pass backward of wide rows (`--split-bwd`, rms_norm_bwd_split_kernel): (least columns a
-# chunk, fp32 elements a thread, lag rows), or None for the two passes it replaces (a dot-product
-# kernel, then dx from a second read of x and dy).
+# The one-pass backward of wide rows (`--split-bwd`, rms_norm_bwd_split_kernel): (columns a chunk up
+# to BWD_SPLIT_NARROW_MAX_N, least columns a chunk beyond, fp32 elements a thread, lag rows), or None
+# for the two passes it replaces (a dot-product kernel, then dx from a second read of x and dy).
 SPLIT_BWD_NS = (12288, 16384, 32768, 65536, 131072, 262144, 524288, 1048576)
-SPLIT_BWD_CANDIDATES = (None, (2048, 32, 1), (4096, 32, 1), (2048, 16, 1), (1024, 32, 1))
-_SPLIT_BWD_CONSTANTS = ("BWD_SPLIT_CHUNK_N", "BWD_SPLIT_ELEMENTS_PER_THREAD", "BWD_SPLIT_LAG_ROWS")
+SPLIT_BWD_CANDIDATES = (None, (1024, 2048, 32, 1), (2048, 2048, 32, 1), (1024, 1024, 32, 1), (1024, 4096, 32, 1))
+_SPLIT_BWD_CONSTANTS = (
+    "BWD_SPLIT_NARROW_CHUNK_N", "BWD_SPLIT_CHUNK_N", "BWD_SPLIT_ELEMENTS_PER_THREAD", "BWD_SPLIT_LAG_ROWS"
+)
 
 
 def _split_bwd_sweep(ns: list[int], ceiling: float) -> None:
@@ -182,7 +184,7 @@ def _split_bwd_sweep(ns: list[int], ceiling: float) -> None:
             setattr(triton_kernels, name, value)
         triton_kernels._bwd_split_chunk.cache_clear()
 
-    print("N | M | least chunk | elems/thread | lag rows | bwd (median of rounds) | rounds | max difference",
+    print("N | M | narrow chunk | least wide chunk | elems/thread | lag rows | bwd (median of rounds) | rounds | max difference",
           flush=True)  # fmt: skip
     for n in ns:
         m = max(256, ELEMENTS // n)
@@ -208,7 +210,7 @@ def _split_bwd_sweep(ns: list[int], ceiling: float) -> None:
                     cells[candidate].append(float("nan"))
                     print(f"{n} {candidate}: {str(exc).splitlines()[0][:100]}", flush=True)
         for candidate, values in cells.items():
-            label = "two passes | | " if candidate is None else " | ".join(str(v) for v in candidate)
+            label = "two passes | | | " if candidate is None else " | ".join(str(v) for v in candidate)
             rounds = " / ".join(f"{v:.1f}" for v in values)
             print(f"{n} | {m} | {label} | {statistics.median(values):.1f} | {rounds} | {errors.get(candidate, float('nan')):.3g}",
                   flush=True)  # fmt: skip

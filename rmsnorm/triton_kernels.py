@@ -531,7 +531,7 @@ def rms_norm_bwd_split_kernel(
     xhat * dy * w and stores that partial, flagged READY, over a zero; LAG_ROWS of its rows later it
     waits until every partial of that row is READY (the programs of the row's other chunks visit the same
     rows in the same order), reads the row's chunk again (from L2), writes dx and adds dy * xhat to
-    its dweight, kept in registers for all its rows. x and dy cross DRAM once, not twice as with a
+    its dweight, kept in registers for all its rows, as is its chunk of the weight. x and dy cross DRAM once, not twice as with a
     dot-product kernel and a second one. The programs of a row wait on each other, so the launcher
     sizes the grid to what the GPU holds at once; the interpreter runs the two phases as two launches.
     """
@@ -542,6 +542,9 @@ def rms_norm_bwd_split_kernel(
     cols = chunk * CHUNK_N + tl.arange(0, CHUNK_N)
     col_mask = cols < N
     dw_acc = tl.zeros([CHUNK_N], dtype=tl.float32)
+    # The program's columns are the same in every row: their weight is loaded once (bench/NOTES.md
+    # v0.27: 1-2 points, for ~40 registers).
+    w = _weight(w_ptr, cols, col_mask, weight_offset, HAS_WEIGHT)
     rows_here = tl.cdiv(M - group, groups)
     for i in range(0, rows_here + LAG_ROWS):
         if PHASE != DX_ONLY:
@@ -551,7 +554,7 @@ def rms_norm_bwd_split_kernel(
                 dy_start = _row_starts(row, size1, size2, size3, dy_stride0, dy_stride1, dy_stride2, dy_stride3)
                 x = tl.load(x_ptr + x_start + cols, mask=col_mask, other=0.0).to(tl.float32)
                 dy = tl.load(dy_ptr + dy_start + cols, mask=col_mask, other=0.0).to(tl.float32)
-                g = dy * _weight(w_ptr, cols, col_mask, weight_offset, HAS_WEIGHT)
+                g = dy * w
                 partial = tl.sum((x * tl.load(rstd_ptr + row)) * g, axis=0)
                 tl.store(partial_ptr + row * chunks + chunk, _ready_partial(partial))
         if PHASE != SUMS_ONLY:
@@ -572,7 +575,7 @@ def rms_norm_bwd_split_kernel(
                         parts = tl.load(parts_ptr, mask=parts_mask, other=READY, volatile=True)
                     dot += _partial_value(parts)
                 x_hat = x * rstd
-                g = dy * _weight(w_ptr, cols, col_mask, weight_offset, HAS_WEIGHT)
+                g = dy * w
                 dx = _dx(g, x_hat, tl.sum(dot, axis=0), rstd, N)
                 if HAS_DRESIDUAL:
                     dres_start = _row_starts(
@@ -674,14 +677,18 @@ BWD_PIPELINE = ((4096, 1, 4), (8192, 1, 3))
 # Split rows' column blocks: two programs an SM keep the memory pipe busy while one reduces; no
 # stage gains there (58% at 32768 whatever the pipeline).
 BWD_SPLIT_PIPELINE = (2, 1)
-# rms_norm_bwd_split_kernel: columns a chunk (at least BWD_SPLIT_CHUNK_N, wider where a row would
-# have more than BWD_SPLIT_MAX_CHUNKS), fp32 elements a thread, and how many of its rows a
-# program's dx trails its sums. H100, bf16, backward alone (bench/tune_triton.py --split-bwd,
-# bench/NOTES.md v0.26): 2048 x 32 (2 warps) 78-80% at 12288-262144 and 74% at 2^19, 4096 x 32
-# 1-3 points lower there but 62% at 2^20 (2048: 53%); 16 a thread with the next row's loads
-# issued before this row's dx, 18-72% (a row's partials then wait on whole iterations); 2 rows' lag,
-# 2-14 points lower. The grid is sized to the programs the GPU holds at once, from the compiled
-# kernel's registers and shared memory.
+# rms_norm_bwd_split_kernel: columns a chunk (BWD_SPLIT_NARROW_CHUNK_N for rows up to
+# BWD_SPLIT_NARROW_MAX_N; wider rows at least BWD_SPLIT_CHUNK_N, widened to a power of two where a
+# row would have more than BWD_SPLIT_MAX_CHUNKS), fp32 elements a thread, and how many of its rows
+# a program's dx trails its sums. H100, bf16, backward alone, % of copy (bench/tune_triton.py
+# --split-bwd, bench/NOTES.md v0.26, v0.27): 1024 x 32 (1 warp) 81.5-84.0 at 12288-131072, 1-2
+# points over 2048 x 32 (2 warps), but 76.9 at 262144 (256 chunks of 1024) against 2048's 80.6;
+# 2048 77.4 at 2^19; 4096 65.7 at 2^20 (2048: 65.4 before its weight was held, 53); 8192 53-65
+# everywhere. 16 a thread with the next row's loads issued before this row's dx, 18-72% (a row's
+# partials then wait on whole iterations); 2 rows' lag, 2-14 points lower. The grid is sized to
+# the programs the GPU holds at once, from the compiled kernel's registers and shared memory.
+BWD_SPLIT_NARROW_CHUNK_N = 1024
+BWD_SPLIT_NARROW_MAX_N = 131072
 BWD_SPLIT_CHUNK_N = 2048
 BWD_SPLIT_MAX_CHUNKS = 256
 BWD_SPLIT_ELEMENTS_PER_THREAD = 32
@@ -921,7 +928,10 @@ def rms_norm_quant_fwd(
 @functools.lru_cache(maxsize=None)
 def _bwd_split_chunk(n: int) -> tuple[int, int]:
     """rms_norm_bwd_split_kernel's columns a chunk and warps for rows of n elements."""
-    chunk_n = max(BWD_SPLIT_CHUNK_N, triton.next_power_of_2(_cdiv(n, BWD_SPLIT_MAX_CHUNKS)))
+    if n <= BWD_SPLIT_NARROW_MAX_N:
+        chunk_n = BWD_SPLIT_NARROW_CHUNK_N
+    else:
+        chunk_n = max(BWD_SPLIT_CHUNK_N, triton.next_power_of_2(_cdiv(n, BWD_SPLIT_MAX_CHUNKS)))
     return chunk_n, _tile_warps(chunk_n, BWD_SPLIT_ELEMENTS_PER_THREAD)
 
 

@@ -281,8 +281,9 @@ def test_triton_split_backward_partials_of_any_value():
     a negative one whose bits sign-extend, each in a chunk of its own, pass through the READY flag
     unchanged (on the GPU, a partial mistaken for "not yet" would hang the kernel)."""
     triton_kernels = _triton_kernels_or_skip()
-    chunk, n = triton_kernels.BWD_SPLIT_CHUNK_N, BWD_SPLIT_N
-    assert triton_kernels.BWD_MAX_TILE_N < n <= chunk * triton_kernels.BWD_SPLIT_MAX_CHUNKS and n > 4 * chunk
+    n = BWD_SPLIT_N
+    chunk = triton_kernels._bwd_split_chunk(n)[0]
+    assert triton_kernels.BWD_MAX_TILE_N < n and n > 4 * chunk
     x = torch.ones(2, n, dtype=torch.float32, device=DEVICE)
     dy = torch.zeros_like(x)
     dy[:, :chunk] = -1.0 / chunk  # partial -1.0 (x * rstd = 1, weight 1)
