@@ -165,6 +165,8 @@ def _bwd_sweep(ns: list[int], ceiling: float) -> None:
 # to BWD_SPLIT_NARROW_MAX_N, least columns a chunk beyond, fp32 elements a thread, lag rows), or None
 # for the two passes it replaces (a dot-product kernel, then dx from a second read of x and dy).
 SPLIT_BWD_NS = (12288, 16384, 32768, 65536, 131072, 262144, 524288, 1048576)
+# The plan differs by element size (_bwd_split_plan): 16-bit and fp32 rows.
+SPLIT_BWD_DTYPES = (torch.bfloat16, torch.float32)
 SPLIT_BWD_CANDIDATES = (None, (1024, 2048, 32, 1), (2048, 2048, 32, 1), (1024, 1024, 32, 1), (1024, 4096, 32, 1))
 _SPLIT_BWD_CONSTANTS = (
     "BWD_SPLIT_NARROW_CHUNK_N", "BWD_SPLIT_CHUNK_N", "BWD_SPLIT_ELEMENTS_PER_THREAD", "BWD_SPLIT_LAG_ROWS"
@@ -182,15 +184,15 @@ def _split_bwd_sweep(ns: list[int], ceiling: float) -> None:
         triton_kernels._backward_split = one_pass if candidate else (lambda *args: False)
         for name, value in zip(_SPLIT_BWD_CONSTANTS, candidate or defaults):
             setattr(triton_kernels, name, value)
-        triton_kernels._bwd_split_chunk.cache_clear()
+        triton_kernels._bwd_split_plan.cache_clear()
 
-    print("N | M | narrow chunk | least wide chunk | elems/thread | lag rows | bwd (median of rounds) | rounds | max difference",
-          flush=True)  # fmt: skip
-    for n in ns:
+    print("dtype | N | M | narrow chunk | least wide chunk | elems/thread | lag rows | bwd (median of rounds) | rounds"
+          " | max difference", flush=True)  # fmt: skip
+    for dtype, n in ((dtype, n) for dtype in SPLIT_BWD_DTYPES for n in ns):
         m = max(256, ELEMENTS // n)
-        x = torch.randn(m, n, device="cuda", dtype=torch.bfloat16)
+        x = torch.randn(m, n, device="cuda", dtype=dtype)
         dy = torch.randn_like(x)
-        w = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+        w = torch.randn(n, device="cuda", dtype=dtype)
         _, rstd = torch.ops.rmsnorm.rms_norm_fwd_triton(x, w, 0.0, 1e-6, False)
         cells: dict = {c: [] for c in SPLIT_BWD_CANDIDATES}
         errors: dict = {}
@@ -212,7 +214,7 @@ def _split_bwd_sweep(ns: list[int], ceiling: float) -> None:
         for candidate, values in cells.items():
             label = "two passes | | | " if candidate is None else " | ".join(str(v) for v in candidate)
             rounds = " / ".join(f"{v:.1f}" for v in values)
-            print(f"{n} | {m} | {label} | {statistics.median(values):.1f} | {rounds} | {errors.get(candidate, float('nan')):.3g}",
+            print(f"{str(dtype)[6:]} | {n} | {m} | {label} | {statistics.median(values):.1f} | {rounds} | {errors.get(candidate, float('nan')):.3g}",
                   flush=True)  # fmt: skip
     configure(None)
 

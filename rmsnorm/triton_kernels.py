@@ -523,6 +523,7 @@ def rms_norm_bwd_split_kernel(
     CHUNK_N: tl.constexpr,  # columns of a chunk; grid axis 1 has cdiv(N, CHUNK_N) programs
     PARTIALS_BLOCK: tl.constexpr,  # partial sums read at a time
     LAG_ROWS: tl.constexpr,  # a program's dx trails its sums by this many of its rows
+    REREAD_DY_EARLY: tl.constexpr,  # dy's re-read issued with x's, before this row's loads
     PHASE: tl.constexpr,  # BOTH_PHASES, SUMS_ONLY or DX_ONLY
 ):  # fmt: skip
     """Rows wider than one backward tile, on a grid of [groups, chunks] programs all resident at once.
@@ -547,6 +548,17 @@ def rms_norm_bwd_split_kernel(
     w = _weight(w_ptr, cols, col_mask, weight_offset, HAS_WEIGHT)
     rows_here = tl.cdiv(M - group, groups)
     for i in range(0, rows_here + LAG_ROWS):
+        if PHASE != SUMS_ONLY:
+            # The lagged row's re-read (from L2) is issued first, so that its latency passes under
+            # this row's loads from DRAM: x's always, dy's too where registers allow (see
+            # _bwd_split_plan). Masked off before the first lagged row.
+            lag_row = (group + (i - LAG_ROWS) * groups).to(tl.int64)
+            lag_mask = col_mask & (i >= LAG_ROWS)
+            x_start = _row_starts(lag_row, size1, size2, size3, x_stride0, x_stride1, x_stride2, x_stride3)
+            x_lag = tl.load(x_ptr + x_start + cols, mask=lag_mask, other=0.0)
+            if REREAD_DY_EARLY:
+                dy_start = _row_starts(lag_row, size1, size2, size3, dy_stride0, dy_stride1, dy_stride2, dy_stride3)
+                dy_lag = tl.load(dy_ptr + dy_start + cols, mask=lag_mask, other=0.0)
         if PHASE != DX_ONLY:
             if i < rows_here:
                 row = (group + i * groups).to(tl.int64)
@@ -559,11 +571,13 @@ def rms_norm_bwd_split_kernel(
                 tl.store(partial_ptr + row * chunks + chunk, _ready_partial(partial))
         if PHASE != SUMS_ONLY:
             if i >= LAG_ROWS:
-                row = (group + (i - LAG_ROWS) * groups).to(tl.int64)
-                x_start = _row_starts(row, size1, size2, size3, x_stride0, x_stride1, x_stride2, x_stride3)
-                dy_start = _row_starts(row, size1, size2, size3, dy_stride0, dy_stride1, dy_stride2, dy_stride3)
-                x = tl.load(x_ptr + x_start + cols, mask=col_mask, other=0.0).to(tl.float32)
-                dy = tl.load(dy_ptr + dy_start + cols, mask=col_mask, other=0.0).to(tl.float32)
+                row = lag_row
+                x = x_lag.to(tl.float32)
+                if REREAD_DY_EARLY:
+                    dy = dy_lag.to(tl.float32)
+                else:
+                    dy_start = _row_starts(row, size1, size2, size3, dy_stride0, dy_stride1, dy_stride2, dy_stride3)
+                    dy = tl.load(dy_ptr + dy_start + cols, mask=col_mask, other=0.0).to(tl.float32)
                 rstd = tl.load(rstd_ptr + row)
                 dot = tl.zeros([PARTIALS_BLOCK], dtype=tl.float32)
                 for start in range(0, chunks, PARTIALS_BLOCK):
@@ -677,22 +691,31 @@ BWD_PIPELINE = ((4096, 1, 4), (8192, 1, 3))
 # Split rows' column blocks: two programs an SM keep the memory pipe busy while one reduces; no
 # stage gains there (58% at 32768 whatever the pipeline).
 BWD_SPLIT_PIPELINE = (2, 1)
-# rms_norm_bwd_split_kernel: columns a chunk (BWD_SPLIT_NARROW_CHUNK_N for rows up to
-# BWD_SPLIT_NARROW_MAX_N; wider rows at least BWD_SPLIT_CHUNK_N, widened to a power of two where a
-# row would have more than BWD_SPLIT_MAX_CHUNKS), fp32 elements a thread, and how many of its rows
-# a program's dx trails its sums. H100, bf16, backward alone, % of copy (bench/tune_triton.py
-# --split-bwd, bench/NOTES.md v0.26, v0.27): 1024 x 32 (1 warp) 81.5-84.0 at 12288-131072, 1-2
-# points over 2048 x 32 (2 warps), but 76.9 at 262144 (256 chunks of 1024) against 2048's 80.6;
-# 2048 77.4 at 2^19; 4096 65.7 at 2^20 (2048: 65.4 before its weight was held, 53); 8192 53-65
-# everywhere. 16 a thread with the next row's loads issued before this row's dx, 18-72% (a row's
-# partials then wait on whole iterations); 2 rows' lag, 2-14 points lower. The grid is sized to
-# the programs the GPU holds at once, from the compiled kernel's registers and shared memory.
-BWD_SPLIT_NARROW_CHUNK_N = 1024
+# rms_norm_bwd_split_kernel (see _bwd_split_plan): columns a chunk, fp32 elements a thread, how
+# many of its rows a program's dx trails its sums, and which of the lagged row's re-reads are issued
+# before this row's loads. H100, backward alone, % of copy (bench/tune_triton.py --split-bwd,
+# bench/NOTES.md v0.26, v0.27):
+# - 16-bit rows: 1024 x 32 (1 warp) 81.5-84.0 at 12288-131072, 1-2 points over 2048 x 32 (2 warps),
+#   but 76.9 at 262144 (256 chunks of 1024) against 2048's 80.6; 2048 77.4 at 2^19; 4096 65.7 at
+#   2^20; 8192 53-65 everywhere. x's re-read issued early: +1.4-2.1 (bf16 85.4 / 86.4 / 82.3 at
+#   16384 / 65536 / 262144); dy's too: 2-7 points lower (208 registers against 166, 9 programs an
+#   SM against 12), but +6 at 2^20, whose one row group of 256 programs registers do not bound.
+# - fp32 rows: both re-reads early, 2048 x 32: 92.4-96.0 at 12288-262144, 89.8 at 2^19, 90.4 at
+#   2^20 (without: 78-84, 72 at 2^20): they move twice the bytes an instruction, so latency, not
+#   issue, bounds them.
+# - 16 a thread with the next row's loads issued before this row's dx, 18-72% (a row's partials
+#   then wait on whole iterations); 2 rows' lag, 2-14 points lower; registers capped at 128-152
+#   (more programs an SM), 0-25 points lower.
+# The grid is sized to the programs the GPU holds at once, from the compiled kernel's registers and
+# shared memory.
+BWD_SPLIT_NARROW_CHUNK_N = 1024  # 16-bit rows up to BWD_SPLIT_NARROW_MAX_N
 BWD_SPLIT_NARROW_MAX_N = 131072
-BWD_SPLIT_CHUNK_N = 2048
+BWD_SPLIT_CHUNK_N = 2048  # other rows: at least this, widened past BWD_SPLIT_MAX_CHUNKS chunks a row
 BWD_SPLIT_MAX_CHUNKS = 256
 BWD_SPLIT_ELEMENTS_PER_THREAD = 32
 BWD_SPLIT_LAG_ROWS = 1
+# 16-bit rows issue dy's re-read early from chunks of this many columns (2^20: one row group).
+BWD_SPLIT_EARLY_DY_MIN_CHUNK_N = 4096
 # The most partials a program reads at a time: a row's, rounded up to a power of two, up to this.
 # A block of 256 over the 16-128 chunks of rows up to 262144 cost 0.5-0.9 points of copy (v0.27).
 BWD_SPLIT_PARTIALS_BLOCK = 256
@@ -927,17 +950,32 @@ def rms_norm_quant_fwd(
     return y_q, residual_out, row_scale
 
 
+@dataclass(frozen=True)
+class BwdSplitPlan:
+    """How rms_norm_bwd_split_kernel covers rows of one width: a function of N and the element
+    sizes only, never of M."""
+
+    chunk_n: int  # columns a chunk (a program)
+    chunks: int  # chunks a row
+    partials_block: int  # partials read at a time
+    reread_dy_early: bool
+    num_warps: int
+
+
 @functools.lru_cache(maxsize=None)
-def _bwd_split_chunk(n: int) -> tuple[int, int, int, int]:
-    """rms_norm_bwd_split_kernel's columns a chunk, chunks a row, partials read at a time and warps
-    for rows of n elements."""
-    if n <= BWD_SPLIT_NARROW_MAX_N:
+def _bwd_split_plan(n: int, x_element_size: int, dy_element_size: int) -> BwdSplitPlan:
+    """rms_norm_bwd_split_kernel's plan for rows of n elements (see BWD_SPLIT_NARROW_CHUNK_N)."""
+    wide_elements = x_element_size == 4 and dy_element_size == 4
+    if not wide_elements and n <= BWD_SPLIT_NARROW_MAX_N:
         chunk_n = BWD_SPLIT_NARROW_CHUNK_N
     else:
         chunk_n = max(BWD_SPLIT_CHUNK_N, triton.next_power_of_2(_cdiv(n, BWD_SPLIT_MAX_CHUNKS)))
     chunks = _cdiv(n, chunk_n)
     partials_block = min(BWD_SPLIT_PARTIALS_BLOCK, triton.next_power_of_2(chunks))
-    return chunk_n, chunks, partials_block, _tile_warps(chunk_n, BWD_SPLIT_ELEMENTS_PER_THREAD)
+    reread_dy_early = wide_elements or chunk_n >= BWD_SPLIT_EARLY_DY_MIN_CHUNK_N
+    return BwdSplitPlan(
+        chunk_n, chunks, partials_block, reread_dy_early, _tile_warps(chunk_n, BWD_SPLIT_ELEMENTS_PER_THREAD)
+    )
 
 
 def _backward_split(
@@ -949,13 +987,14 @@ def _backward_split(
     of programs all resident at once. False, with nothing launched, where the GPU cannot hold one
     program a chunk: a function of N, the dtypes and the GPU, never of M."""
     m, n = rstd.numel(), x.shape[-1]
-    chunk_n, chunks, partials_block, num_warps = _bwd_split_chunk(n)
+    plan = _bwd_split_plan(n, x.element_size(), dy.element_size())
+    chunks, num_warps = plan.chunks, plan.num_warps
     sizes, x_strides = row_layout(x)
     _, dy_strides = row_layout(dy)
     dres_strides = dy_strides if dresidual_out is None else row_layout(dresidual_out)[1]
     flags = {"HAS_DRESIDUAL": dresidual_out is not None, "HAS_WEIGHT": weight is not None, "COMPUTE_DW": compute_dw,
-             "ROUND_XHAT": round_xhat, "CHUNK_N": chunk_n, "PARTIALS_BLOCK": partials_block,
-             "LAG_ROWS": BWD_SPLIT_LAG_ROWS}  # fmt: skip
+             "ROUND_XHAT": round_xhat, "CHUNK_N": plan.chunk_n, "PARTIALS_BLOCK": plan.partials_block,
+             "LAG_ROWS": BWD_SPLIT_LAG_ROWS, "REREAD_DY_EARLY": plan.reread_dy_early}  # fmt: skip
 
     def args(dw_partial: torch.Tensor, partials: torch.Tensor) -> tuple:
         return (dy, x, dy if dresidual_out is None else dresidual_out, x if weight is None else weight, rstd, dx,

@@ -282,7 +282,7 @@ def test_triton_split_backward_partials_of_any_value():
     unchanged (on the GPU, a partial mistaken for "not yet" would hang the kernel)."""
     triton_kernels = _triton_kernels_or_skip()
     n = BWD_SPLIT_N
-    chunk = triton_kernels._bwd_split_chunk(n)[0]
+    chunk = triton_kernels._bwd_split_plan(n, 4, 4).chunk_n
     assert triton_kernels.BWD_MAX_TILE_N < n and n > 4 * chunk
     x = torch.ones(2, n, dtype=torch.float32, device=DEVICE)
     dy = torch.zeros_like(x)
