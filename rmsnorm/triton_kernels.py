@@ -531,9 +531,9 @@ def rms_norm_bwd_split_kernel(
     Program (g, c) owns column chunk c of rows g, g + groups, ...: for each it sums chunk c's
     xhat * dy * w and stores that partial, flagged READY, over a zero; LAG_ROWS of its rows later it
     waits until every partial of that row is READY (the programs of the row's other chunks visit the same
-    rows in the same order), reads the row's chunk again (from L2), writes dx and adds dy * xhat to
-    its dweight, kept in registers for all its rows, as is its chunk of the weight. x and dy cross DRAM once, not twice as with a
-    dot-product kernel and a second one. The programs of a row wait on each other, so the launcher
+    rows in the same order), reads the row's chunk again (from L2, issued before the loads of the row it
+    sums), writes dx and adds dy * xhat to its dweight, kept in registers for all its rows, as is its
+    chunk of the weight. x and dy cross DRAM once, not twice as with a dot-product kernel and a second one. The programs of a row wait on each other, so the launcher
     sizes the grid to what the GPU holds at once; the interpreter runs the two phases as two launches.
     """
     group = tl.program_id(0)
@@ -700,9 +700,10 @@ BWD_SPLIT_PIPELINE = (2, 1)
 #   2^20; 8192 53-65 everywhere. x's re-read issued early: +1.4-2.1 (bf16 85.4 / 86.4 / 82.3 at
 #   16384 / 65536 / 262144); dy's too: 2-7 points lower (208 registers against 166, 9 programs an
 #   SM against 12), but +6 at 2^20, whose one row group of 256 programs registers do not bound.
-# - fp32 rows: both re-reads early, 2048 x 32: 92.4-96.0 at 12288-262144, 89.8 at 2^19, 90.4 at
-#   2^20 (without: 78-84, 72 at 2^20): they move twice the bytes an instruction, so latency, not
-#   issue, bounds them.
+# - fp32 rows: both re-reads early: 2048 x 32 (2 warps) 92.4-96.0 at 12288-262144, 89.8 at 2^19,
+#   90.4 at 2^20 (without: 78-84, 72 at 2^20); they move twice the bytes an instruction, so latency,
+#   not issue, bounds them. 4096 x 32 (4 warps): 94.2-96.7 at 12288-262144, 92.8 at 2^19, 90.6 at
+#   2^20, 0.5-3 points over 2048.
 # - 16 a thread with the next row's loads issued before this row's dx, 18-72% (a row's partials
 #   then wait on whole iterations); 2 rows' lag, 2-14 points lower; registers capped at 128-152
 #   (more programs an SM), 0-25 points lower.
@@ -710,7 +711,8 @@ BWD_SPLIT_PIPELINE = (2, 1)
 # shared memory.
 BWD_SPLIT_NARROW_CHUNK_N = 1024  # 16-bit rows up to BWD_SPLIT_NARROW_MAX_N
 BWD_SPLIT_NARROW_MAX_N = 131072
-BWD_SPLIT_CHUNK_N = 2048  # other rows: at least this, widened past BWD_SPLIT_MAX_CHUNKS chunks a row
+BWD_SPLIT_CHUNK_N = 2048  # wider 16-bit rows: at least this, widened past BWD_SPLIT_MAX_CHUNKS chunks a row
+BWD_SPLIT_FP32_CHUNK_N = 4096  # fp32 rows (x and dy): at least this, widened the same way
 BWD_SPLIT_MAX_CHUNKS = 256
 BWD_SPLIT_ELEMENTS_PER_THREAD = 32
 BWD_SPLIT_LAG_ROWS = 1
@@ -969,7 +971,8 @@ def _bwd_split_plan(n: int, x_element_size: int, dy_element_size: int) -> BwdSpl
     if not wide_elements and n <= BWD_SPLIT_NARROW_MAX_N:
         chunk_n = BWD_SPLIT_NARROW_CHUNK_N
     else:
-        chunk_n = max(BWD_SPLIT_CHUNK_N, triton.next_power_of_2(_cdiv(n, BWD_SPLIT_MAX_CHUNKS)))
+        least = BWD_SPLIT_FP32_CHUNK_N if wide_elements else BWD_SPLIT_CHUNK_N
+        chunk_n = max(least, triton.next_power_of_2(_cdiv(n, BWD_SPLIT_MAX_CHUNKS)))
     chunks = _cdiv(n, chunk_n)
     partials_block = min(BWD_SPLIT_PARTIALS_BLOCK, triton.next_power_of_2(chunks))
     reread_dy_early = wide_elements or chunk_n >= BWD_SPLIT_EARLY_DY_MIN_CHUNK_N

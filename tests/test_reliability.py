@@ -281,9 +281,9 @@ def test_triton_split_backward_partials_of_any_value():
     a negative one whose bits sign-extend, each in a chunk of its own, pass through the READY flag
     unchanged (on the GPU, a partial mistaken for "not yet" would hang the kernel)."""
     triton_kernels = _triton_kernels_or_skip()
-    n = BWD_SPLIT_N
-    chunk = triton_kernels._bwd_split_plan(n, 4, 4).chunk_n
-    assert triton_kernels.BWD_MAX_TILE_N < n and n > 4 * chunk
+    chunk = triton_kernels._bwd_split_plan(BWD_SPLIT_N, 4, 4).chunk_n
+    n = 4 * chunk + chunk // 2 + 1  # four whole chunks, then a partly masked one
+    assert triton_kernels.BWD_MAX_TILE_N < n and triton_kernels._bwd_split_plan(n, 4, 4).chunk_n == chunk
     x = torch.ones(2, n, dtype=torch.float32, device=DEVICE)
     dy = torch.zeros_like(x)
     dy[:, :chunk] = -1.0 / chunk  # partial -1.0 (x * rstd = 1, weight 1)
