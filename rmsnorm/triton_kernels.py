@@ -533,8 +533,9 @@ def rms_norm_bwd_split_kernel(
     waits until every partial of that row is READY (the programs of the row's other chunks visit the same
     rows in the same order), reads the row's chunk again (from L2, issued before the loads of the row it
     sums), writes dx and adds dy * xhat to its dweight, kept in registers for all its rows, as is its
-    chunk of the weight. x and dy cross DRAM once, not twice as with a dot-product kernel and a second one. The programs of a row wait on each other, so the launcher
-    sizes the grid to what the GPU holds at once; the interpreter runs the two phases as two launches.
+    chunk of the weight. x and dy cross DRAM once, not twice as with a dot-product kernel and a second
+    one. The programs of a row wait on each other, so the launcher sizes the grid to what the GPU holds
+    at once; the interpreter runs the two phases as two launches.
     """
     group = tl.program_id(0)
     chunk = tl.program_id(1)
