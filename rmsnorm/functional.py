@@ -239,8 +239,10 @@ def _require_kernel_dtypes(backend: str, x_dtype: torch.dtype, w_dtype: torch.dt
 # 78 / 76%); add_rms_norm_quant up to 32768 (triton 97-99% against cuda's 96-98% since v0.9, ahead
 # by 10-25 points before); rms_norm above 32768, forward and backward (v0.23: triton's split-row
 # forward 91-92% at 65536-2^20 against cuda's 89 / 88 / 83 / 71 / 62%; its backward 57% against
-# 39-50%, and 75-80% in one pass since v0.26). A function of N alone, so a row's backend, and
-# bits, never depend on M.
+# 39-50%, and in one pass since v0.26: 83-86% in 16-bit, 93-97% in fp32 since v0.27. At
+# 16384-32768 cuda's backward reads 77-87% and 55-93%: moving the bound down is measured work not
+# yet done, against a small-M host time that doubles on triton). A function of N alone, so a row's
+# backend, and bits, never depend on M.
 _AUTO_TRITON_WIDTHS = {
     "rms_norm": (32769, None),
     "add_rms_norm": (8193, None),
