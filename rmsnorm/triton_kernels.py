@@ -468,8 +468,7 @@ def rms_norm_bwd_dot_kernel(
 
 @triton.jit
 def _weight(w_ptr, cols, col_mask, weight_offset, HAS_WEIGHT: tl.constexpr):
-    """w + weight_offset in fp32 over cols, or 1.0 without a weight: loaded where it is used (from L1),
-    not held in registers across the row loop."""
+    """w + weight_offset in fp32 over cols, or 1.0 without a weight."""
     w = tl.full(cols.shape, 1.0, tl.float32)
     if HAS_WEIGHT:
         w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32) + weight_offset
@@ -982,6 +981,15 @@ def _bwd_split_plan(n: int, x_element_size: int, dy_element_size: int) -> BwdSpl
     )
 
 
+def _reduce_dweight(dw_partial: torch.Tensor, dw: torch.Tensor, device: int) -> None:
+    """dw = the sum of dw_partial's [P, N] per-program rows, in a fixed order (rms_norm_dw_reduce_kernel)."""
+    p, n = dw_partial.shape
+    _launch_dw_reduce(
+        (_cdiv(n, DW_REDUCE_BLOCK_N),), (dw_partial, dw, p, n),
+        {"BLOCK_P": DW_REDUCE_BLOCK_P, "BLOCK_N": DW_REDUCE_BLOCK_N}, DW_REDUCE_NUM_WARPS, device,
+    )  # fmt: skip
+
+
 def _backward_split(
     dy: torch.Tensor, x: torch.Tensor, dresidual_out: torch.Tensor | None, weight: torch.Tensor | None,
     weight_offset: float, rstd: torch.Tensor, compute_dw: bool, round_xhat: bool, dx: torch.Tensor,
@@ -1029,10 +1037,7 @@ def _backward_split(
                 (groups, chunks), args(dw_partial, partials), {**flags, "PHASE": phase}, num_warps, device
             )
         if compute_dw:
-            _launch_dw_reduce(
-                (_cdiv(n, DW_REDUCE_BLOCK_N),), (dw_partial, dw, groups, n),
-                {"BLOCK_P": DW_REDUCE_BLOCK_P, "BLOCK_N": DW_REDUCE_BLOCK_N}, DW_REDUCE_NUM_WARPS, device,
-            )  # fmt: skip
+            _reduce_dweight(dw_partial, dw, device)
     return True
 
 
@@ -1103,8 +1108,5 @@ def rms_norm_bwd(
             cfg.num_warps, device,
         )  # fmt: skip
         if compute_dw:
-            _launch_dw_reduce(
-                (_cdiv(n, DW_REDUCE_BLOCK_N),), (dw_partial, dw, programs, n),
-                {"BLOCK_P": DW_REDUCE_BLOCK_P, "BLOCK_N": DW_REDUCE_BLOCK_N}, DW_REDUCE_NUM_WARPS, device,
-            )  # fmt: skip
+            _reduce_dweight(dw_partial, dw, device)
     return dx, dw
