@@ -9,10 +9,11 @@ specialization is seen, keeps the compiled kernel Triton returns under a key tha
 specialization, and sends later calls with the same key straight to the C launcher.
 
 The key holds everything Triton specializes a kernel on, and more (never less, or a call would
-run a kernel compiled for other arguments): per tensor its dtype and whether its address is a
-multiple of 16 bytes; per int whether it is 1, whether it is a multiple of 16 and whether it fits
-in int32 (the ints passed are sizes, strides and counts, never past 2^63, where Triton would type
-one uint64); per float its type; the constexpr values, num_warps and the device. Kernels are compiled
+run a kernel compiled for other arguments): per tensor its dtype and its address mod 16 bytes; per
+int its value up to 16, else whether it is a multiple of 16 and whether it fits in int32 (the ints
+passed are sizes, strides and counts, never past 2^63, where Triton would type one uint64); per
+float its type; the constexpr values, num_warps and the device. The tensors are the kernel's leading
+*_ptr parameters, and reach the C launcher as their addresses. Kernels are compiled
 with the process's Triton settings (debug, instrumentation) of the first launch of each key.
 Under TRITON_INTERPRET there is no compiled kernel: every call goes through Triton.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+from typing import NamedTuple
 
 import torch
 import triton
@@ -29,35 +31,70 @@ from triton import knobs
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 
 
-def _specialization_key(args: tuple) -> tuple:
-    # One comprehension, no call per argument: this runs for every argument of every launch. Any
-    # argument not an int or a float is taken for a tensor (bools too: they have no dtype, and
-    # _check_types then names them).
-    return tuple(
-        [
-            (a == 1, a % 16 == 0, _INT32_MIN <= a <= _INT32_MAX)
-            if type(a) is int
-            else float
-            if type(a) is float
-            else (a.dtype, a.data_ptr() % 16 == 0)
-            for a in args
-        ]
+def _specialization_key(pointers: tuple, addresses: list, scalars: tuple) -> tuple:
+    # Comprehensions, no call per argument: this runs for every argument of every launch. Finer
+    # than Triton's where that is cheaper: the address's remainder mod 16 where Triton keeps
+    # whether it is 0; small ints by value (a few more entries, never a wrong one). Any scalar not an
+    # int is keyed by its type (a float; anything else _check_types then refuses).
+    return (
+        *[t.dtype for t in pointers],
+        *[a & 15 for a in addresses],
+        *[
+            (a if -1 < a < 17 else (a & 15 == 0, _INT32_MIN <= a <= _INT32_MAX)) if type(a) is int else type(a)
+            for a in scalars
+        ],
     )
 
 
-def _check_types(args: tuple) -> None:
-    for a in args:
-        if type(a) not in (int, float) and not isinstance(a, torch.Tensor):
+def _check_types(pointers: tuple, scalars: tuple) -> None:
+    for t in pointers:
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"KernelLauncher takes tensors for the pointer parameters, got {type(t).__name__}")
+    for a in scalars:
+        if type(a) not in (int, float):
             kind = type(a).__name__
             raise TypeError(f"KernelLauncher takes tensors, ints and floats as runtime arguments, got {kind}")
+
+
+def _leading_pointers(kernel) -> int:
+    """How many runtime parameters, all first, take tensors: those named *_ptr (our kernels' convention)."""
+    names = [p.name for p in kernel.params if not p.is_constexpr]
+    count = next((i for i, name in enumerate(names) if not name.endswith("_ptr")), len(names))
+    if any(name.endswith("_ptr") for name in names[count:]):
+        raise ValueError(f"{kernel.fn.__name__}: the *_ptr parameters must come before the others, got {names}")
+    return count
+
+
+class _Direct(NamedTuple):
+    """A compiled kernel as its C launcher takes it (triton.backends.nvidia.driver.CudaLauncher)."""
+
+    launch: object  # the C launcher
+    function: int
+    packed_metadata: object
+    cooperative: bool
+    pdl: bool
+    compiled: object  # the CompiledKernel
+
+
+def _direct(compiled) -> _Direct | None:
+    """compiled's C launcher and what it is passed, or None where the kernel needs scratch memory
+    (CudaLauncher allocates it a launch: such kernels always go through Triton)."""
+    launcher = compiled.run
+    if launcher.global_scratch_size > 0 or launcher.profile_scratch_size > 0:
+        return None
+    return _Direct(
+        launcher.launch, compiled.function, compiled.packed_metadata, launcher.launch_cooperative_grid,
+        launcher.launch_pdl, compiled,
+    )  # fmt: skip
 
 
 class KernelLauncher:
     """Calls one @triton.jit kernel: `launcher(grid, args, constexprs, num_warps, device)`.
 
-    args: the runtime arguments in signature order; constexprs: a dict of the constexpr arguments,
-    which follow them in the signature, in signature order; device: the CUDA device index the
-    launch goes to (the current device).
+    args: the runtime arguments in signature order, tensors for the leading *_ptr parameters, then
+    ints and floats; constexprs: a dict of the constexpr arguments, which follow them in the
+    signature, in signature order; device: the CUDA device index the launch goes to (the current
+    device).
     """
 
     def __init__(self, kernel, cooperative: bool = False) -> None:
@@ -65,44 +102,57 @@ class KernelLauncher:
         # cooperative: launched as a cooperative grid, which the driver refuses (an error, not a hang)
         # unless all its programs can be resident at once: for kernels whose programs wait on each other.
         self._options = {"enable_fp_fusion": False, **({"launch_cooperative_grid": True} if cooperative else {})}
-        self._compiled: dict[tuple, object] = {}
+        self._compiled: dict[tuple, _Direct | None] = {}
         # A JITFunction compiles; the interpreter's function does not (TRITON_INTERPRET=1).
         self._compiles = isinstance(kernel, triton.runtime.JITFunction)
         if self._compiles:
             self._constexpr_names = [p.name for p in kernel.params if p.is_constexpr]
+            self._pointers = _leading_pointers(kernel)
 
     def __call__(self, grid: tuple[int, ...], args: tuple, constexprs: dict, num_warps: int, device: int) -> None:
         if not self._compiles:
             self._kernel[grid](*args, **constexprs, num_warps=num_warps, enable_fp_fusion=False)
             return
-        key = self._key(args, constexprs, num_warps, device)
-        compiled = self._compiled.get(key)
+        pointers, scalars = args[: self._pointers], args[self._pointers :]
+        addresses = self._addresses(pointers, scalars)
+        key = (*_specialization_key(pointers, addresses, scalars), *constexprs.values(), num_warps, device)
+        direct = self._compiled.get(key)
         runtime = knobs.runtime
-        if compiled is None or runtime.launch_enter_hook.calls or runtime.launch_exit_hook.calls:
+        if direct is None or runtime.launch_enter_hook.calls or runtime.launch_exit_hook.calls:
             # Through Triton: it compiles where needed, and runs any launch hooks (a profiler's).
+            _check_types(pointers, scalars)
             self._check_constexpr_order(constexprs)
             compiled = self._kernel[grid](*args, **constexprs, num_warps=num_warps, **self._options)
-            self._compiled[key] = compiled  # one dict assignment: atomic, no lock needed
+            self._compiled[key] = _direct(compiled)  # one dict assignment: atomic, no lock needed
             return
         grid_x, grid_y, grid_z = (*grid, 1, 1)[:3]
-        stream = torch._C._cuda_getCurrentRawStream(device)
-        compiled.run(
-            grid_x, grid_y, grid_z, stream, compiled.function, compiled.packed_metadata, None, None, None,
-            *args, *constexprs.values(),
+        # Addresses, not tensors: the C launcher takes an int as it is, where for each tensor it calls
+        # data_ptr() and asks the driver about the address (cuPointerGetAttribute) every launch. The
+        # dispatcher has checked that every tensor is on this GPU.
+        direct.launch(
+            grid_x, grid_y, grid_z, torch._C._cuda_getCurrentRawStream(device), direct.function, direct.cooperative,
+            direct.pdl, None, None, direct.packed_metadata, None, None, None, *addresses, *scalars,
+            *constexprs.values(),
         )  # fmt: skip
 
     def resident_programs(self, args: tuple, constexprs: dict, num_warps: int, device: int) -> int:
         """How many programs of the kernel these arguments compile to the GPU holds at once (the
         driver's occupancy for its registers and shared memory, times the SMs); compiles it where
         needed, without launching it."""
-        key = self._key(args, constexprs, num_warps, device)
-        compiled = self._compiled.get(key)
-        if compiled is None:
+        pointers, scalars = args[: self._pointers], args[self._pointers :]
+        addresses = self._addresses(pointers, scalars)
+        key = (*_specialization_key(pointers, addresses, scalars), *constexprs.values(), num_warps, device)
+        direct = self._compiled.get(key)
+        if direct is None:
+            _check_types(pointers, scalars)
             self._check_constexpr_order(constexprs)
             compiled = self._kernel.warmup(*args, **constexprs, grid=(1,), num_warps=num_warps, **self._options)
-            self._compiled[key] = compiled
-        compiled._init_handles()  # loads the module, which sets compiled.function
-        return _blocks_per_sm(compiled.function, num_warps * 32, compiled.metadata.shared) * _sm_count(device)
+            compiled._init_handles()  # loads the module, which sets compiled.function
+            direct = _direct(compiled)
+            self._compiled[key] = direct
+            if direct is None:
+                return _resident(compiled, num_warps, device)
+        return _resident(direct.compiled, num_warps, device)
 
     def _check_constexpr_order(self, constexprs: dict) -> None:
         # The direct launch passes them positionally, after the runtime arguments.
@@ -110,12 +160,17 @@ class KernelLauncher:
             raise ValueError(f"constexprs must be {self._constexpr_names}, in that order; got {list(constexprs)}")
 
     @staticmethod
-    def _key(args: tuple, constexprs: dict, num_warps: int, device: int) -> tuple:
+    def _addresses(pointers: tuple, scalars: tuple) -> list:
         try:
-            return (_specialization_key(args), tuple(constexprs.values()), num_warps, device)
-        except AttributeError:  # an argument neither int, float nor tensor: _check_types names it
-            _check_types(args)
+            return [t.data_ptr() for t in pointers]
+        except AttributeError:  # not a tensor: _check_types names it
+            _check_types(pointers, scalars)
             raise
+
+
+def _resident(compiled, num_warps: int, device: int) -> int:
+    compiled._init_handles()
+    return _blocks_per_sm(compiled.function, num_warps * 32, compiled.metadata.shared) * _sm_count(device)
 
 
 @functools.lru_cache(maxsize=None)

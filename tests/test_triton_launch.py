@@ -16,17 +16,28 @@ from tests.inputs import randn, random_weight
 from tests.numerics import check_rms_norm
 
 
+class _CudaLauncher:
+    """A compiled kernel's `run` (Triton's CudaLauncher), whose `launch` is the C launcher."""
+
+    global_scratch_size = profile_scratch_size = 0
+    launch_cooperative_grid = "cooperative-flag"
+    launch_pdl = "pdl-flag"
+
+    def __init__(self, calls: list) -> None:
+        self._calls = calls
+
+    def launch(self, *args) -> None:
+        self._calls.append(("direct", args))
+
+
 class _Compiled:
-    """What Triton returns from a launch: the compiled kernel, whose `run` is the C launcher."""
+    """What Triton returns from a launch: the compiled kernel."""
 
     function = "function-handle"
     packed_metadata = "packed-metadata"
 
     def __init__(self, calls: list) -> None:
-        self._calls = calls
-
-    def run(self, *args) -> None:
-        self._calls.append(("direct", args))
+        self.run = _CudaLauncher(calls)
 
 
 class _Kernel:
@@ -49,6 +60,7 @@ def launcher(monkeypatch):
     launch = triton_launch.KernelLauncher(kernel)
     launch._compiles = True  # a stand-in is not a JITFunction: say it compiles, as the real one does
     launch._constexpr_names = ["A", "B"]
+    launch._pointers = 1  # (p, n, eps): p is the one tensor
     monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda device: f"stream{device}", raising=False)
     return launch, kernel
 
@@ -66,15 +78,16 @@ def test_second_call_goes_straight_to_the_compiled_kernel(launcher):
     _, grid, args, kwargs = kernel.calls[0]
     assert grid == (3, 2) and args == _args(t, 32)
     assert kwargs == {"A": True, "B": 128, "num_warps": 4, "enable_fp_fusion": False}
-    # grid padded to 3-D, stream of the device, then function, metadata, no hooks, args, constexprs
-    assert kernel.calls[1][1] == (5, 1, 1, "stream0", "function-handle", "packed-metadata", None, None, None,
-                                  t, 48, 1e-6, True, 128)  # fmt: skip
+    # grid padded to 3-D, stream of the device, function, launch flags, no scratch, metadata, no hooks,
+    # the tensor's address, the other args, constexprs
+    assert kernel.calls[1][1] == (5, 1, 1, "stream0", "function-handle", "cooperative-flag", "pdl-flag", None, None,
+                                  "packed-metadata", None, None, None, t.data_ptr(), 48, 1e-6, True, 128)  # fmt: skip
 
 
 def test_cooperative_launcher_asks_triton_for_a_cooperative_grid():
     kernel = _Kernel()
     launch = triton_launch.KernelLauncher(kernel, cooperative=True)
-    launch._compiles, launch._constexpr_names = True, ["A", "B"]
+    launch._compiles, launch._constexpr_names, launch._pointers = True, ["A", "B"], 1
     launch((3, 2), _args(torch.zeros(64), 32), {"A": True, "B": 128}, 4, 0)
     assert kernel.calls[0][3] == {"A": True, "B": 128, "num_warps": 4, "enable_fp_fusion": False,
                                   "launch_cooperative_grid": True}  # fmt: skip
@@ -142,6 +155,35 @@ def test_other_argument_types_are_refused(launcher, arg):
     with pytest.raises(TypeError, match="tensors, ints and floats"):
         launch((1,), (torch.zeros(4), arg, 1e-6), {"A": True, "B": 128}, 4, 0)
     assert kernel.calls == []
+
+
+def test_a_tensor_where_an_int_goes_is_refused(launcher):
+    launch, kernel = launcher
+    with pytest.raises(TypeError, match="tensors for the pointer parameters"):
+        launch((1,), (32, 32, 1e-6), {"A": True, "B": 128}, 4, 0)
+    assert kernel.calls == []
+
+
+def test_kernels_that_need_scratch_memory_always_go_through_triton(launcher, monkeypatch):
+    # CudaLauncher allocates their scratch a launch; the direct call would pass none.
+    monkeypatch.setattr(_CudaLauncher, "global_scratch_size", 256)
+    launch, kernel = launcher
+    t = torch.zeros(64)
+    for _ in range(3):
+        launch((1,), _args(t, 32), {"A": True, "B": 128}, 4, 0)
+    assert [c[0] for c in kernel.calls] == ["triton", "triton", "triton"]
+
+
+def test_pointer_parameters_must_lead():
+    def kernel(x_ptr, n, y_ptr):
+        pass
+
+    kernel.params = [
+        type("Param", (), {"name": name, "is_constexpr": False}) for name in ("x_ptr", "n", "y_ptr")
+    ]
+    kernel.fn = kernel
+    with pytest.raises(ValueError, match="must come before the others"):
+        triton_launch._leading_pointers(kernel)
 
 
 @pytest.mark.skipif(not ON_GPU, reason="compiled Triton kernels run only on a CUDA GPU; none here")
