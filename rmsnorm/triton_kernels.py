@@ -784,6 +784,18 @@ def _bwd_pipeline(cfg: TileConfig, device: torch.device, tiled: tuple[torch.Tens
     return per_sm, max(1, min(stages, fitting))
 
 
+def _contiguous_empty_like(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """An uninitialized contiguous tensor of t's shape and device, in t's dtype or `dtype`: empty_like
+    parses no shape, about half the host time of torch.empty(t.shape, ...)."""
+    return torch.empty_like(t, dtype=dtype, memory_format=torch.contiguous_format)
+
+
+@functools.lru_cache(maxsize=None)
+def _empty_on(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """An empty tensor (no storage: address 0), for stand-ins that are never read or written."""
+    return torch.empty(0, dtype=dtype, device=device)
+
+
 def _check_n(n: int) -> None:
     if n > MAX_N:
         raise ValueError(f"the triton backend supports rows of at most {MAX_N} elements, got {n}")
@@ -820,7 +832,7 @@ def _forward(
     eps: float,
     round_xhat: bool,
     y: torch.Tensor,
-    quant: int = NO_QUANT,
+    quant: tl.constexpr = NO_QUANT,
     scale: torch.Tensor | None = None,
     scale_ub: torch.Tensor | None = None,
     need_rstd: bool = True,
@@ -831,9 +843,10 @@ def _forward(
     n = x.shape[-1]
     _check_n(n)
     m = y.numel() // n if n else 0
-    cfg = tile_config(n, "forward" if quant == NO_QUANT else "quant")
-    rstd = torch.empty(x.shape[:-1], dtype=torch.float32, device=x.device) if need_rstd else None
-    residual_out = None if residual is None else torch.empty(x.shape, dtype=residual.dtype, device=x.device)
+    cfg = tile_config(n, "quant" if quant.value != NO_QUANT.value else "forward")
+    # An int size where x is 2-D: a shape tuple costs the allocation's argument parsing a microsecond.
+    rstd = x.new_empty(x.shape[0] if x.dim() == 2 else x.shape[:-1], dtype=torch.float32) if need_rstd else None
+    residual_out = None if residual is None else _contiguous_empty_like(x, residual.dtype)
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug(
             "triton rms_norm_fwd: M=%d N=%d x=%s dtype=%s residual=%s quant=%d %s",
@@ -853,7 +866,7 @@ def _forward(
                 _forward_split(
                     cfg, (x, res, w, y, res_out, rstd_arg, scale), (*sizes, *x_strides, *res_strides, m, n, eps,
                     weight_offset), {"HAS_RESIDUAL": residual is not None, "HAS_WEIGHT": weight is not None,
-                    "STORE_RSTD": need_rstd, "ROUND_XHAT": round_xhat, "QUANT": quant}, device,
+                    "STORE_RSTD": need_rstd, "ROUND_XHAT": round_xhat, "QUANT": quant.value}, device,
                 )  # fmt: skip
             return residual_out, rstd
         _launch_fwd(
@@ -861,7 +874,7 @@ def _forward(
             (x, res, w, y, res_out, rstd_arg, scale, x if scale_ub is None else scale_ub, *sizes, *x_strides,
              *res_strides, m, n, eps, weight_offset),
             {"HAS_RESIDUAL": residual is not None, "HAS_WEIGHT": weight is not None, "STORE_RSTD": need_rstd,
-             "ROUND_XHAT": round_xhat, "QUANT": quant, "HAS_SCALE_UB": scale_ub is not None, "BLOCK_M": cfg.block_m,
+             "ROUND_XHAT": round_xhat, "QUANT": quant.value, "HAS_SCALE_UB": scale_ub is not None, "BLOCK_M": cfg.block_m,
              "BLOCK_N": cfg.block_n},
             cfg.num_warps, device,
         )  # fmt: skip
@@ -906,7 +919,7 @@ def rms_norm_fwd(
     contiguous, x's dtype), residual_out (x + residual, x's shape, contiguous, residual's dtype;
     None without a residual) and rstd (fp32, shape lead; None unless need_rstd).
     """
-    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    y = _contiguous_empty_like(x)
     residual_out, rstd = _forward(x, residual, weight, weight_offset, eps, round_xhat, y, need_rstd=need_rstd)
     return y, residual_out, rstd
 
@@ -927,7 +940,7 @@ def rms_norm_quant_fwd(
     when given) / 448, floored at MIN_DYNAMIC_SCALE. Returns y_q (x's shape, contiguous),
     residual_out (as rms_norm_fwd) and the row scales (fp32, shape lead + (1,); None when static).
     """
-    y_q = torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device)
+    y_q = _contiguous_empty_like(x, torch.float8_e4m3fn)
     if scale is not None:
         residual_out, _ = _forward(
             x, residual, weight, weight_offset, eps, round_xhat, y_q, QUANT_STATIC, scale, need_rstd=False
@@ -1014,11 +1027,12 @@ def _backward_split(
 
     device = x.device.index
     if x.device.type == "cuda":
-        # Fresh allocations of the scratch tensors' dtypes: the same specialization as the launch's.
-        stand_ins = args(torch.empty(0, dtype=torch.float32, device=x.device), rstd.new_empty(0, dtype=torch.int64))
+        # Empty tensors of the scratch tensors' dtypes, as aligned as their fresh allocations: the same
+        # specialization as the launch's.
+        stand_ins = args(_empty_on(x.device, torch.float32), _empty_on(x.device, torch.int64))
         with _on_device_of(x):
             resident = _launch_bwd_split.resident_programs(
-                stand_ins, {**flags, "PHASE": BOTH_PHASES}, num_warps, device
+                stand_ins, {**flags, "PHASE": BOTH_PHASES.value}, num_warps, device
             )
         if chunks > resident:
             return False
@@ -1034,7 +1048,7 @@ def _backward_split(
     with _on_device_of(x):
         for phase in phases:
             _launch_bwd_split(
-                (groups, chunks), args(dw_partial, partials), {**flags, "PHASE": phase}, num_warps, device
+                (groups, chunks), args(dw_partial, partials), {**flags, "PHASE": phase.value}, num_warps, device
             )
         if compute_dw:
             _reduce_dweight(dw_partial, dw, device)
@@ -1064,8 +1078,8 @@ def rms_norm_bwd(
     _check_n(n)
     m = rstd.numel()
     compute_dw = needs_dweight and weight is not None
-    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    dw = torch.empty((n,), dtype=weight.dtype, device=x.device) if compute_dw else None
+    dx = _contiguous_empty_like(x)
+    dw = torch.empty_like(weight) if compute_dw else None  # weight: [N], contiguous
     if m == 0:
         return dx, dw.zero_() if compute_dw else None
     cfg = tile_config(n, "backward")
