@@ -24,6 +24,8 @@ LONG_ROW_M = 256
 LATENCY_N = 4096
 LATENCY_ROWS = (1, 8, 64, 512)
 LATENCY_DTYPE = "bf16"
+# The latency table's host times: rounds, each timing every implementation in turn (bench.latency).
+LATENCY_HOST_ROUNDS = 5
 
 # eps of every call: Llama's value, passed explicitly so that no implementation's default matters.
 EPS = 1e-6

@@ -33,7 +33,8 @@ from bench.timing import REP_MS, WARMUP_MS
 MEASUREMENT_OVERHEAD_S = 0.01
 # Per (dtype, N): random inputs, the float64 reference and its comparisons, freeing memory.
 SHAPE_SETUP_S = 0.3
-# Per implementation and M of the latency table: HOST_CALLS calls, a graph capture, replays.
+# Per implementation and M of the latency table: LATENCY_HOST_ROUNDS rounds of HOST_CALLS calls, a graph
+# capture, replays.
 LATENCY_POINT_S = 0.3
 CEILING_S = 1.0
 # The share of our single-reading cells measured again for reading off their row (sweep.repeat_off_cells):

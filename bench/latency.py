@@ -2,6 +2,9 @@
 
 Two numbers per call: host wall time of back-to-back calls (what eager inference pays, dispatch and
 launch included) and GPU time per call under CUDA-graph replay (what is left once launches are free).
+A shared machine's host speed drifts within seconds (bench/NOTES.md v0.28): the host times are taken
+in LATENCY_HOST_ROUNDS rounds, each timing every implementation in turn, and each is the median of its
+rounds, with their spread (max - min) recorded beside it.
 The inputs fit in L2 and stay there: this measures latency, not bandwidth. At M = TRAIN_HOST_ROWS also
 the host wall time of a forward+backward through autograd: set against the GPU time of the sweep's
 forward+backward, it tells whether a row of that table can be bound by the host.
@@ -9,21 +12,23 @@ forward+backward, it tells whether a row of that table can be bound by the host.
 
 from __future__ import annotations
 
+import functools
+import statistics
 import time
 from typing import Callable
 
 import torch
 
-from bench.cases import EPS, LATENCY_DTYPE, LATENCY_N, LATENCY_ROWS
+from bench.cases import EPS, LATENCY_DTYPE, LATENCY_HOST_ROUNDS, LATENCY_N, LATENCY_ROWS
 from bench.correctness import check, reference
 from bench.errors import first_line
 from bench.implementations import Implementation
 from bench.inputs import random_case, release_memory, torch_dtype
 from bench.timing import median_ms
 
-HOST_CALLS = 2000  # back-to-back calls timed by the host clock: ~0.1 s at 50 us each
+HOST_CALLS = 400  # back-to-back calls a round, timed by the host clock: ~0.02 s at 50 us each
 TRAIN_HOST_ROWS = 1
-TRAIN_HOST_CALLS = 300  # forward+backward calls: ~0.05 s at 150 us each
+TRAIN_HOST_CALLS = 100  # forward+backward calls a round: ~0.02 s at 200 us each
 HOST_WARMUP_CALLS = 20
 GRAPH_CALLS = 100  # calls captured in one CUDA graph; one replay is timed and divided by this
 
@@ -54,41 +59,39 @@ def graph_us_per_call(call: Callable[[], object], calls: int = GRAPH_CALLS) -> f
     return median_ms(graph.replay) * 1e3 / calls
 
 
-def _measure_training(impl: Implementation, x: torch.Tensor, weight: torch.Tensor, record: dict) -> None:
-    """Adds train_host_us, the host time of a forward+backward once checked against float64 (or
-    train_reason: why not)."""
+def _training_step(impl: Implementation, x: torch.Tensor, weight: torch.Tensor, record: dict):
+    """A forward+backward of impl once checked against float64, or None with train_reason set."""
     dy = torch.randn_like(x)
     outcome = check(impl.fn, x, weight, dy, EPS, reference(x, weight, dy, EPS))
     if outcome.status != "ok":
         record["train_reason"] = f"{outcome.status}: {outcome.reason}"
-        return
+        return None
     xg, wg = x.detach().requires_grad_(), weight.detach().requires_grad_()
-    try:
-        record["train_host_us"] = host_us_per_call(
-            lambda: torch.autograd.grad(impl.fn(xg, wg, EPS), (xg, wg), dy), calls=TRAIN_HOST_CALLS
-        )
-    except Exception as exc:
-        record["train_reason"] = first_line(exc)
+    return lambda: torch.autograd.grad(impl.fn(xg, wg, EPS), (xg, wg), dy)
 
 
-def _measure(impl: Implementation, x: torch.Tensor, weight: torch.Tensor, record: dict) -> dict:
-    if record["rows"] == TRAIN_HOST_ROWS:
-        _measure_training(impl, x, weight, record)
-    with torch.no_grad():
-
-        def call() -> torch.Tensor:
-            return impl.fn(x, weight, EPS)
-
-        try:
-            record.update(status="ok", host_us=host_us_per_call(call))
-        except Exception as exc:
-            record.update(status="failed", reason=first_line(exc))
-            return record
-        try:
-            record["graph_us"] = graph_us_per_call(call)
-        except Exception as exc:  # not capturable: a CPU sync or a lazy compile inside the call
-            record["graph_reason"] = first_line(exc)
-    return record
+def _host_rounds(timed: list[tuple[dict, str, str, Callable[[], object], int, bool]]) -> None:
+    """Times every (record, field, reason field, call, calls, grad) in turn, LATENCY_HOST_ROUNDS times
+    over, with autograd on or off as grad says; sets record[field] to the median of its rounds and
+    record[field + "_spread"] to their max - min, or, where the call raised, record[reason field]
+    to the error and no time."""
+    rounds: list[list[float]] = [[] for _ in timed]
+    failed: dict[int, str] = {}
+    for _ in range(LATENCY_HOST_ROUNDS):
+        for i, (_record, _field, _reason, call, calls, grad) in enumerate(timed):
+            if i in failed:
+                continue
+            try:
+                with torch.set_grad_enabled(grad):
+                    rounds[i].append(host_us_per_call(call, calls=calls))
+            except Exception as exc:
+                failed[i] = first_line(exc)
+    for i, (record, field, reason, *_) in enumerate(timed):
+        if i in failed:
+            record[reason] = failed[i]
+        else:
+            record[field] = statistics.median(rounds[i])
+            record[field + "_spread"] = max(rounds[i]) - min(rounds[i])
 
 
 def _cell(record: dict) -> str:
@@ -102,14 +105,15 @@ def measure_latency(impls: list[Implementation], log: Callable[[str], None]) -> 
     """One record per (implementation, M in LATENCY_ROWS), each checked against float64 first.
 
     ``log`` receives one line per M. Records carry status "ok", "wrong", "failed" or "skipped" with the
-    reason; for "ok" host_us, and graph_us, or graph_reason when the call could not be captured; at
-    M = TRAIN_HOST_ROWS train_host_us, or train_reason.
+    reason; for "ok" host_us and host_us_spread, and graph_us, or graph_reason when the call could not
+    be captured; at M = TRAIN_HOST_ROWS train_host_us and train_host_us_spread, or train_reason.
     """
     records = []
     for rows in LATENCY_ROWS:
         x, weight, _ = random_case(rows, LATENCY_N, torch_dtype(LATENCY_DTYPE))
         ref = reference(x, weight, None, EPS)
-        line = []
+        timed = []
+        these = []
         for impl in impls:
             outcome = check(impl.fn, x, weight, None, EPS, ref)
             record = {
@@ -120,8 +124,26 @@ def measure_latency(impls: list[Implementation], log: Callable[[str], None]) -> 
                 "n": LATENCY_N,
             }
             record.update(check=outcome.status, status=outcome.status, reason=outcome.reason)
-            records.append(_measure(impl, x, weight, record) if outcome.status == "ok" else record)
-            line.append(f"{impl.name} {_cell(records[-1])}")
+            these.append(record)
+            if outcome.status != "ok":
+                continue
+            timed.append((record, "host_us", "reason", functools.partial(impl.fn, x, weight, EPS), HOST_CALLS, False))
+            if rows == TRAIN_HOST_ROWS:
+                step = _training_step(impl, x, weight, record)
+                if step is not None:
+                    timed.append((record, "train_host_us", "train_reason", step, TRAIN_HOST_CALLS, True))
+        _host_rounds(timed)
+        for impl, record in zip(impls, these):
+            if record["status"] == "ok" and "host_us" not in record:
+                record["status"] = "failed"  # its call raised: _host_rounds gave the reason
+            elif record["status"] == "ok":
+                try:
+                    with torch.no_grad():
+                        record["graph_us"] = graph_us_per_call(functools.partial(impl.fn, x, weight, EPS))
+                except Exception as exc:  # not capturable: a CPU sync or a lazy compile inside the call
+                    record["graph_reason"] = first_line(exc)
+        records.extend(these)
+        line = [f"{record['impl']} {_cell(record)}" for record in these]
         log(f"latency {LATENCY_DTYPE} N={LATENCY_N} M={rows} (host/graph per call): " + " | ".join(line))
     release_memory()
     return records

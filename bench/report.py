@@ -17,6 +17,7 @@ from bench.cases import (
     ADD_FORWARD,
     FORWARD_BACKWARD,
     FORWARD_BACKWARD_REPEATS,
+    LATENCY_HOST_ROUNDS,
     LONG_ROW_M,
     MODE_TITLES,
     OFF_CELL_POINTS,
@@ -119,6 +120,23 @@ def _latency_table(records: list[dict], names: list[str]) -> list[str]:
             row.append(f"{r['train_host_us']:.1f}" if "train_host_us" in r else r.get("train_reason", ""))
         lines.append(f"| {name} | " + " | ".join(row) + " |")
     return lines
+
+
+def _latency_spread_note(records: list[dict]) -> str:
+    """The host times' rounds and their widest spread, where the records have them."""
+    spreads = [
+        (r[field + "_spread"], r[field], r, label)
+        for r in records
+        for field, label in (("host_us", "no grad"), ("train_host_us", "fwd+bwd"))
+        if field + "_spread" in r
+    ]
+    if not spreads:
+        return ""
+    spread, value, r, label = max(spreads, key=lambda item: item[0] / item[1])
+    return (
+        f"Host times: the median of {LATENCY_HOST_ROUNDS} rounds, each timing every implementation in turn. Widest"
+        f" spread (max - min) of a cell's rounds: {spread:.1f} us on {value:.1f} ({r['impl']}, M={r['rows']}, {label})."
+    )
 
 
 def _failures(results: dict) -> list[str]:
@@ -275,6 +293,9 @@ def markdown(results: dict) -> str:
             "",
             *_latency_table(results["latency"], names),
         ]
+        spread = _latency_spread_note(results["latency"])
+        if spread:
+            lines += ["", spread]
     if results.get("model"):
         lines += _model_section(results["model"])
     if results.get("features"):

@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench import host_breakdown
+from bench import host_breakdown, latency
 from bench.cases import FORWARD, FORWARD_BACKWARD, OFF_CELL_POINTS, OFF_CELL_REPEATS
-from bench.report import _latency_table, _repeats_note
+from bench.report import _latency_spread_note, _latency_table, _repeats_note
 from bench.sweep import _set_times, repeat_off_cells
 from tests.conftest import DEVICE
 
@@ -103,6 +103,35 @@ def test_the_latency_table_has_the_training_host_time_only_where_it_was_measured
     assert rule == "|---|--:|--:|--:|"
     assert cuda == "| ours-cuda | 10.0 / 2.0 | 10.0 / 2.0 | 123.4 |"
     assert quack == "| quack | 10.0 / 2.0 | 10.0 / 2.0 | failed: RuntimeError: no |"
+
+
+def test_host_times_are_medians_of_interleaved_rounds(monkeypatch):
+    """Every implementation is timed once a round, in turn; its host time is its rounds' median, with
+    their spread; one whose call raises keeps its reason and no time."""
+    readings = {"a": iter([30.0, 10.0, 20.0, 50.0, 40.0]), "b": iter([5.0] * 5)}
+    order = []
+
+    def fake_host_us_per_call(call, calls):
+        name = call()
+        order.append(name)
+        if name == "bad":
+            raise RuntimeError("no launch")
+        return next(readings[name])
+
+    monkeypatch.setattr(latency, "host_us_per_call", fake_host_us_per_call)
+    monkeypatch.setattr(latency, "LATENCY_HOST_ROUNDS", 5)
+    a, b, bad = {}, {}, {}
+    latency._host_rounds([
+        (a, "host_us", "reason", lambda: "a", 1, False),
+        (b, "train_host_us", "train_reason", lambda: "b", 1, True),
+        (bad, "host_us", "reason", lambda: "bad", 1, False),
+    ])  # fmt: skip
+    assert order[:6] == ["a", "b", "bad", "a", "b", "a"]  # interleaved; the failed call not retried
+    assert a == {"host_us": 30.0, "host_us_spread": 40.0}
+    assert b == {"train_host_us": 5.0, "train_host_us_spread": 0.0}
+    assert bad == {"reason": "RuntimeError: no launch"}
+    note = _latency_spread_note([_latency_record("x", 1, host_us=30.0, host_us_spread=40.0)])
+    assert note.endswith("Widest spread (max - min) of a cell's rounds: 40.0 us on 30.0 (x, M=1, no grad).")
 
 
 def test_host_breakdown_training_cases_run():
