@@ -237,14 +237,14 @@ def _require_kernel_dtypes(backend: str, x_dtype: torch.dtype, w_dtype: torch.dt
 # to 8192 (triton 99 / 98% static / dynamic against cuda's 98 / 97%), beyond which CUDA stages rows
 # in shared memory (v0.9: at 16384 98 / 94% against triton's 96 / 92%, at 32768 97 / 93% against
 # 78 / 76%); add_rms_norm_quant up to 32768 (triton 97-99% against cuda's 96-98% since v0.9, ahead
-# by 10-25 points before); rms_norm above 32768, forward and backward (v0.23: triton's split-row
+# by 10-25 points before); rms_norm from 16384, forward and backward (v0.23: triton's split-row
 # forward 91-92% at 65536-2^20 against cuda's 89 / 88 / 83 / 71 / 62%; its backward 57% against
-# 39-50%, and in one pass since v0.26: 83-86% in 16-bit, 93-97% in fp32 since v0.27. At
-# 16384-32768 cuda's backward reads 77-87% and 55-93%: moving the bound down is measured work not
-# yet done, against a small-M host time that doubles on triton). A function of N alone, so a row's
-# backend, and bits, never depend on M.
+# 39-50%, and in one pass since v0.26: 83-86% in 16-bit, 93-97% in fp32 since v0.27. v0.28: at
+# 16384 / 32768 the backward reads 84 / 86% (bf16) and 94 / 95% (fp32) on triton against cuda's
+# 77 / 87% and 92 / 55%, the forwards tie at 96-97%; at 12288 cuda's bf16 backward leads, 88
+# against 83%). A function of N alone, so a row's backend, and bits, never depend on M.
 _AUTO_TRITON_WIDTHS = {
-    "rms_norm": (32769, None),
+    "rms_norm": (16384, None),
     "add_rms_norm": (8193, None),
     "rms_norm_quant": (1, 8192),
     "add_rms_norm_quant": (1, 32768),
