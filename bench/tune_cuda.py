@@ -25,7 +25,12 @@ NS = (1024, 2048, 4096, 8192, 16384, 32768)
 # label -> {constant name in csrc/*.cu: value written in its place}; {} is csrc as it is.
 CANDIDATES: dict[str, dict[str, str]] = {
     "as is": {},
-    "bwd staged short rows never keep g": {"kBwdStagedKeptGradMinRowBytes": "int64_t{1} << 62"},
+    "clustered over 32 KB, carveout 44": {"kFwdClusterMinRowBytes": "32 * 1024", "kFwdClusterCarveoutPercent": "44"},
+    "clustered over 16 KB in 16 KB slices, carveout 44": {
+        "kFwdClusterMinRowBytes": "16 * 1024",
+        "kFwdClusterSliceBytes": "16 * 1024",
+        "kFwdClusterCarveoutPercent": "44",
+    },
 }
 
 
