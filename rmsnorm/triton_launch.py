@@ -159,13 +159,20 @@ class KernelLauncher:
         if list(constexprs) != self._constexpr_names:
             raise ValueError(f"constexprs must be {self._constexpr_names}, in that order; got {list(constexprs)}")
 
-    @staticmethod
-    def _addresses(pointers: tuple, scalars: tuple) -> list:
+    def _addresses(self, pointers: tuple, scalars: tuple) -> list:
         try:
-            return [t.data_ptr() for t in pointers]
+            addresses = [t.data_ptr() for t in pointers]
+            on_gpu = all([t.is_cuda for t in pointers])
         except AttributeError:  # not a tensor: _check_types names it
             _check_types(pointers, scalars)
             raise
+        if not on_gpu:
+            # Triton's C launcher, given tensors, refused these; given addresses, it would pass a
+            # host address to the GPU.
+            names = [p.name for p in self._kernel.params if not p.is_constexpr]
+            where = [f"{name} on {t.device}" for name, t in zip(names, pointers) if not t.is_cuda]
+            raise ValueError(f"{self._kernel.fn.__name__} takes CUDA tensors, got {', '.join(where)}")
+        return addresses
 
 
 def _resident(compiled, num_warps: int, device: int) -> int:

@@ -7,6 +7,8 @@ paths, aligned and misaligned, against float64, and the two paths' outputs must 
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 
@@ -40,8 +42,16 @@ class _Compiled:
         self.run = _CudaLauncher(calls)
 
 
+class _Param:
+    def __init__(self, name: str, is_constexpr: bool = False) -> None:
+        self.name, self.is_constexpr = name, is_constexpr
+
+
 class _Kernel:
     """A stand-in @triton.jit kernel with runtime parameters (p, n, eps) and constexprs A, B."""
+
+    params = [_Param("p"), _Param("n"), _Param("eps"), _Param("A", True), _Param("B", True)]
+    fn = types.SimpleNamespace(__name__="stand_in_kernel")
 
     def __init__(self) -> None:
         self.calls: list = []
@@ -61,6 +71,8 @@ def launcher(monkeypatch):
     launch._compiles = True  # a stand-in is not a JITFunction: say it compiles, as the real one does
     launch._constexpr_names = ["A", "B"]
     launch._pointers = 1  # (p, n, eps): p is the one tensor
+    # CPU tensors stand in for CUDA ones, as the C launcher (a stand-in too) never reads them.
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
     monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda device: f"stream{device}", raising=False)
     return launch, kernel
 
@@ -84,7 +96,8 @@ def test_second_call_goes_straight_to_the_compiled_kernel(launcher):
                                   "packed-metadata", None, None, None, t.data_ptr(), 48, 1e-6, True, 128)  # fmt: skip
 
 
-def test_cooperative_launcher_asks_triton_for_a_cooperative_grid():
+def test_cooperative_launcher_asks_triton_for_a_cooperative_grid(monkeypatch):
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
     kernel = _Kernel()
     launch = triton_launch.KernelLauncher(kernel, cooperative=True)
     launch._compiles, launch._constexpr_names, launch._pointers = True, ["A", "B"], 1
@@ -162,6 +175,18 @@ def test_a_tensor_where_an_int_goes_is_refused(launcher):
     with pytest.raises(TypeError, match="tensors for the pointer parameters"):
         launch((1,), (32, 32, 1e-6), {"A": True, "B": 128}, 4, 0)
     assert kernel.calls == []
+
+
+def test_a_tensor_off_the_gpu_is_refused_on_the_direct_path(launcher, monkeypatch):
+    # The C launcher takes addresses, which it cannot check: a CPU tensor's would reach the GPU.
+    launch, kernel = launcher
+    t = torch.zeros(64)
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: self.dtype != torch.float64))
+    launch((1,), _args(t, 32), {"A": True, "B": 128}, 4, 0)
+    launch((1,), _args(t, 32), {"A": True, "B": 128}, 4, 0)
+    with pytest.raises(ValueError, match=r"stand_in_kernel takes CUDA tensors, got p on cpu"):
+        launch((1,), _args(t.double(), 32), {"A": True, "B": 128}, 4, 0)
+    assert [c[0] for c in kernel.calls] == ["triton", "direct"]
 
 
 def test_kernels_that_need_scratch_memory_always_go_through_triton(launcher, monkeypatch):
