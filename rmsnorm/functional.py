@@ -96,10 +96,13 @@ def _normalized_shape(x: torch.Tensor, normalized_shape, weight: torch.Tensor | 
     return shape
 
 
+_INFINITIES = (math.inf, -math.inf)
+
+
 def _is_finite(value) -> bool:
     # Comparisons, not math.isfinite: under torch.compile(dynamic=True) a float argument arrives as
     # a symbolic float, which comparisons handle (as guards) and math.isfinite does not.
-    return value == value and value not in (math.inf, -math.inf)
+    return value == value and value not in _INFINITIES
 
 
 def _as_float(value):
@@ -118,7 +121,7 @@ def _check_args(x, normalized_shape, weight, eps, weight_offset, backend, castin
         if weight.device != x.device:
             raise ValueError(f"weight must be on x's device {x.device}, got {weight.device}")
     shape = _normalized_shape(x, normalized_shape, weight)
-    if weight is not None and tuple(weight.shape) != shape:
+    if weight is not None and weight.shape != shape:  # a torch.Size equals the tuple of its sizes
         raise ValueError(f"weight must have shape {shape} to match normalized_shape, got {tuple(weight.shape)}")
     if eps is not None:
         if not _is_real(eps):
@@ -388,7 +391,8 @@ def rms_norm(
     round_xhat = casting_mode == "llama"
     rows = as_rows(x, n, len(shape))
     y, _rstd = fwd_op(rows, _flat_weight(weight, n), _as_float(weight_offset), eps, round_xhat)
-    return y if y.shape == x.shape else y.view(x.shape)
+    # rows is x itself where x is already [M, N] rows (the common call): y has its shape.
+    return y if rows is x else y.view(x.shape)
 
 
 def add_rms_norm(
