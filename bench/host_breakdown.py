@@ -53,7 +53,7 @@ def layers() -> dict[str, Callable[[], object]]:
     args = (x, x, w, y, y, rstd, rstd, x, *sizes, *strides, *strides, 1, N, EPS, 0.0)
     constexprs = {
         "HAS_RESIDUAL": False, "HAS_WEIGHT": True, "STORE_RSTD": True, "ROUND_XHAT": False,
-        "QUANT": triton_kernels.NO_QUANT, "HAS_SCALE_UB": False, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
+        "QUANT": triton_kernels.NO_QUANT.value, "HAS_SCALE_UB": False, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
     }  # fmt: skip
     cases = {
         "F.rms_norm": lambda: F.rms_norm(x, (N,), w, EPS),

@@ -127,8 +127,8 @@ class KernelLauncher:
             return
         grid_x, grid_y, grid_z = (*grid, 1, 1)[:3]
         # Addresses, not tensors: the C launcher takes an int as it is, where for each tensor it calls
-        # data_ptr() and asks the driver about the address (cuPointerGetAttribute) every launch. The
-        # dispatcher has checked that every tensor is on this GPU.
+        # data_ptr() and asks the driver about the address (cuPointerGetAttribute) every launch.
+        # _addresses has refused tensors off the GPU instead.
         direct.launch(
             grid_x, grid_y, grid_z, torch._C._cuda_getCurrentRawStream(device), direct.function, direct.cooperative,
             direct.pdl, None, None, direct.packed_metadata, None, None, None, *addresses, *scalars,
