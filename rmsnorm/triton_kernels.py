@@ -874,8 +874,8 @@ def _forward(
             (x, res, w, y, res_out, rstd_arg, scale, x if scale_ub is None else scale_ub, *sizes, *x_strides,
              *res_strides, m, n, eps, weight_offset),
             {"HAS_RESIDUAL": residual is not None, "HAS_WEIGHT": weight is not None, "STORE_RSTD": need_rstd,
-             "ROUND_XHAT": round_xhat, "QUANT": quant.value, "HAS_SCALE_UB": scale_ub is not None, "BLOCK_M": cfg.block_m,
-             "BLOCK_N": cfg.block_n},
+             "ROUND_XHAT": round_xhat, "QUANT": quant.value, "HAS_SCALE_UB": scale_ub is not None,
+             "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n},
             cfg.num_warps, device,
         )  # fmt: skip
     return residual_out, rstd
