@@ -59,7 +59,9 @@ def graph_us_per_call(call: Callable[[], object], calls: int = GRAPH_CALLS) -> f
     return median_ms(graph.replay) * 1e3 / calls
 
 
-def _training_step(impl: Implementation, x: torch.Tensor, weight: torch.Tensor, record: dict):
+def _training_step(
+    impl: Implementation, x: torch.Tensor, weight: torch.Tensor, record: dict
+) -> Callable[[], object] | None:
     """A forward+backward of impl once checked against float64, or None with train_reason set."""
     dy = torch.randn_like(x)
     outcome = check(impl.fn, x, weight, dy, EPS, reference(x, weight, dy, EPS))
