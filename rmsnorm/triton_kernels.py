@@ -664,6 +664,11 @@ ELEMENTS_PER_THREAD = 16
 # 86-97%; at 64 a thread, 94% and 97% (bench/tune_triton.py, bench/NOTES.md v0.7).
 WIDE_ROW_TILE_N = 16384
 WIDE_ROW_ELEMENTS_PER_THREAD = 64
+# Forward tiles wider than their row (N not a power of two, the tile padded with masked columns)
+# give each thread this many. H100, forward, % of copy, 16 -> 32 a thread (bench/NOTES.md v0.28):
+# fp16 92.3 -> 97.7 at 5120, 95.5 -> 97.4 at 2560, 95.4 -> 97.6 at 6144; bf16 and fp16 92-94 ->
+# 97.5 at 640 and 1280; elsewhere within 0.6 (1536, 3072, 7168: 97.7 -> 97.1-97.4).
+PADDED_ROW_ELEMENTS_PER_THREAD = 32
 # The quantizing forward gives each thread this many at every width: fewer warps a row, so its two
 # block reductions (sum of squares, then the dynamic amax) cost less. H100, N = 1024-8192: dynamic
 # 84-92% -> 96-98% of copy, static 92-98% -> 98% (at 16 a thread); the plain forward is half a
@@ -755,6 +760,8 @@ def tile_config(n: int, kind: str = "forward") -> TileConfig:
         per_thread = QUANT_ELEMENTS_PER_THREAD
     elif block_n >= WIDE_ROW_TILE_N:  # the forward's only: backward tiles stop at BWD_MAX_TILE_N
         per_thread = WIDE_ROW_ELEMENTS_PER_THREAD
+    elif kind == "forward" and block_n > n:
+        per_thread = PADDED_ROW_ELEMENTS_PER_THREAD
     return TileConfig(block_m, block_n, _tile_warps(block_m * block_n, per_thread), split_rows=False)
 
 
