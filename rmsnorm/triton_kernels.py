@@ -667,7 +667,7 @@ WIDE_ROW_ELEMENTS_PER_THREAD = 64
 # Forward tiles wider than their row (N not a power of two, the tile padded with masked columns)
 # give each thread this many. H100, forward, % of copy, 16 -> 32 a thread (bench/NOTES.md v0.28):
 # fp16 92.3 -> 97.7 at 5120, 95.5 -> 97.4 at 2560, 95.4 -> 97.6 at 6144; bf16 and fp16 92-94 ->
-# 97.5 at 640 and 1280; elsewhere within 0.6 (1536, 3072, 7168: 97.7 -> 97.1-97.4).
+# 97.5 at 640 and 1280; 0.3-0.7 lower at 1536, 3072 and 7168 (97.7 -> 96.9-97.4).
 PADDED_ROW_ELEMENTS_PER_THREAD = 32
 # The quantizing forward gives each thread this many at every width: fewer warps a row, so its two
 # block reductions (sum of squares, then the dynamic amax) cost less. H100, N = 1024-8192: dynamic
