@@ -37,9 +37,13 @@ class _Compiled:
 
     function = "function-handle"
     packed_metadata = "packed-metadata"
+    metadata = types.SimpleNamespace(shared=1024)
 
     def __init__(self, calls: list) -> None:
         self.run = _CudaLauncher(calls)
+
+    def _init_handles(self) -> None:
+        pass
 
 
 class _Param:
@@ -62,6 +66,10 @@ class _Kernel:
             return _Compiled(self.calls)
 
         return launch
+
+    def warmup(self, *args, grid, **kwargs):
+        self.calls.append(("warmup", grid, args, kwargs))
+        return _Compiled(self.calls)
 
 
 @pytest.fixture
@@ -144,6 +152,26 @@ def test_any_specialization_change_goes_through_triton(launcher, change):
     assert [c[0] for c in kernel.calls] == ["triton", "triton"]
     launch((1,), args, constexprs, warps, device)  # and then that key is cached too
     assert [c[0] for c in kernel.calls] == ["triton", "triton", "direct"]
+
+
+def test_resident_programs_compile_once_and_share_the_launch_cache(launcher, monkeypatch):
+    """The occupancy query compiles (warmup, no launch) on its key's first call only, and its compiled
+    kernel is the one a launch with the same arguments then runs directly."""
+    launch, kernel = launcher
+    occupancy = []
+
+    def blocks_per_sm(function, threads, shared_bytes):
+        occupancy.append((function, threads, shared_bytes))
+        return 3
+
+    monkeypatch.setattr(triton_launch, "_blocks_per_sm", blocks_per_sm)
+    monkeypatch.setattr(triton_launch, "_sm_count", lambda device: 132)
+    t = torch.zeros(64)
+    for _ in range(2):
+        assert launch.resident_programs(_args(t, 32), {"A": True, "B": 128}, 4, 0) == 3 * 132
+    launch((1,), _args(t, 32), {"A": True, "B": 128}, 4, 0)
+    assert [c[0] for c in kernel.calls] == ["warmup", "direct"]
+    assert occupancy == [("function-handle", 128, 1024)] * 2
 
 
 def test_constexprs_out_of_signature_order_raise(launcher):
