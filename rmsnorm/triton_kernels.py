@@ -41,7 +41,7 @@ import triton
 import triton.language as tl
 
 from . import reference
-from .triton_launch import KernelLauncher
+from .triton_launch import KernelLauncher, sm_count
 
 logger = logging.getLogger("rmsnorm")
 
@@ -765,11 +765,10 @@ def tile_config(n: int, kind: str = "forward") -> TileConfig:
     return TileConfig(block_m, block_n, _tile_warps(block_m * block_n, per_thread), split_rows=False)
 
 
-@functools.lru_cache(maxsize=None)
 def _num_sms(device: torch.device) -> int:
     if device.type != "cuda":
         return 4  # the interpreter on CPU: any fixed number keeps results reproducible
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    return sm_count(device.index)
 
 
 @functools.lru_cache(maxsize=None)

@@ -113,15 +113,10 @@ class KernelLauncher:
         if not self._compiles:
             self._kernel[grid](*args, **constexprs, num_warps=num_warps, enable_fp_fusion=False)
             return
-        pointers, scalars = args[: self._pointers], args[self._pointers :]
-        addresses = self._addresses(pointers, scalars)
-        key = (*_specialization_key(pointers, addresses, scalars), *constexprs.values(), num_warps, device)
-        direct = self._compiled.get(key)
+        key, direct, addresses, scalars = self._lookup(args, constexprs, num_warps, device)
         runtime = knobs.runtime
         if direct is None or runtime.launch_enter_hook.calls or runtime.launch_exit_hook.calls:
             # Through Triton: it compiles where needed, and runs any launch hooks (a profiler's).
-            _check_types(pointers, scalars)
-            self._check_constexpr_order(constexprs)
             compiled = self._kernel[grid](*args, **constexprs, num_warps=num_warps, **self._options)
             self._compiled[key] = _direct(compiled)  # one dict assignment: atomic, no lock needed
             return
@@ -139,13 +134,8 @@ class KernelLauncher:
         """How many programs of the kernel these arguments compile to the GPU holds at once (the
         driver's occupancy for its registers and shared memory, times the SMs); compiles it where
         needed, without launching it."""
-        pointers, scalars = args[: self._pointers], args[self._pointers :]
-        addresses = self._addresses(pointers, scalars)
-        key = (*_specialization_key(pointers, addresses, scalars), *constexprs.values(), num_warps, device)
-        direct = self._compiled.get(key)
+        key, direct, _, _ = self._lookup(args, constexprs, num_warps, device)
         if direct is None:
-            _check_types(pointers, scalars)
-            self._check_constexpr_order(constexprs)
             compiled = self._kernel.warmup(*args, **constexprs, grid=(1,), num_warps=num_warps, **self._options)
             compiled._init_handles()  # loads the module, which sets compiled.function
             direct = _direct(compiled)
@@ -154,10 +144,19 @@ class KernelLauncher:
                 return _resident(compiled, num_warps, device)
         return _resident(direct.compiled, num_warps, device)
 
-    def _check_constexpr_order(self, constexprs: dict) -> None:
-        # The direct launch passes them positionally, after the runtime arguments.
-        if list(constexprs) != self._constexpr_names:
-            raise ValueError(f"constexprs must be {self._constexpr_names}, in that order; got {list(constexprs)}")
+    def _lookup(self, args: tuple, constexprs: dict, num_warps: int, device: int) -> tuple:
+        """(key, the cached _Direct or None, the pointers' addresses, the scalars) of a launch; the
+        arguments' types and the constexprs' order are checked where the key is not cached yet."""
+        pointers, scalars = args[: self._pointers], args[self._pointers :]
+        addresses = self._addresses(pointers, scalars)
+        key = (*_specialization_key(pointers, addresses, scalars), *constexprs.values(), num_warps, device)
+        direct = self._compiled.get(key)
+        if direct is None:
+            _check_types(pointers, scalars)
+            # The direct launch passes the constexprs positionally, after the runtime arguments.
+            if list(constexprs) != self._constexpr_names:
+                raise ValueError(f"constexprs must be {self._constexpr_names}, in that order; got {list(constexprs)}")
+        return key, direct, addresses, scalars
 
     def _addresses(self, pointers: tuple, scalars: tuple) -> list:
         try:
@@ -177,11 +176,12 @@ class KernelLauncher:
 
 def _resident(compiled, num_warps: int, device: int) -> int:
     compiled._init_handles()
-    return _blocks_per_sm(compiled.function, num_warps * 32, compiled.metadata.shared) * _sm_count(device)
+    return _blocks_per_sm(compiled.function, num_warps * 32, compiled.metadata.shared) * sm_count(device)
 
 
 @functools.lru_cache(maxsize=None)
-def _sm_count(device: int) -> int:
+def sm_count(device: int) -> int:
+    """The SMs of CUDA device `device` (an index)."""
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 

@@ -165,7 +165,7 @@ def test_resident_programs_compile_once_and_share_the_launch_cache(launcher, mon
         return 3
 
     monkeypatch.setattr(triton_launch, "_blocks_per_sm", blocks_per_sm)
-    monkeypatch.setattr(triton_launch, "_sm_count", lambda device: 132)
+    monkeypatch.setattr(triton_launch, "sm_count", lambda device: 132)
     t = torch.zeros(64)
     for _ in range(2):
         assert launch.resident_programs(_args(t, 32), {"A": True, "B": 128}, 4, 0) == 3 * 132
