@@ -127,6 +127,9 @@ def main() -> None:
     parser.add_argument("--ns", type=int, nargs="+", default=NS, help="row widths to time (default: %(default)s)")
     parser.add_argument("--baseline", type=Path, metavar="DIR", help="also time a build of this copy of csrc/")
     parser.add_argument("--only-baseline", action="store_true", help="time 'as is' and the baseline alone")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="time every candidate this many times, in turn (processes differ by 1-3)"
+    )
     args = parser.parse_args()
     if args.time:
         _time(args.time, tuple(args.ns))
@@ -154,7 +157,7 @@ def main() -> None:
             "candidate | N | fwd | add fwd | bwd | quant static | quant dynamic | dynamic, no weight | fwd M=1 us",
             flush=True,
         )
-        for label, library in zip(candidates, libraries):
+        for label, library in [item for _ in range(args.rounds) for item in zip(candidates, libraries)]:
             result = subprocess.run(
                 [sys.executable, "-m", "bench.tune_cuda", "--time", str(library), "--ns", *map(str, args.ns)],
                 capture_output=True, text=True, check=True,
