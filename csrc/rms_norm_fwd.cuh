@@ -476,8 +476,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads, 1) rms_norm_fwd_kernel(
 // STAGED (aligned rows without a residual): the thread first copies its chunks to shared memory
 // with cp.async, and every walk reads them from there, not from L2 and DRAM; a dynamic fp8 scale's
 // walk writes y back in their place, for the stores to read. Each thread reads back only what it
-// wrote, so no barrier guards the stage (but CLUSTERED's, at a row's end): the last walk copies
-// the next row's chunk into each word as soon as that word's stores are issued. The same walks in
+// wrote, so no barrier guards the stage but the one before the next row's copies. The same walks in
 // the same order: the same bits as unstaged on as many threads.
 //
 // CLUSTERED (rows without a residual over kFwdClusterMinRowBytes, sm_90): a row is cut into
@@ -543,26 +542,15 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
   // row): bools, or std::bool_constants. Staged rows are walked by code unswitched on all three: as
   // runtime flags they cost a uniform branch or two a chunk, a tenth of the staged quantizing
   // forward's instructions (ncu, bench/NOTES.md v0.8), in a kernel that instructions bound.
-  // Staged rows not CLUSTERED: the last walk of a row copies the next row in (see there). CLUSTERED
-  // slices copy each row in after a barrier at the previous row's end: issued early, they lost 3-6
-  // points of copy at 131072-262144 (bench/NOTES.md v0.29).
-  constexpr bool kEarlyCopies = STAGED && !CLUSTERED;
-  const auto copy_row_in = [&](const T* x_row) {
-    for (Index col = first_col; col < end_col; col += col_step) copy_async_16(&stage[stage_index(col)], x_row + col);
-  };
   const auto walk_rows = [&](const W* w, auto round, auto dynamic) {
-    if constexpr (kEarlyCopies) {
-      if (first_row < rows) copy_row_in(x + x_layout.offset(first_row));
-    }
     for (int64_t row = first_row; row < rows; row += row_step) {
       const T* x_row = x + x_layout.offset(row);
       // Staged rows have none: a constant null lets the compiler drop the residual's branches.
       const R* residual_row = !STAGED && residual != nullptr ? residual + residual_layout.offset(row) : nullptr;
-      // The next row, where the last walk copies it in; null for the block's last row.
-      [[maybe_unused]] const T* next_x_row =
-          kEarlyCopies && row + row_step < rows ? x + x_layout.offset(row + row_step) : nullptr;
       if constexpr (STAGED) {
-        if constexpr (!kEarlyCopies) copy_row_in(x_row);
+        for (Index col = first_col; col < end_col; col += col_step) {
+          copy_async_16(&stage[stage_index(col)], x_row + col);
+        }
         wait_async_copies();
       }
       const auto input_at = [&](Index col) {
@@ -606,16 +594,9 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
           store_y<ALIGNED>(y_row, col, row_n,
                            y_of<ALIGNED, T>(in, w, weight_offset, round, col, row_n, row_rstd), y_inv_scale);
         }
-        // The chunk's word of the stage is free once its stores are issued: they take its bits,
-        // so the read is done (a warp issues in order), and no other thread reads it. The next
-        // row's copy of it goes out now, under this row's remaining walk, not after a barrier at
-        // the row's end (rms_norm_quant dynamic at 32768: +0.7 points of copy, v0.29).
-        if constexpr (kEarlyCopies) {
-          if (next_x_row != nullptr) copy_async_16(&stage[stage_index(col)], next_x_row + col);
-        }
       }
-      // CLUSTERED: the next row's copies land where this row's last reads were: those must be done.
-      if (STAGED && !kEarlyCopies && row + row_step < rows) __syncthreads();
+      // The next row's copies land where this row's last reads were: those must be done.
+      if (STAGED && row + row_step < rows) __syncthreads();
     }
   };
   const bool dynamic = kQuantizes<Y> && scaling.scale == nullptr;
