@@ -135,14 +135,13 @@ class KernelLauncher:
         driver's occupancy for its registers and shared memory, times the SMs); compiles it where
         needed, without launching it."""
         key, direct, _, _ = self._lookup(args, constexprs, num_warps, device)
-        if direct is None:
+        if direct is not None:
+            compiled = direct.compiled  # launched or warmed up before: its module is loaded
+        else:
             compiled = self._kernel.warmup(*args, **constexprs, grid=(1,), num_warps=num_warps, **self._options)
             compiled._init_handles()  # loads the module, which sets compiled.function
-            direct = _direct(compiled)
-            self._compiled[key] = direct
-            if direct is None:
-                return _resident(compiled, num_warps, device)
-        return _resident(direct.compiled, num_warps, device)
+            self._compiled[key] = _direct(compiled)
+        return _blocks_per_sm(compiled.function, num_warps * 32, compiled.metadata.shared) * sm_count(device)
 
     def _lookup(self, args: tuple, constexprs: dict, num_warps: int, device: int) -> tuple:
         """(key, the cached _Direct or None, the pointers' addresses, the scalars) of a launch; the
@@ -172,11 +171,6 @@ class KernelLauncher:
             where = [f"{name} on {t.device}" for name, t in zip(names, pointers) if not t.is_cuda]
             raise ValueError(f"{self._kernel.fn.__name__} takes CUDA tensors, got {', '.join(where)}")
         return addresses
-
-
-def _resident(compiled, num_warps: int, device: int) -> int:
-    compiled._init_handles()
-    return _blocks_per_sm(compiled.function, num_warps * 32, compiled.metadata.shared) * sm_count(device)
 
 
 @functools.lru_cache(maxsize=None)
