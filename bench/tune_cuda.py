@@ -25,12 +25,8 @@ NS = (1024, 2048, 4096, 8192, 16384, 32768)
 # label -> {constant name in csrc/*.cu: value written in its place}; {} is csrc as it is.
 CANDIDATES: dict[str, dict[str, str]] = {
     "as is": {},
-    "clustered over 32 KB, carveout 44": {"kFwdClusterMinRowBytes": "32 * 1024", "kFwdClusterCarveoutPercent": "44"},
-    "clustered over 16 KB in 16 KB slices, carveout 44": {
-        "kFwdClusterMinRowBytes": "16 * 1024",
-        "kFwdClusterSliceBytes": "16 * 1024",
-        "kFwdClusterCarveoutPercent": "44",
-    },
+    "staged carveout 58": {"kStagedCarveoutPercent": "58"},
+    "staged carveout 72": {"kStagedCarveoutPercent": "72"},
 }
 
 
