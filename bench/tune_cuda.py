@@ -25,8 +25,7 @@ NS = (1024, 2048, 4096, 8192, 16384, 32768)
 # label -> {constant name in csrc/*.cu: value written in its place}; {} is csrc as it is.
 CANDIDATES: dict[str, dict[str, str]] = {
     "as is": {},
-    "staged carveout 58": {"kStagedCarveoutPercent": "58"},
-    "staged carveout 72": {"kStagedCarveoutPercent": "72"},
+    "staged rows on 132 KB": {"kStagedMinSharedBytes": "132 * 1024"},
 }
 
 

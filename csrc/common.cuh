@@ -189,6 +189,12 @@ __device__ __forceinline__ Vec<T, VEC> load_stage_word(const uint4* word) {
   return chunk;
 }
 
+// The shared memory capacities an SM can be set to, in KB (CUDA C++ Programming Guide, compute
+// capabilities 8.x and 9.0: a device offers those up to its maximum).
+constexpr int kSharedCapacitiesKb[] = {0, 8, 16, 32, 64, 100, 132, 164, 196, 228};
+// Shared memory the system keeps for each resident block.
+constexpr int kReservedSharedBytesPerBlock = 1024;
+
 // Lets `kernel` take stage_bytes of dynamic shared memory (over 48 KB must be asked for) and asks
 // for a shared memory carveout of carveout_percent, the rest of the SM's memory being L1.
 template <typename Kernel>
@@ -196,6 +202,39 @@ cudaError_t set_stage_attributes(Kernel kernel, int stage_bytes, int carveout_pe
   const cudaError_t status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, stage_bytes);
   if (status != cudaSuccess) return status;
   return cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, carveout_percent);
+}
+
+// The carveout percent that sets an SM with max_shared bytes of shared memory at most to the
+// smallest capacity holding blocks_per_sm blocks of stage_bytes (as many as its largest holds where
+// it holds fewer) and min_shared_bytes. The carveout is a percent of the largest capacity, and the
+// driver takes the smallest capacity at or above that many bytes (H100: 44% is 100.3 KB and got
+// 132 KB, bench/NOTES.md v0.30), so the percent is rounded down from the capacity wanted, not up
+// from the bytes: capacities lie 8 KB or more apart, one percent is at most 2.3 KB.
+constexpr int shared_capacity_percent(int64_t stage_bytes, int64_t blocks_per_sm, int64_t min_shared_bytes,
+                                      int64_t max_shared) {
+  const int64_t block_bytes = stage_bytes + kReservedSharedBytesPerBlock;
+  const int64_t blocks = std::max<int64_t>(1, std::min(blocks_per_sm, max_shared / block_bytes));
+  const int64_t wanted = std::max(blocks * block_bytes, min_shared_bytes);
+  for (const int kb : kSharedCapacitiesKb) {
+    const int64_t capacity = int64_t{kb} * 1024;
+    if (capacity >= wanted && capacity <= max_shared) return static_cast<int>(100 * capacity / max_shared);
+  }
+  return 100;
+}
+// H100 (228 KB): 2 stages of 32 KB and 100 KB at least get 43% (98.0 KB, so 100 KB); 2 of 64 KB 57%
+// (130.0 KB, so 132 KB); 128 KB, one of which fits, 57% too; all 100%. A100 (164 KB): 2 of 64 KB 80%.
+static_assert(shared_capacity_percent(32 * 1024, 2, 100 * 1024, 228 * 1024) == 43);
+static_assert(shared_capacity_percent(64 * 1024, 2, 100 * 1024, 228 * 1024) == 57);
+static_assert(shared_capacity_percent(128 * 1024, 2, 100 * 1024, 228 * 1024) == 57);
+static_assert(shared_capacity_percent(32 * 1024, 1, 300 * 1024, 228 * 1024) == 100);
+static_assert(shared_capacity_percent(64 * 1024, 2, 0, 164 * 1024) == 80);
+
+// The shared memory an SM of the current device can hold at most, in bytes.
+inline cudaError_t max_shared_bytes_per_sm(int* bytes) {
+  int device = 0;
+  const cudaError_t status = cudaGetDevice(&device);
+  if (status != cudaSuccess) return status;
+  return cudaDeviceGetAttribute(bytes, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device);
 }
 
 // Waits for every copy_async_16 this thread has issued.

@@ -580,7 +580,9 @@ cudaError_t launch_bwd_columns(const T* dy, RowLayout dy_layout, const X* x, Row
 // Aligned rows too long for registers, x of dy's type: rms_norm_bwd_staged_kernel on `grid` blocks.
 // Its shared memory carveout is what the blocks an SM need, no more: the rest is L1, where the
 // rows' walks find the weight (the forward's staged kernel lost 5-10 points of copy with the weight
-// in L2, bench/NOTES.md v0.9).
+// in L2, bench/NOTES.md v0.9). The percent is rounded up from the bytes, so the driver may take the
+// capacity above them (see shared_capacity_percent): 164 KB for bf16 rows of 8192-16384, where
+// they need 130-132 KB. Kept: the capacity they need read 2.5 points lower at 16384 (v0.30).
 template <int CHUNKS, bool KEEP_GRAD, typename T, typename W>
 cudaError_t launch_bwd_staged(const T* dy, RowLayout dy_layout, const T* x, RowLayout x_layout,
                               const T* dresidual_out, RowLayout dresidual_out_layout, const W* weight,
@@ -589,16 +591,11 @@ cudaError_t launch_bwd_staged(const T* dy, RowLayout dy_layout, const T* x, RowL
                               cudaStream_t stream) {
   const auto kernel = rms_norm_bwd_staged_kernel<T, W, CHUNKS, KEEP_GRAD>;
   const int stage_bytes = static_cast<int>(2 * n * sizeof(T));
-  constexpr int kReservedBytesPerBlock = 1024;  // shared memory the system keeps for each block
   const int blocks_per_sm = bwd_blocks_per_sm(block_threads, kBwdResidentThreadsPerSm);
-  int device = 0;
   int max_shared = 0;
-  cudaError_t status = cudaGetDevice(&device);
+  cudaError_t status = max_shared_bytes_per_sm(&max_shared);
   if (status == cudaSuccess) {
-    status = cudaDeviceGetAttribute(&max_shared, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device);
-  }
-  if (status == cudaSuccess) {
-    const int64_t needed = int64_t{blocks_per_sm} * (stage_bytes + kReservedBytesPerBlock);
+    const int64_t needed = int64_t{blocks_per_sm} * (stage_bytes + kReservedSharedBytesPerBlock);
     const int percent = static_cast<int>(std::min<int64_t>(100, ceil_div(100 * needed, std::max(1, max_shared))));
     status = set_stage_attributes(kernel, stage_bytes, percent);
   }

@@ -104,16 +104,16 @@ constexpr int64_t kFwdStagedMaxRowBytes = 128 * 1024;
 // 8 Vecs, 64 bf16 elements a thread: the share of Triton's quantizing tile (QUANT_ELEMENTS_PER_THREAD).
 // 4 lost from 16384 (dynamic 83 against 93 there), 16 everywhere (v0.8, v0.9).
 constexpr int kFwdStagedChunksPerThread = 8;
-// The staged kernel's shared memory carveout, in percent of the largest (228 KB on an H100, 164 KB
-// on an A100): the driver takes the smallest configuration that holds it, 100 KB on either, or the
-// smallest that holds one block's stage. The rest of the SM's 256 KB (192 KB on an A100) is L1,
-// where every row's walks find the weight. H100, bf16 (bench/tune_cuda.py, bench/NOTES.md v0.9),
-// rms_norm_quant dynamic / static, % of copy: at 100% (228 KB of stages, 28 KB of L1) 86 / 94 at
-// 8192, 84 / 92 at 16384, 81 / 90 at 32768; at 58% (132 KB) 94 / 96, 93 / 96, 88 / 92; at 44%
-// (100 KB) 95 / 96, 93 / 96, 92 / 95, though at 32768 it leaves room for one block an SM, not two;
-// at 28% (64 KB) one 16384-wide block an SM, 51 / 60. Stores marked evict-first changed nothing: it
-// is the room for the weight that counts.
-constexpr int kStagedCarveoutPercent = 44;
+// The staged kernel's shared memory an SM (shared_capacity_percent): room for this many blocks'
+// stages (one of 128 KB rows), and at least kStagedMinSharedBytes. The rest of the SM's 256 KB is
+// L1, where every row's walks find the weight. H100, bf16, % of copy (bench/tune_cuda.py,
+// bench/NOTES.md v0.9 and v0.30), rms_norm_quant dynamic / static: at 16384 (32 KB stages) 100 KB
+// (3 blocks, 156 KB of L1) 94 / 96 against 132 KB (4 blocks, 124 KB) 93 / 96; at 32768 132 KB (2
+// blocks, 124 KB) 91 / 95 against 100 KB (1 block) 74 / 83 and 164 KB (2 blocks, 92 KB) 87 / 94;
+// 228 KB (28 KB of L1) lost 9-11 points dynamic and 2-5 static at 8192-32768 (v0.9): it is the
+// room for the weight that counts.
+constexpr int kStagedBlocksPerSm = 2;
+constexpr int64_t kStagedMinSharedBytes = 100 * 1024;
 // Rows without a residual over this many bytes are cut into slices, one a block of a thread block
 // cluster (sm_90; CLUSTERED in rms_norm_fwd_looped_kernel): rows too long to stage in one block.
 // H100, bf16, forward, % of copy (bench/NOTES.md v0.11): 58 -> 88% at 131072, 56 -> 83% at 262144;
@@ -123,10 +123,10 @@ constexpr int64_t kFwdClusterMinRowBytes = kFwdStagedMaxRowBytes;
 // to kMaxClusterBlocks (2^20 bf16 elements: 16 slices of 128 KB). 32 KB: quack's slice for bf16
 // rows of 64K-256K, and the forward's best staged width (16384 bf16, 96-98% of copy, v0.9).
 constexpr int64_t kFwdClusterSliceBytes = 32 * 1024;
-// The clustered kernel's shared memory carveout (see kStagedCarveoutPercent): all of it, for as
-// many slices an SM as it holds (six of 32 KB), which hide each other's waits for the cluster's
-// totals; its slice of the weight is L2's. 100% against 44%: 89 / 83% of copy at 131072, 84 / 63%
-// at 262144 (v0.11).
+// The clustered kernel's shared memory carveout (see kStagedBlocksPerSm): all of it, for as many
+// slices an SM as it holds (six of 32 KB), which hide each other's waits for the cluster's totals;
+// its slice of the weight is L2's. 100% against 44% (132 KB, v0.30): 89 / 83% of copy at 131072,
+// 84 / 63% at 262144 (v0.11).
 constexpr int kFwdClusterCarveoutPercent = 100;
 // Slices up to this many bytes are staged (when aligned); longer ones are walked from L2.
 constexpr int64_t kFwdClusterStagedMaxSliceBytes = kFwdStagedMaxRowBytes;
@@ -666,8 +666,13 @@ cudaError_t launch_rms_norm_fwd(const T* x, RowLayout x_layout, const R* residua
       int stage_bytes = 0;
       if constexpr (STAGED) {
         stage_bytes = static_cast<int>(n * sizeof(T));  // n is a multiple of VEC
-        // The carveout set so that L1 keeps room for the weight.
-        const cudaError_t status = set_stage_attributes(kernel, stage_bytes, kStagedCarveoutPercent);
+        int max_shared = 0;
+        cudaError_t status = max_shared_bytes_per_sm(&max_shared);
+        if (status == cudaSuccess) {
+          const int percent =
+              shared_capacity_percent(stage_bytes, kStagedBlocksPerSm, kStagedMinSharedBytes, max_shared);
+          status = set_stage_attributes(kernel, stage_bytes, percent);
+        }
         if (status != cudaSuccess) return status;
       }
       kernel<<<std::min(rows, kMaxGridX), block_threads, stage_bytes, stream>>>(
