@@ -105,8 +105,10 @@ constexpr int64_t kFwdStagedMaxRowBytes = 128 * 1024;
 // 4 lost from 16384 (dynamic 83 against 93 there), 16 everywhere (v0.8, v0.9).
 constexpr int kFwdStagedChunksPerThread = 8;
 // The staged kernel's shared memory an SM (shared_capacity_percent): room for this many blocks'
-// stages (one of 128 KB rows), and at least kStagedMinSharedBytes. The rest of the SM's 256 KB is
-// L1, where every row's walks find the weight. H100, bf16, % of copy (bench/tune_cuda.py,
+// stages (one of 128 KB rows), and at least kStagedMinSharedBytes, so that narrow stages keep
+// several blocks an SM (five of 16 KB at 8192, level with the seven that 132 KB holds; 64 KB would
+// hold three, not measured). The rest of the SM's 256 KB is L1, where every row's walks find the
+// weight. H100, bf16, % of copy (bench/tune_cuda.py,
 // bench/NOTES.md v0.9 and v0.30), rms_norm_quant dynamic / static: at 16384 (32 KB stages) 100 KB
 // (3 blocks, 156 KB of L1) 94 / 96 against 132 KB (4 blocks, 124 KB) 93 / 96; at 32768 132 KB (2
 // blocks, 124 KB) 91 / 95 against 100 KB (1 block) 74 / 83 and 164 KB (2 blocks, 92 KB) 87 / 94;
