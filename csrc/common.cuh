@@ -237,6 +237,11 @@ inline cudaError_t max_shared_bytes_per_sm(int* bytes) {
   return cudaDeviceGetAttribute(bytes, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device);
 }
 
+// Asks L1 for the line holding global address p (prefetch.global.L1): no register waits on it.
+__device__ __forceinline__ void prefetch_l1(const void* p) {
+  asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
+}
+
 // Waits for every copy_async_16 this thread has issued.
 __device__ __forceinline__ void wait_async_copies() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800

@@ -325,11 +325,16 @@ __device__ __forceinline__ Vec<R, VEC> load_input(const T* x_row, const R* resid
   return add_residual(x, load_vec<ALIGNED, VEC>(residual_row, col, end));
 }
 
+// The weight's offset (a float), or none: a zero offset the staged walks know at compile time.
+struct NoWeightOffset {};
+__device__ __forceinline__ float offset_weight(float w, float offset) { return __fadd_rn(w, offset); }
+__device__ __forceinline__ float offset_weight(float w, NoWeightOffset) { return w; }
+
 // y = (r * rstd) * (weight + weight_offset) for the chunk of the row at col, in fp32 before its
 // rounding to T. weight == nullptr: y = r * rstd. round_xhat (casting_mode "llama"): r * rstd is
-// rounded to T and back before the weight multiplies it.
-template <bool ALIGNED, typename T, int VEC, typename R, typename W, typename Index>
-__device__ __forceinline__ void y_floats_of(const Vec<R, VEC>& r, const W* weight, float weight_offset,
+// rounded to T and back before the weight multiplies it. weight_offset: a float or NoWeightOffset.
+template <bool ALIGNED, typename T, int VEC, typename R, typename W, typename Index, typename Offset>
+__device__ __forceinline__ void y_floats_of(const Vec<R, VEC>& r, const W* weight, Offset weight_offset,
                                             bool round_xhat, Index col, Index n, float rstd, float (&y)[VEC]) {
   vec_to_floats(r, y);
 #pragma unroll
@@ -339,13 +344,13 @@ __device__ __forceinline__ void y_floats_of(const Vec<R, VEC>& r, const W* weigh
     float w[VEC];
     vec_to_floats(load_vec<ALIGNED, VEC>(weight, col, n), w);
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) y[k] = __fmul_rn(y[k], __fadd_rn(w[k], weight_offset));
+    for (int k = 0; k < VEC; ++k) y[k] = __fmul_rn(y[k], offset_weight(w[k], weight_offset));
   }
 }
 
 // y_floats_of rounded to T: the values y stores.
-template <bool ALIGNED, typename T, int VEC, typename R, typename W, typename Index>
-__device__ __forceinline__ Vec<T, VEC> y_of(const Vec<R, VEC>& r, const W* weight, float weight_offset,
+template <bool ALIGNED, typename T, int VEC, typename R, typename W, typename Index, typename Offset>
+__device__ __forceinline__ Vec<T, VEC> y_of(const Vec<R, VEC>& r, const W* weight, Offset weight_offset,
                                             bool round_xhat, Index col, Index n, float rstd) {
   float y[VEC];
   y_floats_of<ALIGNED, T>(r, weight, weight_offset, round_xhat, col, n, rstd, y);
@@ -544,7 +549,7 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
   // row): bools, or std::bool_constants. Staged rows are walked by code unswitched on all three: as
   // runtime flags they cost a uniform branch or two a chunk, a tenth of the staged quantizing
   // forward's instructions (ncu, bench/NOTES.md v0.8), in a kernel that instructions bound.
-  const auto walk_rows = [&](const W* w, auto round, auto dynamic) {
+  const auto walk_rows = [&](const W* w, auto w_offset, auto round, auto dynamic) {
     for (int64_t row = first_row; row < rows; row += row_step) {
       const T* x_row = x + x_layout.offset(row);
       // Staged rows have none: a constant null lets the compiler drop the residual's branches.
@@ -552,6 +557,14 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
       if constexpr (STAGED) {
         for (Index col = first_col; col < end_col; col += col_step) {
           copy_async_16(&stage[stage_index(col)], x_row + col);
+        }
+        // The amax walk's weight, brought to L1 while the copies are in flight: between two block
+        // reductions, a chunk of it that L1 no longer holds stalls the whole block. H100, bf16,
+        // rms_norm_quant dynamic: +0.5 points of copy at 16384 and 32768 (bench/NOTES.md v0.31).
+        if constexpr (decltype(dynamic)::value) {
+          if (w != nullptr) {
+            for (Index col = first_col; col < end_col; col += col_step) prefetch_l1(w + col);
+          }
         }
         wait_async_copies();
       }
@@ -572,7 +585,7 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
 #pragma unroll(kUnroll)
         for (Index col = first_col; col < end_col; col += col_step) {
           float y_floats[VEC];
-          y_floats_of<ALIGNED, T>(input_at(col), w, weight_offset, round, col, row_n, row_rstd, y_floats);
+          y_floats_of<ALIGNED, T>(input_at(col), w, w_offset, round, col, row_n, row_rstd, y_floats);
           amax = add_abs_max<ALIGNED>(amax, y_floats, col, row_n);
           if constexpr (STAGED) {
             const Vec<T, VEC> y_chunk = vec_from_floats<T>(y_floats);
@@ -594,7 +607,7 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
           const Vec<R, VEC> in = input_at(col);
           if (residual_row != nullptr) store_vec<ALIGNED>(residual_out + row * n, col, row_n, in);
           store_y<ALIGNED>(y_row, col, row_n,
-                           y_of<ALIGNED, T>(in, w, weight_offset, round, col, row_n, row_rstd), y_inv_scale);
+                           y_of<ALIGNED, T>(in, w, w_offset, round, col, row_n, row_rstd), y_inv_scale);
         }
       }
       // The next row's copies land where this row's last reads were: those must be done.
@@ -603,27 +616,33 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
   };
   const bool dynamic = kQuantizes<Y> && scaling.scale == nullptr;
   if constexpr (STAGED) {
-    const auto with_dynamic = [&](const W* w, auto round) {
+    const auto with_dynamic = [&](const W* w, auto w_offset, auto round) {
       if (kQuantizes<Y> && dynamic) {
-        walk_rows(w, round, std::true_type{});
+        walk_rows(w, w_offset, round, std::true_type{});
       } else {
-        walk_rows(w, round, std::false_type{});
+        walk_rows(w, w_offset, round, std::false_type{});
       }
     };
-    const auto with_round = [&](const W* w) {
+    const auto with_round = [&](const W* w, auto w_offset) {
       if (round_xhat) {
-        with_dynamic(w, std::true_type{});
+        with_dynamic(w, w_offset, std::true_type{});
       } else {
-        with_dynamic(w, std::false_type{});
+        with_dynamic(w, w_offset, std::false_type{});
       }
     };
-    if (weight != nullptr) {
-      with_round(weight);
+    // A zero offset (every Llama-style weight; w + -0 is w, bit for bit) walked without its add:
+    // one instruction of the ~11 an element of the dynamic scale's walks. H100, bf16,
+    // rms_norm_quant: dynamic +0.7 to +1.0 points of copy at 16384 and 32768, static +0.2 to +0.5
+    // (bench/NOTES.md v0.31).
+    if (weight == nullptr) {
+      with_round(static_cast<const W*>(nullptr), NoWeightOffset{});
+    } else if (weight_offset == 0.0f) {
+      with_round(weight, NoWeightOffset{});
     } else {
-      with_round(static_cast<const W*>(nullptr));
+      with_round(weight, weight_offset);
     }
   } else {
-    walk_rows(weight, round_xhat, dynamic);
+    walk_rows(weight, weight_offset, round_xhat, dynamic);
   }
 }
 
