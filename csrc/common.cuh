@@ -249,16 +249,40 @@ __device__ __forceinline__ void wait_async_copies() {
 #endif
 }
 
+// One access word stored with st.global.L1::no_allocate: its line is not brought into L1. No
+// "memory" clobber, so that the compiler may still hoist later loads above it: the callers never
+// read back, in the same kernel, what they store this way.
+__device__ __forceinline__ void store_word_no_l1_allocate(uint4* p, uint4 v) {
+  asm volatile("st.global.L1::no_allocate.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(v.x), "r"(v.y), "r"(v.z),
+               "r"(v.w));
+}
+__device__ __forceinline__ void store_word_no_l1_allocate(uint2* p, uint2 v) {
+  asm volatile("st.global.L1::no_allocate.v2.b32 [%0], {%1, %2};" ::"l"(p), "r"(v.x), "r"(v.y));
+}
+__device__ __forceinline__ void store_word_no_l1_allocate(uint32_t* p, uint32_t v) {
+  asm volatile("st.global.L1::no_allocate.b32 [%0], %1;" ::"l"(p), "r"(v));
+}
+
 // Stores the elements of `in` that fall in [col, end) to global memory p[col, ...); same
-// ALIGNED contract.
-template <bool ALIGNED, int N, typename T, typename Index>
+// ALIGNED contract. NO_L1_ALLOCATE (aligned stores only): the stored lines stay out of L1, where
+// they would evict what a kernel reads there again and again (a row's weight); nothing may read
+// them back in the same kernel (see store_word_no_l1_allocate). The default store allocates: the
+// CUDA backward's dx at 16384 bf16 read 87% of copy with NO_L1_ALLOCATE against 75-80% (H100,
+// bench/NOTES.md v0.31), while the forward's y at 16384-32768 read a point lower with it.
+template <bool ALIGNED, bool NO_L1_ALLOCATE = false, int N, typename T, typename Index>
 __device__ __forceinline__ void store_vec(T* p, Index col, Index end, const Vec<T, N>& in) {
   if constexpr (ALIGNED) {
     using Word = AccessWord<sizeof(in)>;
     if (col < end) {
 #pragma unroll
       for (int w = 0; w < static_cast<int>(sizeof(in) / sizeof(Word)); ++w) {
-        __stwb(reinterpret_cast<Word*>(p + col) + w, reinterpret_cast<const Word*>(&in)[w]);
+        Word* word = reinterpret_cast<Word*>(p + col) + w;
+        const Word value = reinterpret_cast<const Word*>(&in)[w];
+        if constexpr (NO_L1_ALLOCATE) {
+          store_word_no_l1_allocate(word, value);
+        } else {
+          __stwb(word, value);
+        }
       }
     }
   } else {

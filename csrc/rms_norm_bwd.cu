@@ -119,6 +119,11 @@ static_assert(kBwdStagedShortRowChunksPerThread <= kBwdStagedChunksPerThread &&
 constexpr int kColumnsBlockThreads = 256;
 constexpr int kColumnsBlocksPerSm = 2;
 constexpr int kColumnsRowUnroll = 2;
+// dx is stored past L1 (store_vec's NO_L1_ALLOCATE), which then keeps what the kernels read
+// from it row after row: the weight. H100, bf16, backward alone, % of copy (bench/tune_cuda.py,
+// bench/NOTES.md v0.31): 87 against 75-80 at 16384 (the staged kernel), 87 against 86 at 32768,
+// level at 4096 and 65536.
+constexpr bool kDxNoL1Allocate = true;
 // rms_norm_bwd_dweight_reduce_kernel: a warp reads 32 consecutive columns of a partial row (128
 // coalesced bytes); 8 warps split the partial rows of those columns 8 ways, so that each thread
 // has a few independent loads in flight, then their 8 sums are added in warp order.
@@ -334,7 +339,8 @@ __global__ void __launch_bounds__(kBwdMaxBlockThreads,
     for (int i = 0; i < ITEMS; ++i) {
       const int col = first_col + i * col_step;
       const Vec<float, VEC> g = weighted_grad<ALIGNED>(dy_chunks[i], weight, weight_offset, col, n);
-      store_vec<ALIGNED>(dx_row, col, n, dx_of<ALIGNED>(x_chunks[i], g, row_rstd, c, dresidual_row, col, n));
+      store_vec<ALIGNED, kDxNoL1Allocate>(dx_row, col, n,
+                                          dx_of<ALIGNED>(x_chunks[i], g, row_rstd, c, dresidual_row, col, n));
     }
   }
 
@@ -435,8 +441,8 @@ __global__ void __launch_bounds__(kBwdMaxBlockThreads, 1) rms_norm_bwd_staged_ke
       } else {
         g = weighted_grad<true>(chunk_at(dy_stage, i), weight, weight_offset, col_of(i), row_n);
       }
-      store_vec<true>(dx_row, col_of(i), row_n,
-                      dx_of<true>(chunk_at(x_stage, i), g, row_rstd, c, dresidual_row, col_of(i), row_n));
+      store_vec<true, kDxNoL1Allocate>(
+          dx_row, col_of(i), row_n, dx_of<true>(chunk_at(x_stage, i), g, row_rstd, c, dresidual_row, col_of(i), row_n));
     }
   }
   if (!with_dweight) return;
@@ -515,7 +521,8 @@ __global__ void __launch_bounds__(kColumnsBlockThreads, kColumnsBlocksPerSm) rms
       const Vec<float, VEC> g = weighted_grad<ALIGNED>(dy_chunk, weight, weight_offset, col, n);
       const X* dresidual_row =
           dresidual_out != nullptr ? dresidual_out + dresidual_out_layout.offset(row) : nullptr;
-      store_vec<ALIGNED>(dx + row * n, col, n, dx_of<ALIGNED>(x_chunk, g, row_rstd, row_c[row], dresidual_row, col, n));
+      store_vec<ALIGNED, kDxNoL1Allocate>(dx + row * n, col, n,
+                                          dx_of<ALIGNED>(x_chunk, g, row_rstd, row_c[row], dresidual_row, col, n));
       if (dweight_partials != nullptr) add_dweight_terms(sums, x_chunk, dy_chunk, row_rstd, round_xhat);
     }
     if (dweight_partials != nullptr) store_vec<ALIGNED>(dweight_partials + int64_t{blockIdx.y} * n, col, n, sums);
