@@ -25,10 +25,8 @@ NS = (1024, 2048, 4096, 8192, 16384, 32768)
 # label -> {constant name in csrc/*.cu: value written in its place}; {} is csrc as it is.
 CANDIDATES: dict[str, dict[str, str]] = {
     "as is": {},
-    "prefetch w": {"kStagedWeightPrefetch": "true"},
-    "no offset add": {"kStagedNoOffsetWalk": "true"},
-    "amax unroll 4": {"kStagedAmaxUnroll": "4"},
-    "prefetch + no offset": {"kStagedWeightPrefetch": "true", "kStagedNoOffsetWalk": "true"},
+    "dx stores allocate in L1": {"kDxNoL1Allocate": "false"},
+    "dynamic y stores allocate in L1": {"kDynamicYNoL1Allocate": "false"},
 }
 
 

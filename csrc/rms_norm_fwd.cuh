@@ -135,6 +135,13 @@ constexpr int64_t kFwdClusterStagedMaxSliceBytes = kFwdStagedMaxRowBytes;
 // The unroll of a staged walk: shared memory answers within tens of cycles, and the SM has other
 // warps; the looped kernel's kLoopedUnroll is for loads from DRAM. 1, 4 and 8 all within a point.
 constexpr int kStagedUnroll = 2;
+// A dynamic fp8 scale's staged y is stored past L1 (store_vec's NO_L1_ALLOCATE): its lines evicted
+// the weight of the next row's amax walk. H100, bf16, rms_norm_quant dynamic, % of copy
+// (bench/tune_cuda.py, bench/NOTES.md v0.31): +1.6 at 32768, +0.5 at 16384, +8.5 at 65536; the
+// static scale's stores read 1.4 points lower so at 16384-32768, and are left as they are. The
+// features run after it read 94.0 at 8192 against 96.6 before (16 KB of weight): not yet timed
+// side by side.
+constexpr bool kDynamicYNoL1Allocate = true;
 
 struct FwdConfig {
   RowTiling tiling;    // tiling.items == 0: the row does not fit, rms_norm_fwd_looped_kernel
@@ -602,10 +609,8 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
 #pragma unroll(kUnroll)
       for (Index col = first_col; col < end_col; col += col_step) {
         if (STAGED && dynamic) {
-          // y, from the amax walk. Its lines kept out of L1, where they evicted the weight of the
-          // next row's amax walk: H100, bf16, +1.6 points of copy at 32768, +0.5 at 16384, +8.5 at
-          // 65536; the static scale's stores read 1.4 points lower so (bench/NOTES.md v0.31).
-          store_y<ALIGNED, true>(y_row, col, row_n, load_staged(col), y_inv_scale);
+          // y, from the amax walk.
+          store_y<ALIGNED, kDynamicYNoL1Allocate>(y_row, col, row_n, load_staged(col), y_inv_scale);
         } else {
           const Vec<R, VEC> in = input_at(col);
           if (residual_row != nullptr) store_vec<ALIGNED>(residual_out + row * n, col, row_n, in);
