@@ -138,9 +138,9 @@ constexpr int kStagedUnroll = 2;
 // A dynamic fp8 scale's staged y is stored past L1 (store_vec's NO_L1_ALLOCATE): its lines evicted
 // the weight of the next row's amax walk. H100, bf16, rms_norm_quant dynamic, % of copy
 // (bench/tune_cuda.py, bench/NOTES.md v0.31): +1.6 at 32768, +0.5 at 16384, +8.5 at 65536; the
-// static scale's stores read 1.4 points lower so at 16384-32768, and are left as they are. The
-// features run after it read 94.0 at 8192 against 96.6 before (16 KB of weight): not yet timed
-// side by side.
+// static scale's stores read 1.4 points lower so at 16384-32768, the forward's y a point lower,
+// and both are left as they are. The features run after it read 94.0 at 8192 against 96.6 before
+// (16 KB of weight): not yet timed side by side.
 constexpr bool kDynamicYNoL1Allocate = true;
 
 struct FwdConfig {
