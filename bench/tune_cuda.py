@@ -26,7 +26,8 @@ NS = (1024, 2048, 4096, 8192, 16384, 32768)
 CANDIDATES: dict[str, dict[str, str]] = {
     "as is": {},
     "dx stores allocate in L1": {"kDxNoL1Allocate": "false"},
-    "dynamic y stores allocate in L1": {"kDynamicYNoL1Allocate": "false"},
+    "dynamic y stores allocate in L1": {"kDynamicYNoL1AllocateAboveN": "INT64_MAX"},
+    "dynamic y stores past L1 at every width": {"kDynamicYNoL1AllocateAboveN": "0"},
 }
 
 

@@ -267,7 +267,7 @@ __device__ __forceinline__ void store_word_no_l1_allocate(uint32_t* p, uint32_t 
 // ALIGNED contract. NO_L1_ALLOCATE (aligned stores only): the stored lines stay out of L1, where
 // they would evict what a kernel reads there again and again (a row's weight); nothing may read
 // them back in the same kernel (see store_word_no_l1_allocate). Where it pays, and where the
-// default store read better, is measured beside its users (kDxNoL1Allocate, kDynamicYNoL1Allocate).
+// default store read better, is measured beside its users (kDxNoL1Allocate, kDynamicYNoL1AllocateAboveN).
 template <bool ALIGNED, bool NO_L1_ALLOCATE = false, int N, typename T, typename Index>
 __device__ __forceinline__ void store_vec(T* p, Index col, Index end, const Vec<T, N>& in) {
   if constexpr (ALIGNED) {

@@ -121,8 +121,9 @@ constexpr int kColumnsBlocksPerSm = 2;
 constexpr int kColumnsRowUnroll = 2;
 // dx is stored past L1 (store_vec's NO_L1_ALLOCATE), which then keeps what the kernels read
 // from it row after row: the weight. H100, bf16, backward alone, % of copy (bench/tune_cuda.py,
-// bench/NOTES.md v0.31): 87 against 75-80 at 16384 (the staged kernel), 87 against 86 at 32768,
-// level at 4096 and 65536 (other widths not yet timed side by side).
+// bench/NOTES.md v0.31-v0.32), hint against none: 87 against 75-78 at 16384 (the staged kernel),
+// 87.8 against 86.5 at 32768, 88 against 84-86 at 2048, 85.5 against 82 at 8192, 88.7 against 87 at
+// 12288, 92 against 89-91 at 4096, level at 65536: no width reads better without it.
 constexpr bool kDxNoL1Allocate = true;
 // rms_norm_bwd_dweight_reduce_kernel: a warp reads 32 consecutive columns of a partial row (128
 // coalesced bytes); 8 warps split the partial rows of those columns 8 ways, so that each thread

@@ -135,13 +135,14 @@ constexpr int64_t kFwdClusterStagedMaxSliceBytes = kFwdStagedMaxRowBytes;
 // The unroll of a staged walk: shared memory answers within tens of cycles, and the SM has other
 // warps; the looped kernel's kLoopedUnroll is for loads from DRAM. 1, 4 and 8 all within a point.
 constexpr int kStagedUnroll = 2;
-// A dynamic fp8 scale's staged y is stored past L1 (store_vec's NO_L1_ALLOCATE): its lines evicted
-// the weight of the next row's amax walk. H100, bf16, rms_norm_quant dynamic, % of copy
-// (bench/tune_cuda.py, bench/NOTES.md v0.31): +1.6 at 32768, +0.5 at 16384, +8.5 at 65536; the
-// static scale's stores read 1.4 points lower so at 16384-32768, the forward's y a point lower,
-// and both are left as they are. The features run after it read 94.0 at 8192 against 96.6 before
-// (16 KB of weight): not yet timed side by side.
-constexpr bool kDynamicYNoL1Allocate = true;
+// A dynamic fp8 scale's staged y is stored past L1 (store_vec's NO_L1_ALLOCATE) in rows longer than
+// this: its lines evicted the weight of the next row's amax walk. H100, bf16, rms_norm_quant
+// dynamic, % of copy (bench/tune_cuda.py, bench/NOTES.md v0.31-v0.32), hint against none:
+// +1.0 at 32768, +0.4 at 16384, +0.2 at 12288, +8.5 at 65536, level at 2048-4096, and -2.8 at 8192
+// (16 KB of weight, which L1 keeps anyway: 92.3 against 95.1), hence the bound. The static scale's
+// stores read 1.4 points lower with it at 16384-32768, the forward's y a point lower: both store as
+// they did.
+constexpr int64_t kDynamicYNoL1AllocateAboveN = 8192;
 
 struct FwdConfig {
   RowTiling tiling;    // tiling.items == 0: the row does not fit, rms_norm_fwd_looped_kernel
@@ -606,12 +607,22 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
       if (writes_row_values && rstd != nullptr) rstd[row] = row_rstd;
       const float y_inv_scale = kQuantizes<Y> ? inverse_scale(y_scale) : 1.0f;
       Y* y_row = y + row * n;
+      if constexpr (STAGED && std::is_same_v<decltype(dynamic), std::true_type>) {
+        // y, from the amax walk; one branch a row picks the store (a runtime flag costs a branch a chunk).
+        const auto store_staged_y = [&](auto no_l1_allocate) {
 #pragma unroll(kUnroll)
-      for (Index col = first_col; col < end_col; col += col_step) {
-        if (STAGED && dynamic) {
-          // y, from the amax walk.
-          store_y<ALIGNED, kDynamicYNoL1Allocate>(y_row, col, row_n, load_staged(col), y_inv_scale);
+          for (Index col = first_col; col < end_col; col += col_step) {
+            store_y<ALIGNED, decltype(no_l1_allocate)::value>(y_row, col, row_n, load_staged(col), y_inv_scale);
+          }
+        };
+        if (n > kDynamicYNoL1AllocateAboveN) {
+          store_staged_y(std::true_type{});
         } else {
+          store_staged_y(std::false_type{});
+        }
+      } else {
+#pragma unroll(kUnroll)
+        for (Index col = first_col; col < end_col; col += col_step) {
           const Vec<R, VEC> in = input_at(col);
           if (residual_row != nullptr) store_vec<ALIGNED>(residual_out + row * n, col, row_n, in);
           store_y<ALIGNED>(y_row, col, row_n,
