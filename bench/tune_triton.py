@@ -163,17 +163,18 @@ def _bwd_sweep(ns: list[int], ceiling: float) -> None:
 
 # The one-pass backward of wide rows (`--split-bwd`, rms_norm_bwd_split_kernel): (columns a chunk of
 # 16-bit rows up to BWD_SPLIT_NARROW_MAX_N, least columns a chunk of wider 16-bit rows, of fp32 rows,
-# fp32 elements a thread, lag rows), or None for the two passes it replaces (a dot-product kernel,
-# then dx from a second read of x and dy).
+# fp32 elements a thread, lag rows, dx's store cache modifier), or None for the two passes it replaces
+# (a dot-product kernel, then dx from a second read of x and dy).
 SPLIT_BWD_NS = (12288, 16384, 32768, 65536, 131072, 262144, 524288, 1048576)
 # The plan differs by element size (_bwd_split_plan): 16-bit and fp32 rows.
 SPLIT_BWD_DTYPES = (torch.bfloat16, torch.float32)
 SPLIT_BWD_CANDIDATES = (
-    None, (1024, 2048, 4096, 32, 1), (1024, 2048, 2048, 32, 1), (2048, 2048, 4096, 32, 1), (1024, 4096, 8192, 32, 1)
+    None, (1024, 2048, 4096, 32, 1, ".cs"), (1024, 2048, 4096, 32, 1, ""), (2048, 2048, 4096, 32, 1, ".cs"),
+    (1024, 4096, 8192, 32, 1, ".cs"),
 )
 _SPLIT_BWD_CONSTANTS = (
     "BWD_SPLIT_NARROW_CHUNK_N", "BWD_SPLIT_CHUNK_N", "BWD_SPLIT_FP32_CHUNK_N", "BWD_SPLIT_ELEMENTS_PER_THREAD",
-    "BWD_SPLIT_LAG_ROWS",
+    "BWD_SPLIT_LAG_ROWS", "BWD_SPLIT_DX_CACHE_MODIFIER",
 )
 
 
@@ -191,7 +192,7 @@ def _split_bwd_sweep(ns: list[int], ceiling: float) -> None:
         triton_kernels._bwd_split_plan.cache_clear()
 
     print("dtype | N | M | narrow chunk | least wide chunk | least fp32 chunk | elems/thread | lag rows"
-          " | bwd (median of rounds) | rounds | max difference", flush=True)  # fmt: skip
+          " | dx cache modifier | bwd (median of rounds) | rounds | max difference", flush=True)  # fmt: skip
     for dtype, n in ((dtype, n) for dtype in SPLIT_BWD_DTYPES for n in ns):
         m = max(256, ELEMENTS // n)
         x = torch.randn(m, n, device="cuda", dtype=dtype)
@@ -216,12 +217,16 @@ def _split_bwd_sweep(ns: list[int], ceiling: float) -> None:
                     cells[candidate].append(float("nan"))
                     print(f"{n} {candidate}: {str(exc).splitlines()[0][:100]}", flush=True)
         for candidate, values in cells.items():
-            label = "two passes | | | | " if candidate is None else " | ".join(str(v) for v in candidate)
+            label = "two passes | | | | | " if candidate is None else " | ".join(map(_cell, candidate))
             rounds = " / ".join(f"{v:.1f}" for v in values)
             error = errors.get(candidate, float("nan"))
             print(f"{str(dtype)[6:]} | {n} | {m} | {label} | {statistics.median(values):.1f} | {rounds} | {error:.3g}",
                   flush=True)  # fmt: skip
     configure(None)
+
+
+def _cell(value: int | str) -> str:
+    return repr(value) if isinstance(value, str) else str(value)  # "" shows as ''
 
 
 def _percent(ms: float, tensors: float, x: torch.Tensor, ceiling_gbps: float) -> float:

@@ -523,6 +523,7 @@ def rms_norm_bwd_split_kernel(
     PARTIALS_BLOCK: tl.constexpr,  # partial sums read at a time
     LAG_ROWS: tl.constexpr,  # a program's dx trails its sums by this many of its rows
     REREAD_DY_EARLY: tl.constexpr,  # dy's re-read issued with x's, before this row's loads
+    DX_CACHE_MODIFIER: tl.constexpr,  # dx's stores (BWD_SPLIT_DX_CACHE_MODIFIER)
     PHASE: tl.constexpr,  # BOTH_PHASES, SUMS_ONLY or DX_ONLY
 ):  # fmt: skip
     """Rows wider than one backward tile, on a grid of [groups, chunks] programs all resident at once.
@@ -596,7 +597,10 @@ def rms_norm_bwd_split_kernel(
                         row, size1, size2, size3, dres_stride0, dres_stride1, dres_stride2, dres_stride3
                     )
                     dx += tl.load(dres_ptr + dres_start + cols, mask=col_mask, other=0.0).to(tl.float32)
-                tl.store(dx_ptr + row * N + cols, dx.to(dx_ptr.dtype.element_ty), mask=col_mask)
+                tl.store(
+                    dx_ptr + row * N + cols, dx.to(dx_ptr.dtype.element_ty), mask=col_mask,
+                    cache_modifier=DX_CACHE_MODIFIER,
+                )  # fmt: skip
                 if COMPUTE_DW:
                     dw_acc += _dweight_term(dy, x_hat, dy_ptr.dtype.element_ty, ROUND_XHAT)
     if COMPUTE_DW:
@@ -721,6 +725,12 @@ BWD_SPLIT_FP32_CHUNK_N = 4096  # fp32 rows (x and dy): at least this, widened th
 BWD_SPLIT_MAX_CHUNKS = 256
 BWD_SPLIT_ELEMENTS_PER_THREAD = 32
 BWD_SPLIT_LAG_ROWS = 1
+# dx is stored streaming (st.global.cs: evicted first), which leaves L1 and L2 to the lagged row's
+# re-reads of x and dy. H100, backward alone, % of copy (bench/tune_triton.py --split-bwd,
+# bench/NOTES.md v0.32), three interleaved rounds each within 0.3: bf16 +0.5 / +0.5 / +0.8 / +0.5 /
+# +0.3 / +0.4 at 12288 / 16384 / 32768 / 65536 / 131072 / 262144 (86.8 at 32768), fp32 +0.3 to +0.8
+# up to 131072 and level at 262144; ".cg" (past L1 alone) level everywhere.
+BWD_SPLIT_DX_CACHE_MODIFIER = ".cs"
 # 16-bit rows issue dy's re-read early from chunks of this many columns (2^20: one row group).
 BWD_SPLIT_EARLY_DY_MIN_CHUNK_N = 4096
 # The most partials a program reads at a time: a row's, rounded up to a power of two, up to this.
@@ -1025,7 +1035,8 @@ def _backward_split(
     dres_strides = dy_strides if dresidual_out is None else row_layout(dresidual_out)[1]
     flags = {"HAS_DRESIDUAL": dresidual_out is not None, "HAS_WEIGHT": weight is not None, "COMPUTE_DW": compute_dw,
              "ROUND_XHAT": round_xhat, "CHUNK_N": plan.chunk_n, "PARTIALS_BLOCK": plan.partials_block,
-             "LAG_ROWS": BWD_SPLIT_LAG_ROWS, "REREAD_DY_EARLY": plan.reread_dy_early}  # fmt: skip
+             "LAG_ROWS": BWD_SPLIT_LAG_ROWS, "REREAD_DY_EARLY": plan.reread_dy_early,
+             "DX_CACHE_MODIFIER": BWD_SPLIT_DX_CACHE_MODIFIER}  # fmt: skip
 
     def args(dw_partial: torch.Tensor, partials: torch.Tensor) -> tuple:
         return (dy, x, dy if dresidual_out is None else dresidual_out, x if weight is None else weight, rstd, dx,

@@ -45,7 +45,8 @@ for n, dtype, dres in json.loads(sys.argv[1]):
     plan = tk._bwd_split_plan(n, element_size[dtype], element_size[dtype])
     constexprs = {"HAS_DRESIDUAL": dres, "HAS_WEIGHT": True, "COMPUTE_DW": True, "ROUND_XHAT": False,
                   "CHUNK_N": plan.chunk_n, "PARTIALS_BLOCK": plan.partials_block, "LAG_ROWS": tk.BWD_SPLIT_LAG_ROWS,
-                  "REREAD_DY_EARLY": plan.reread_dy_early, "PHASE": tk.BOTH_PHASES}
+                  "REREAD_DY_EARLY": plan.reread_dy_early, "DX_CACHE_MODIFIER": tk.BWD_SPLIT_DX_CACHE_MODIFIER,
+                  "PHASE": tk.BOTH_PHASES}
     pointers = {"rstd_ptr": "*fp32", "dw_partial_ptr": "*fp32", "partial_ptr": "*i64"}
     signature, aligned = {}, []
     for index, param in enumerate(kernel.params):
