@@ -139,7 +139,7 @@ constexpr int kStagedUnroll = 2;
 // this: its lines evicted the weight of the next row's amax walk. H100, bf16, rms_norm_quant
 // dynamic, % of copy (bench/tune_cuda.py, bench/NOTES.md v0.31-v0.32), hint against none:
 // +1.0 at 32768, +0.4 at 16384, +0.2 at 12288, +8.5 at 65536, level at 2048-4096, and -2.8 at 8192
-// (16 KB of weight, which L1 keeps anyway: 92.3 against 95.1), hence the bound. The static scale's
+// (16 KB of weight: 92.3 against 95.1), hence the bound. The static scale's
 // stores read 1.4 points lower with it at 16384-32768, the forward's y a point lower: both store as
 // they did.
 constexpr int64_t kDynamicYNoL1AllocateAboveN = 8192;

@@ -725,11 +725,11 @@ BWD_SPLIT_FP32_CHUNK_N = 4096  # fp32 rows (x and dy): at least this, widened th
 BWD_SPLIT_MAX_CHUNKS = 256
 BWD_SPLIT_ELEMENTS_PER_THREAD = 32
 BWD_SPLIT_LAG_ROWS = 1
-# dx is stored streaming (st.global.cs: evicted first), which leaves L1 and L2 to the lagged row's
-# re-reads of x and dy. H100, backward alone, % of copy (bench/tune_triton.py --split-bwd,
-# bench/NOTES.md v0.32), three interleaved rounds each within 0.3: bf16 +0.5 / +0.5 / +0.8 / +0.5 /
-# +0.3 / +0.4 at 12288 / 16384 / 32768 / 65536 / 131072 / 262144 (86.8 at 32768), fp32 +0.3 to +0.8
-# up to 131072 and level at 262144; ".cg" (past L1 alone) level everywhere.
+# dx is stored streaming (st.global.cs: evicted first), which leaves the caches to the lagged row's
+# re-reads of x and dy (L2's, by elimination: ".cg", past L1 alone, read level everywhere). H100,
+# backward alone, % of copy (bench/tune_triton.py --split-bwd, bench/NOTES.md v0.32), medians of
+# three interleaved rounds within 0.6: bf16 +0.5 / +0.5 / +0.8 / +0.5 / +0.3 / +0.4 at 12288 / 16384
+# / 32768 / 65536 / 131072 / 262144 (86.8 at 32768), fp32 +0.3 to +0.8 up to 131072, level at 262144.
 BWD_SPLIT_DX_CACHE_MODIFIER = ".cs"
 # 16-bit rows issue dy's re-read early from chunks of this many columns (2^20: one row group).
 BWD_SPLIT_EARLY_DY_MIN_CHUNK_N = 4096
