@@ -558,6 +558,8 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
   // runtime flags they cost a uniform branch or two a chunk, a tenth of the staged quantizing
   // forward's instructions (ncu, bench/NOTES.md v0.8), in a kernel that instructions bound.
   const auto walk_rows = [&](const W* w, auto w_offset, auto round, auto dynamic) {
+    // Only staged rows get dynamic as a std::true_type; elsewhere it is a runtime bool.
+    constexpr bool kStagedDynamic = STAGED && std::is_same_v<decltype(dynamic), std::true_type>;
     for (int64_t row = first_row; row < rows; row += row_step) {
       const T* x_row = x + x_layout.offset(row);
       // Staged rows have none: a constant null lets the compiler drop the residual's branches.
@@ -569,7 +571,7 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
         // The amax walk's weight, brought to L1 while the copies are in flight: between two block
         // reductions, a chunk of it that L1 no longer holds stalls the whole block. H100, bf16,
         // rms_norm_quant dynamic: +0.5 points of copy at 16384 and 32768 (bench/NOTES.md v0.31).
-        if constexpr (decltype(dynamic)::value) {
+        if constexpr (kStagedDynamic) {
           if (w != nullptr) {
             for (Index col = first_col; col < end_col; col += col_step) prefetch_l1(w + col);
           }
@@ -607,7 +609,7 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
       if (writes_row_values && rstd != nullptr) rstd[row] = row_rstd;
       const float y_inv_scale = kQuantizes<Y> ? inverse_scale(y_scale) : 1.0f;
       Y* y_row = y + row * n;
-      if constexpr (STAGED && std::is_same_v<decltype(dynamic), std::true_type>) {
+      if constexpr (kStagedDynamic) {
         // y, from the amax walk; one branch a row picks the store (a runtime flag costs a branch a chunk).
         const auto store_staged_y = [&](auto no_l1_allocate) {
 #pragma unroll(kUnroll)
