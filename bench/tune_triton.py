@@ -117,19 +117,28 @@ def _split_sweep(ns: list[int], ceiling: float, baseline: str | None) -> None:
 # of a latency-bound kernel read up to 17 points off the next one of the same kernel (v0.24).
 # Widths up to BWD_MAX_TILE_N: wider rows take the one-pass kernel (`--split-bwd`).
 BWD_SWEEP_NS = (1024, 2048, 4096, 5120, 8192)
-BWD_CANDIDATES = (None, (16, 2, 1), (16, 1, 3), (16, 1, 4), (32, 1, 4), (32, 1, 1))
+# None: the defaults; a string: the defaults with dx stored with that cache modifier
+# (BWD_DX_CACHE_MODIFIER, ".cs" by default); a tuple: (elements a thread, programs an SM, stages).
+BWD_CANDIDATES = (None, "", ".cg", (16, 2, 1), (16, 1, 4), (32, 1, 4))
 ROUNDS = 3
-_BWD_CONSTANTS = ("ELEMENTS_PER_THREAD", "BWD_PIPELINE")
+_BWD_CONSTANTS = ("ELEMENTS_PER_THREAD", "BWD_PIPELINE", "BWD_DX_CACHE_MODIFIER")
 
 
 def _configure_bwd(values: tuple) -> None:
-    """values: those of _BWD_CONSTANTS, or a candidate (elements a thread, programs an SM, stages)."""
-    if len(values) == 3:
-        elements, programs, stages = values
-        values = (elements, ((triton_kernels.BWD_MAX_TILE_N, programs, stages),))
+    """values: those of _BWD_CONSTANTS."""
     for name, value in zip(_BWD_CONSTANTS, values):
         setattr(triton_kernels, name, value)
     triton_kernels.tile_config.cache_clear()
+
+
+def _bwd_values(candidate: tuple | str | None, defaults: tuple) -> tuple:
+    """_BWD_CONSTANTS' values for a candidate of BWD_CANDIDATES; a tuple's dx is stored as by default."""
+    if candidate is None:
+        return defaults
+    if isinstance(candidate, str):
+        return (*defaults[:2], candidate)
+    elements, programs, stages = candidate
+    return (elements, ((triton_kernels.BWD_MAX_TILE_N, programs, stages),), defaults[2])
 
 
 def _bwd_sweep(ns: list[int], ceiling: float) -> None:
@@ -144,7 +153,7 @@ def _bwd_sweep(ns: list[int], ceiling: float) -> None:
         cells: dict = {c: [] for c in BWD_CANDIDATES}
         for _ in range(ROUNDS):
             for candidate in BWD_CANDIDATES:
-                _configure_bwd(defaults if candidate is None else candidate)
+                _configure_bwd(_bwd_values(candidate, defaults))
                 try:
                     ms = median_ms(lambda: triton_kernels.rms_norm_bwd(dy, x, None, w, 0.0, rstd, True))
                     cells[candidate].append(_percent(ms, 3, x, ceiling))
@@ -152,10 +161,11 @@ def _bwd_sweep(ns: list[int], ceiling: float) -> None:
                     cells[candidate].append(float("nan"))
                     print(f"{n} {candidate}: {str(exc).splitlines()[0][:80]}", flush=True)
         for candidate, values in cells.items():
-            _configure_bwd(defaults if candidate is None else candidate)
+            _configure_bwd(_bwd_values(candidate, defaults))
             warps = triton_kernels.tile_config(n, "backward").num_warps
-            label = "default | " if candidate is None else f"{candidate[0]} | "
-            rest = f"{warps} | |" if candidate is None else f"{warps} | {candidate[1]} | {candidate[2]}"
+            tuned = isinstance(candidate, tuple)
+            label = f"{candidate[0]} | " if tuned else "default | "
+            rest = f"{warps} | {candidate[1]} | {candidate[2]}" if tuned else f"{warps} | | dx {triton_kernels.BWD_DX_CACHE_MODIFIER!r}"
             rounds = " / ".join(f"{v:.1f}" for v in values)
             print(f"{n} | {label}{rest} | {statistics.median(values):.1f} | {rounds}", flush=True)
     _configure_bwd(defaults)

@@ -397,6 +397,7 @@ def rms_norm_bwd_kernel(
     BLOCK_M: tl.constexpr,  # rows per tile
     BLOCK_N: tl.constexpr,  # columns per program: a power of two >= N unless DOT_GIVEN
     NUM_STAGES: tl.constexpr,  # tiles whose loads are in flight at once (shared-memory buffers, cp.async)
+    DX_CACHE_MODIFIER: tl.constexpr,  # dx's stores (BWD_DX_CACHE_MODIFIER)
 ):  # fmt: skip
     # Persistent over row tiles: each program keeps its dweight partial in registers across all the
     # tiles it visits, so dweight costs one [programs, N] fp32 write instead of atomics.
@@ -428,7 +429,10 @@ def rms_norm_bwd_kernel(
         if HAS_DRESIDUAL:
             dres_starts = _row_starts(rows, size1, size2, size3, dres_stride0, dres_stride1, dres_stride2, dres_stride3)
             dx += tl.load(dres_ptr + dres_starts[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        tl.store(dx_ptr + rows[:, None] * N + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        tl.store(
+            dx_ptr + rows[:, None] * N + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mask,
+            cache_modifier=DX_CACHE_MODIFIER,
+        )  # fmt: skip
         if COMPUTE_DW:
             dw_acc += _dweight_term(dy, x_hat, dy_ptr.dtype.element_ty, ROUND_XHAT)
     if COMPUTE_DW:
@@ -697,6 +701,11 @@ MAX_NUM_WARPS = 32
 # 512-4096, 90-91% against 88-89% for two unpipelined programs (2 or 6 stages: 85-88); 3 stages
 # at 5120 and 8192, 92 / 90% against 73 / 86%.
 BWD_PIPELINE = ((4096, 1, 4), (8192, 1, 3))
+# dx's stores in rms_norm_bwd_kernel: ".cs" (evict first), as BWD_SPLIT_DX_CACHE_MODIFIER. H100,
+# bf16, backward alone, % of copy (bench/tune_triton.py --bwd, bench/NOTES.md v0.33), three
+# interleaved rounds within 0.3: +0.4 / +0.7 / +0.5 / 0.0 / +0.6 at 1024 / 2048 / 4096 / 5120 /
+# 8192 against the default store (91.7 at 2048 and 4096); ".cg" (past L1 alone) level.
+BWD_DX_CACHE_MODIFIER = ".cs"
 # Split rows' column blocks: two programs an SM keep the memory pipe busy while one reduces; no
 # stage gains there (58% at 32768 whatever the pipeline).
 BWD_SPLIT_PIPELINE = (2, 1)
@@ -1135,7 +1144,7 @@ def rms_norm_bwd(
              weight_offset),
             {"HAS_DRESIDUAL": dresidual_out is not None, "HAS_WEIGHT": weight is not None, "COMPUTE_DW": compute_dw,
              "DOT_GIVEN": cfg.split_rows, "ROUND_XHAT": round_xhat, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
-             "NUM_STAGES": stages},
+             "NUM_STAGES": stages, "DX_CACHE_MODIFIER": BWD_DX_CACHE_MODIFIER},
             cfg.num_warps, device,
         )  # fmt: skip
         if compute_dw:
