@@ -25,8 +25,9 @@ NS = (1024, 2048, 4096, 8192, 16384, 32768)
 # label -> {constant name in csrc/*.cu: value written in its place}; {} is csrc as it is.
 CANDIDATES: dict[str, dict[str, str]] = {
     "as is": {},
-    "unquantized rows of 4 Vecs a thread": {"kFwdTwoVecsMaxRowBytes": "0"},
-    "unquantized rows of 2 Vecs up to 8 KB": {"kFwdTwoVecsMaxRowBytes": "8192"},
+    "dx stores allocate in L1": {"kDxNoL1Allocate": "false"},
+    "dynamic y stores allocate in L1": {"kDynamicYNoL1AllocateAboveN": "INT64_MAX"},
+    "dynamic y stores past L1 at every width": {"kDynamicYNoL1AllocateAboveN": "0"},
 }
 
 

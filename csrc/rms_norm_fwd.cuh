@@ -76,12 +76,6 @@ constexpr int kFwdSubWarpBlockThreads = 128;
 // 1 -> 2 at N = 64-256: forward 89-90 -> 95, rms_norm_quant static 64-66 -> 86-87, dynamic
 // 54-58 -> 80-82; 512 and wider do not take it.
 constexpr int kFwdSubWarpItems = 2;
-// Unquantized rows of at most this many bytes hold at most 2 Vecs a thread, on twice the threads.
-// H100, bf16, % of copy (bench/tune_cuda.py, bench/NOTES.md v0.33), three interleaved rounds:
-// forward 95.8 -> 96.8-97.3 at 1024 (64 threads, not one warp), 96.4 -> 96.9-97.5 at 2048 (128, not
-// 64), add_rms_norm +0.2 to +0.4; at 4096 and 5120, 2 Vecs lost 0.5 and 2.2. The quantizing forward
-// keeps 4 Vecs: with 2 it lost 13 to 25 points at 1024-5120.
-constexpr int64_t kFwdTwoVecsMaxRowBytes = 4096;
 
 // Whether rms_norm_fwd_kernel<T, W, R, Y, ITEMS, ALIGNED, *> has registers to spare beside the
 // row: for a residual, and for the fp8 epilogue. Not with 4 Vecs of a 2-byte T unaligned, where
@@ -164,9 +158,9 @@ struct FwdConfig {
   int64_t slice_n;
 };
 
-// The forward configuration for rows of n elements of elem_bytes each, quantized to fp8 or not:
-// from n, the element size and the output type only, never from the number of rows (batch invariance).
-FwdConfig fwd_config(int64_t n, int elem_bytes, bool quantizes) {
+// The forward configuration for rows of n elements of elem_bytes each: from n and the element
+// size only, never from the number of rows (batch invariance).
+FwdConfig fwd_config(int64_t n, int elem_bytes) {
   const int64_t chunks = ceil_div(n, kVectorBytes / elem_bytes);
   const int64_t row_bytes = n * elem_bytes;
   // kFwdStagedChunksPerThread chunks a thread, whole warps, a block at most.
@@ -190,9 +184,8 @@ FwdConfig fwd_config(int64_t n, int elem_bytes, bool quantizes) {
     slice_n = round_up(ceil_div(n, cluster_blocks), vec);
     cluster_threads = staged_threads_for(slice_n / vec);
   }
-  const int max_items = !quantizes && row_bytes <= kFwdTwoVecsMaxRowBytes ? 2 : kFwdMaxItems;
   const RowTiling tiling =
-      tile_row(chunks, max_items, kFwdPreferredThreadsPerRow, kMaxBlockThreads, kFwdSubWarpItems);
+      tile_row(chunks, kFwdMaxItems, kFwdPreferredThreadsPerRow, kMaxBlockThreads, kFwdSubWarpItems);
   if (tiling.items == 0) {
     return {tiling, 1, kLoopedBlockThreads, staged_threads, cluster_blocks, cluster_threads, slice_n};
   }
@@ -690,7 +683,7 @@ cudaError_t launch_rms_norm_fwd(const T* x, RowLayout x_layout, const R* residua
   // An empty row still has a dynamic fp8 scale, amax 0 giving the floor: the kernels write it.
   if (rows == 0 || (n == 0 && scaling.row_scale == nullptr)) return cudaSuccess;
   constexpr int VEC = kVecElems<T>;
-  const FwdConfig config = fwd_config(n, sizeof(T), kQuantizes<Y>);
+  const FwdConfig config = fwd_config(n, sizeof(T));
   // w + (-0) is w for every w, -0 included, while w + (+0) turns -0 into +0: a zero offset passed
   // as -0 leaves y bitwise what it is without one.
   const float offset = weight_offset == 0.0f ? -0.0f : weight_offset;
