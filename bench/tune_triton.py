@@ -142,7 +142,7 @@ def _bwd_values(candidate: tuple | str | None, defaults: tuple) -> tuple:
 
 
 def _bwd_sweep(ns: list[int], ceiling: float) -> None:
-    """The backward alone for each candidate (elements a thread, programs an SM, stages), every width alike."""
+    """The backward alone for each of BWD_CANDIDATES, every width alike."""
     defaults = tuple(getattr(triton_kernels, name) for name in _BWD_CONSTANTS)
     print("N | elems/thread | warps | programs/SM | stages | bwd (median of rounds) | rounds", flush=True)
     for n in ns:
@@ -163,9 +163,10 @@ def _bwd_sweep(ns: list[int], ceiling: float) -> None:
         for candidate, values in cells.items():
             _configure_bwd(_bwd_values(candidate, defaults))
             warps = triton_kernels.tile_config(n, "backward").num_warps
-            tuned = isinstance(candidate, tuple)
-            label = f"{candidate[0]} | " if tuned else "default | "
-            rest = f"{warps} | {candidate[1]} | {candidate[2]}" if tuned else f"{warps} | | dx {triton_kernels.BWD_DX_CACHE_MODIFIER!r}"
+            if isinstance(candidate, tuple):
+                label, rest = f"{candidate[0]} | ", f"{warps} | {candidate[1]} | {candidate[2]}"
+            else:
+                label, rest = "default | ", f"{warps} | | dx {triton_kernels.BWD_DX_CACHE_MODIFIER!r}"
             rounds = " / ".join(f"{v:.1f}" for v in values)
             print(f"{n} | {label}{rest} | {statistics.median(values):.1f} | {rounds}", flush=True)
     _configure_bwd(defaults)
