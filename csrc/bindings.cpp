@@ -10,6 +10,7 @@
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <torch/csrc/utils/pybind.h>
 #include <torch/library.h>
 
 #include <tuple>
@@ -122,18 +123,19 @@ void check_fwd_inputs(const at::Tensor& x, const c10::optional<at::Tensor>& resi
 
 // Both unquantized forward ops. x, residual: [*lead, n]; returns y (x's shape and dtype,
 // contiguous), residual_out (x + residual, x's shape and residual's dtype, contiguous; undefined
-// without a residual) and rstd (lead shape, fp32).
+// without a residual) and rstd (lead shape, fp32; undefined unless store_rstd).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rms_norm_fwd_rows(const at::Tensor& x,
                                                                  const c10::optional<at::Tensor>& residual,
                                                                  const c10::optional<at::Tensor>& weight,
-                                                                 double weight_offset, double eps, bool round_xhat) {
+                                                                 double weight_offset, double eps, bool round_xhat,
+                                                                 bool store_rstd) {
   check_fwd_inputs(x, residual, weight, weight_offset);
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t n = x.size(-1);
   at::Tensor y = at::empty(x.sizes(), x.options());
   at::Tensor residual_out = residual.has_value() ? at::empty(x.sizes(), residual->options()) : at::Tensor();
-  at::Tensor rstd = at::empty(lead_shape(x), x.options().dtype(at::kFloat));
-  const int64_t rows = rstd.numel();
+  at::Tensor rstd = store_rstd ? at::empty(lead_shape(x), x.options().dtype(at::kFloat)) : at::Tensor();
+  const int64_t rows = c10::multiply_integers(lead_shape(x));
   if (rows == 0 || n == 0) return {y, residual_out, rstd};
   const at::ScalarType w_type = weight.has_value() ? weight->scalar_type() : x.scalar_type();
   with_element_type(x.scalar_type(), "x", [&](auto t_tag) {
@@ -147,8 +149,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rms_norm_fwd_rows(const at::Tenso
         const cudaError_t status = rmsnorm::rms_norm_fwd<T, W, R>(
             reinterpret_cast<const T*>(x.data_ptr()), row_layout(x), data_or_null<R>(residual),
             row_layout_or_any(residual), data_or_null<W>(weight), static_cast<float>(weight_offset),
-            reinterpret_cast<T*>(y.data_ptr()), res_out, rstd.data_ptr<float>(), rows, n, static_cast<float>(eps),
-            round_xhat, current_stream(x));
+            reinterpret_cast<T*>(y.data_ptr()), res_out, store_rstd ? rstd.data_ptr<float>() : nullptr, rows, n,
+            static_cast<float>(eps), round_xhat, current_stream(x));
         C10_CUDA_CHECK(status);
       });
     });
@@ -160,7 +162,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rms_norm_fwd_rows(const at::Tenso
 std::tuple<at::Tensor, at::Tensor> rms_norm_fwd_cuda(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
                                                      double weight_offset, double eps, bool round_xhat) {
   at::Tensor y, rstd;
-  std::tie(y, std::ignore, rstd) = rms_norm_fwd_rows(x, c10::nullopt, weight, weight_offset, eps, round_xhat);
+  std::tie(y, std::ignore, rstd) = rms_norm_fwd_rows(x, c10::nullopt, weight, weight_offset, eps, round_xhat, true);
   return {y, rstd};
 }
 
@@ -171,7 +173,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> add_rms_norm_fwd_cuda(const at::T
                                                                      const c10::optional<at::Tensor>& weight,
                                                                      double weight_offset, double eps,
                                                                      bool round_xhat) {
-  return rms_norm_fwd_rows(x, residual, weight, weight_offset, eps, round_xhat);
+  return rms_norm_fwd_rows(x, residual, weight, weight_offset, eps, round_xhat, true);
+}
+
+// An undefined tensor as None, for the direct entries below.
+c10::optional<at::Tensor> defined_or_none(const at::Tensor& t) {
+  return t.defined() ? c10::optional<at::Tensor>(t) : c10::nullopt;
+}
+
+// The direct Python entries (PYBIND11_MODULE below) of the two unquantized forwards: the ops'
+// kernels and checks, without the dispatcher, which boxes every argument to reach them (half the
+// host time of a one-row call, bench/NOTES.md v0.34). For eager calls that neither autograd, a
+// dispatch mode nor torch.compile watches (rmsnorm/ops.py); rstd is None unless store_rstd.
+std::tuple<at::Tensor, c10::optional<at::Tensor>> rms_norm_fwd_direct(const at::Tensor& x,
+                                                                      const c10::optional<at::Tensor>& weight,
+                                                                      double weight_offset, double eps,
+                                                                      bool round_xhat, bool store_rstd) {
+  at::Tensor y, rstd;
+  std::tie(y, std::ignore, rstd) =
+      rms_norm_fwd_rows(x, c10::nullopt, weight, weight_offset, eps, round_xhat, store_rstd);
+  return {y, defined_or_none(rstd)};
+}
+
+std::tuple<at::Tensor, at::Tensor, c10::optional<at::Tensor>> add_rms_norm_fwd_direct(
+    const at::Tensor& x, const at::Tensor& residual, const c10::optional<at::Tensor>& weight, double weight_offset,
+    double eps, bool round_xhat, bool store_rstd) {
+  at::Tensor y, residual_out, rstd;
+  std::tie(y, residual_out, rstd) =
+      rms_norm_fwd_rows(x, residual, weight, weight_offset, eps, round_xhat, store_rstd);
+  return {y, residual_out, defined_or_none(rstd)};
 }
 
 // t, a scale of the quantizing forward (`name`), is None or one float32 element on x's device.
@@ -303,4 +333,12 @@ TORCH_LIBRARY_IMPL(rmsnorm_cuda, CUDA, m) {
   m.impl("add_rms_norm_fwd", &add_rms_norm_fwd_cuda);
   m.impl("rms_norm_bwd", &rms_norm_bwd_cuda);
   m.impl("rms_norm_quant_fwd", &rms_norm_quant_fwd_cuda);
+}
+
+// TORCH_EXTENSION_NAME: the library's file name, set by torch.utils.cpp_extension, under which
+// rmsnorm/cuda_ext.py imports it (the ops above register when it is loaded, either way).
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("rms_norm_fwd", &rms_norm_fwd_direct, "rms_norm_fwd without the dispatcher: (y, rstd or None)");
+  m.def("add_rms_norm_fwd", &add_rms_norm_fwd_direct,
+        "add_rms_norm_fwd without the dispatcher: (y, residual_out, rstd or None)");
 }

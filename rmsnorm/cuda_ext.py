@@ -1,4 +1,5 @@
-"""Build, cache and load the CUDA extension in csrc/, whose ops then appear as torch.ops.rmsnorm_cuda.*.
+"""Build, cache and load the CUDA extension in csrc/, whose ops then appear as torch.ops.rmsnorm_cuda.*
+and whose direct forward entries (bindings.cpp's Python module) as direct().
 
 The extension is compiled on first use with torch.utils.cpp_extension (ninja) for the architectures
 of the visible GPUs, into a directory whose name hashes the sources, the flags, the architectures
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib.util
 import logging
 import os
 import shutil
@@ -35,6 +37,7 @@ _CXX_FLAGS = ("-O3",)
 _lock = threading.Lock()
 _loaded = False
 _load_error: str | None = None
+_direct = None  # the library imported as a Python module, once loaded
 
 
 def source_dir() -> Path:
@@ -149,12 +152,27 @@ def available() -> bool:
     return cpp_extension.CUDA_HOME is not None
 
 
+def _import(library: Path):
+    """The loaded library as the Python module bindings.cpp defines (named after its file)."""
+    spec = importlib.util.spec_from_file_location(library.stem, library)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def direct():
+    """The extension's direct Python entries (rms_norm_fwd, add_rms_norm_fwd; see bindings.cpp),
+    loading it first where needed."""
+    load()
+    return _direct
+
+
 def load() -> None:
     """Make torch.ops.rmsnorm_cuda.* available: load the prebuilt or cached build, or compile it.
 
     A failure is remembered: later calls raise the same error at once instead of compiling again.
     """
-    global _loaded, _load_error
+    global _loaded, _load_error, _direct
     if _loaded:
         return
     with _lock:
@@ -178,6 +196,7 @@ def load() -> None:
                 except OSError:  # a corrupt file behind a build.ok marker: build it again
                     library = build(cache_dir(), arch_list, rebuild=True)
                     torch.ops.load_library(str(library))
+            _direct = _import(library)
             from . import ops
 
             ops.register_cuda_ops()

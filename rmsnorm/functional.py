@@ -322,21 +322,30 @@ def _log_call(op: str, backend: str, x: torch.Tensor) -> None:
         logger.debug("%s: backend=%s shape=%s dtype=%s", op, backend, tuple(x.shape), x.dtype)
 
 
+# Tensor types the kernels may be called with directly, below the torch operators: a subclass
+# (a __torch_function__ or __torch_dispatch__ one, such as DTensor) must see the operators.
+_PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
+
+
 def _forward_ops(name: str, *tensors: torch.Tensor | None):
     """(rms_norm_fwd, add_rms_norm_fwd) of backend `name` for this call: through our torch operators,
     through an autograd.Function without them, or straight to the kernels.
 
-    The operators are needed where something watches the call: torch.compile tracing it or a
-    dispatch mode (FakeTensorMode, FlopCounterMode, ...). A plain eager call that autograd records
-    skips their host cost through ops.eager_autograd_forward_ops, and one with no input requiring
-    grad (inference) skips autograd too. Same kernels, same bits.
+    The operators are needed where something watches the call: torch.compile tracing it, a
+    dispatch mode (FakeTensorMode, FlopCounterMode, ...) or a tensor subclass. A plain eager call
+    that autograd records skips their host cost through ops.eager_autograd_forward_ops, and one with
+    no input requiring grad (inference) skips autograd too. Same kernels, same bits.
     """
     if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0:
         return ops.forward_ops(name)
-    if torch.is_grad_enabled():
-        for t in tensors:  # a loop, not any() over a generator: host time of every eager call
-            if t is not None and t.requires_grad:
-                return ops.eager_autograd_forward_ops(name)
+    tracked = False
+    for t in tensors:  # a loop, not any() over a generator: host time of every eager call
+        if t is not None:
+            if type(t) not in _PLAIN_TENSOR_TYPES:
+                return ops.forward_ops(name)
+            tracked = tracked or t.requires_grad
+    if tracked and torch.is_grad_enabled():
+        return ops.eager_autograd_forward_ops(name)
     return ops.untracked_forward_ops(name)
 
 

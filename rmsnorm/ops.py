@@ -17,7 +17,9 @@ holds the dynamic per-row scales. The quant op is forward only. The Triton ops a
 with torch.library.custom_op; the CUDA ops are declared by csrc/bindings.cpp (TORCH_LIBRARY
 rmsnorm_cuda) and get their fake implementations and autograd here, once cuda_ext has loaded them.
 Real operators with fake implementations are what lets torch.compile(fullgraph=True) and CUDA
-graphs take the kernels as they are.
+graphs take the kernels as they are. Eager calls nothing watches skip the operators' host cost
+(untracked_forward_ops, eager_autograd_forward_ops): the CUDA forwards then go through the
+extension's direct entries (cuda_ext.direct()), the same C++ functions without the dispatcher.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from __future__ import annotations
 import functools
 
 import torch
+
+from . import cuda_ext
 
 
 def unit_column_stride(t: torch.Tensor) -> torch.Tensor:
@@ -226,23 +230,30 @@ def _below_autograd(op):
 
 
 @functools.cache
-def _untracked_cuda_ops():
+def _direct_cuda_forwards(store_rstd: bool):
+    """The CUDA forward ops' kernels through the extension's direct entries, without the dispatcher
+    (bindings.cpp), rstd stored or not (None): for eager calls with no dispatch mode to see them."""
+    direct = cuda_ext.direct()
     return (
-        _below_autograd(torch.ops.rmsnorm_cuda.rms_norm_fwd.default),
-        _below_autograd(torch.ops.rmsnorm_cuda.add_rms_norm_fwd.default),
+        lambda x, weight, weight_offset, eps, round_xhat: direct.rms_norm_fwd(
+            x, weight, weight_offset, eps, round_xhat, store_rstd
+        ),
+        lambda x, residual, weight, weight_offset, eps, round_xhat: direct.add_rms_norm_fwd(
+            x, residual, weight, weight_offset, eps, round_xhat, store_rstd
+        ),
     )
 
 
 def untracked_forward_ops(backend: str):
     """forward_ops without the torch operator layers autograd needs, for eager calls with nothing to record.
 
-    The same kernels and bits, minus their host cost: the Triton functions themselves (which neither
-    allocate nor store rstd: it is returned as None), the CUDA ops dispatched below their (Python)
-    autograd kernel. Never under torch.compile, which needs the ops.
+    The same kernels and bits, minus their host cost: the Triton functions themselves and the CUDA
+    extension's direct entries, neither of which allocates or stores rstd (it is returned as None).
+    Never under torch.compile or a dispatch mode, which need the ops.
     """
     if backend == "triton":
         return _rms_norm_fwd_triton_inference, _add_rms_norm_fwd_triton_inference
-    return _untracked_cuda_ops()
+    return _direct_cuda_forwards(False)
 
 
 class _RaisesIfDifferentiated(torch.autograd.Function):
@@ -303,7 +314,7 @@ def eager_autograd_forward_ops(backend: str):
     if backend == "triton":
         bwd, forwards = _rms_norm_bwd_triton, (_rms_norm_fwd_triton, _add_rms_norm_fwd_triton)
     else:
-        bwd, forwards = _below_autograd(torch.ops.rmsnorm_cuda.rms_norm_bwd.default), _untracked_cuda_ops()
+        bwd, forwards = _below_autograd(torch.ops.rmsnorm_cuda.rms_norm_bwd.default), _direct_cuda_forwards(True)
     suffix = "Triton" if backend == "triton" else "Cuda"
     return tuple(
         _eager_autograd(f"{kind}{suffix}", forward, bwd) for kind, forward in zip(("RMSNorm", "AddRMSNorm"), forwards)

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import sysconfig
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,11 +182,13 @@ def binding(tmp_path_factory) -> CompileResult:
     stub = out_dir / "c10" / "cuda" / "impl" / "cuda_cmake_macros.h"
     stub.parent.mkdir(parents=True)
     stub.write_text("")
-    includes = [out_dir, *torch_utils.include_paths(), cuda_include, CSRC]
+    # Python's headers and the module name too: bindings.cpp is also a Python module (PYBIND11_MODULE).
+    includes = [out_dir, *torch_utils.include_paths(), sysconfig.get_paths()["include"], cuda_include, CSRC]
     object_file = out_dir / "bindings.o"
     command = [
         compiler,
         "-std=c++20",
+        "-DTORCH_EXTENSION_NAME=rmsnorm_cuda_compile_check",
         *(f"-I{path}" for path in includes),
         "-c",
         str(CSRC / "bindings.cpp"),

@@ -121,6 +121,62 @@ def test_inference_calls_skip_the_operators_with_the_same_bits(backend, op, monk
     assert calls == []
 
 
+@pytest.mark.skipif(not ON_GPU, reason="the cuda backend runs only on a CUDA GPU; none here")
+@pytest.mark.parametrize("op", ["rms_norm", "add_rms_norm"])
+def test_untracked_cuda_calls_take_the_direct_entries(op, monkeypatch):
+    """An inference call on cuda reaches the kernels through the extension's direct entries
+    (cuda_ext.direct()), not torch.ops: a spy on the op sees no call, the entries return no rstd,
+    and the result is the op's, bit for bit."""
+    cuda_ext.load()
+    x, residual = torch.randn(5, 300, device=DEVICE), torch.randn(5, 300, device=DEVICE)
+    w = torch.randn(300, device=DEVICE)
+    op_name = "rms_norm_fwd" if op == "rms_norm" else "add_rms_norm_fwd"
+    through_op = getattr(torch.ops.rmsnorm_cuda, op_name)(*((x,) if op == "rms_norm" else (x, residual)), w, 0.0,
+                                                          1e-6, False)  # fmt: skip
+    calls = []
+    monkeypatch.setattr(torch.ops.rmsnorm_cuda, op_name, lambda *args: calls.append(args))
+    if op == "rms_norm":
+        direct = (rmsnorm.rms_norm(x, None, w, 1e-6, backend="cuda"),)
+        raw = cuda_ext.direct().rms_norm_fwd(x, w, 0.0, 1e-6, False, False)
+    else:
+        direct = rmsnorm.add_rms_norm(x, residual, w, 1e-6, backend="cuda")
+        raw = cuda_ext.direct().add_rms_norm_fwd(x, residual, w, 0.0, 1e-6, False, False)
+    assert calls == []
+    assert raw[-1] is None  # rstd, neither allocated nor stored
+    for a, b in zip(direct, through_op[:-1]):
+        assert torch.equal(a, b)
+
+
+class _LoggingTensor(torch.Tensor):
+    """A __torch_function__ subclass that records the functions called on it."""
+
+    seen: list = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        cls.seen.append(str(func))
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+@pytest.mark.parametrize("op", ["rms_norm", "add_rms_norm"])
+def test_tensor_subclasses_see_the_operators(kernel_backend, op):
+    """A tensor subclass is not called below the operators: its __torch_function__ sees our op (a
+    __torch_dispatch__ one, such as DTensor, needs the dispatcher), and the values are the same."""
+    x, residual = torch.randn(5, 300, device=DEVICE), torch.randn(5, 300, device=DEVICE)
+    w = torch.randn(300, device=DEVICE)
+    _LoggingTensor.seen = []
+    if op == "rms_norm":
+        plain = (rmsnorm.rms_norm(x, None, w, backend=kernel_backend),)
+        logged = (rmsnorm.rms_norm(x.as_subclass(_LoggingTensor), None, w, backend=kernel_backend),)
+    else:
+        plain = rmsnorm.add_rms_norm(x, residual, w, backend=kernel_backend)
+        logged = rmsnorm.add_rms_norm(x, residual.as_subclass(_LoggingTensor), w, backend=kernel_backend)
+    assert any(f"{op}_fwd" in name for name in _LoggingTensor.seen), _LoggingTensor.seen[-5:]
+    assert all(type(t) is _LoggingTensor for t in logged)
+    for a, b in zip(plain, logged):
+        assert torch.equal(a, b.as_subclass(torch.Tensor))
+
+
 class _TransparentMode(TorchDispatchMode):
     """A dispatch mode that runs every op as it is: it only makes rms_norm go through the operators."""
 
