@@ -75,16 +75,21 @@ def layers() -> dict[str, Callable[[], object]]:
         "triton: host wrapper without rstd (inference)": lambda: triton_kernels.rms_norm_fwd(
             x, None, w, 0.0, EPS, False, False
         ),
+        "triton: inference forward from its plan (rms_norm_fwd_inference)": lambda: (
+            triton_kernels.rms_norm_fwd_inference(x, w, 0.0, EPS, False)
+        ),
         "triton: torch op (custom_op)": lambda: torch.ops.rmsnorm.rms_norm_fwd_triton(x, w, 0.0, EPS, False),
         "triton: rms_norm(backend='triton')": lambda: rmsnorm.rms_norm(x, (N,), w, EPS, backend="triton"),
     }
     if "cuda" in rmsnorm.available_backends():
         rmsnorm.cuda_ext.load()
         op = torch.ops.rmsnorm_cuda.rms_norm_fwd.default
-        below_autograd, _ = ops.untracked_forward_ops("cuda")
+        below_autograd = ops._below_autograd(op)
+        untracked, _ = ops.untracked_forward_ops("cuda")
         cases |= {
             "cuda: torch op (C++ kernel + Python autograd kernel)": lambda: op(x, w, 0.0, EPS, False),
             "cuda: torch op below autograd": lambda: below_autograd(x, w, 0.0, EPS, False),
+            "cuda: direct entry, no dispatcher (inference)": lambda: untracked(x, w, 0.0, EPS, False),
             "cuda: rms_norm(backend='cuda')": lambda: rmsnorm.rms_norm(x, (N,), w, EPS, backend="cuda"),
         }
     cases["forward_ops lookup"] = lambda: ops.forward_ops("triton")

@@ -325,8 +325,7 @@ def eager_autograd_forward_ops(backend: str):
 def _rms_norm_fwd_triton_inference(x, weight, weight_offset, eps, round_xhat):
     from . import triton_kernels
 
-    y, _, _ = triton_kernels.rms_norm_fwd(unit_column_stride(x), None, weight, weight_offset, eps, round_xhat, False)
-    return y, None
+    return triton_kernels.rms_norm_fwd_inference(unit_column_stride(x), weight, weight_offset, eps, round_xhat), None
 
 
 def _add_rms_norm_fwd_triton_inference(x, residual, weight, weight_offset, eps, round_xhat):

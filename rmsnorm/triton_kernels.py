@@ -41,7 +41,7 @@ import triton
 import triton.language as tl
 
 from . import reference
-from .triton_launch import KernelLauncher, sm_count
+from .triton_launch import KernelLauncher, LaunchPlan, sm_count
 
 logger = logging.getLogger("rmsnorm")
 
@@ -861,9 +861,11 @@ def _forward(
     scale: torch.Tensor | None = None,
     scale_ub: torch.Tensor | None = None,
     need_rstd: bool = True,
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Launches the forward into y, a contiguous tensor of x's shape; returns residual_out and rstd (lead
-    shape; None unless need_rstd: an inference call saves its allocation and its store)."""
+) -> tuple[torch.Tensor | None, torch.Tensor | None, tuple | None]:
+    """Launches the forward into y, a contiguous tensor of x's shape; returns residual_out, rstd (lead
+    shape; None unless need_rstd: an inference call saves its allocation and its store) and the
+    launch of rms_norm_fwd_kernel as (grid, args, constexprs, num_warps) (None for rows split over
+    programs), which a LaunchPlan repeats."""
     _check_rows(x)
     n = x.shape[-1]
     _check_n(n)
@@ -893,17 +895,62 @@ def _forward(
                     weight_offset), {"HAS_RESIDUAL": residual is not None, "HAS_WEIGHT": weight is not None,
                     "STORE_RSTD": need_rstd, "ROUND_XHAT": round_xhat, "QUANT": quant.value}, device,
                 )  # fmt: skip
-            return residual_out, rstd
-        _launch_fwd(
+            return residual_out, rstd, None
+        launch = (
             (_cdiv(m, cfg.block_m),),
             (x, res, w, y, res_out, rstd_arg, scale, x if scale_ub is None else scale_ub, *sizes, *x_strides,
              *res_strides, m, n, eps, weight_offset),
             {"HAS_RESIDUAL": residual is not None, "HAS_WEIGHT": weight is not None, "STORE_RSTD": need_rstd,
              "ROUND_XHAT": round_xhat, "QUANT": quant.value, "HAS_SCALE_UB": scale_ub is not None,
              "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n},
-            cfg.num_warps, device,
+            cfg.num_warps,
         )  # fmt: skip
-    return residual_out, rstd
+        _launch_fwd(*launch, device)
+    return residual_out, rstd, launch
+
+
+# Launch plans of rms_norm_fwd_inference, by call signature (_inference_key). A small call spends
+# more host time working out its launch than launching it: KernelLauncher keys 24 arguments, and
+# _forward builds them, about 13 of a call's 18 us on the H100's host (bench/NOTES.md v0.34). A
+# plan does that once for every call of its signature. Cleared when full: serving sees many row
+# counts, each a signature.
+_inference_plans: dict[tuple, LaunchPlan] = {}
+_MAX_INFERENCE_PLANS = 1024
+
+
+def _inference_key(x: torch.Tensor, weight: torch.Tensor | None, x_address: int, w_address: int, round_xhat: bool):
+    """What a launch of rms_norm_fwd_inference depends on beside its addresses, eps and weight_offset."""
+    w_dtype = None if weight is None else weight.dtype
+    return x.shape, x.stride(), x.dtype, w_dtype, x_address & 15, w_address & 15, round_xhat, x.get_device()
+
+
+def rms_norm_fwd_inference(
+    x: torch.Tensor, weight: torch.Tensor | None, weight_offset: float, eps: float, round_xhat: bool
+) -> torch.Tensor:
+    """rms_norm_fwd(x, None, weight, weight_offset, eps, round_xhat, need_rstd=False)'s y, for calls
+    no backward follows: the same kernel and bits, launched from a plan where the call's signature
+    has been seen (rows of one tile, on the current device)."""
+    if not x.is_cuda:
+        return rms_norm_fwd(x, None, weight, weight_offset, eps, round_xhat, False)[0]
+    x_address = x.data_ptr()
+    w_address = x_address if weight is None else weight.data_ptr()
+    key = _inference_key(x, weight, x_address, w_address, round_xhat)
+    plan = _inference_plans.get(key)
+    y = _contiguous_empty_like(x)
+    device = torch.cuda.current_device()
+    if plan is not None and plan.device == device:
+        if plan((x_address, w_address, y.data_ptr()), eps, weight_offset):
+            return y
+    _, _, launch = _forward(x, None, weight, weight_offset, eps, round_xhat, y, need_rstd=False)
+    if launch is None or key[-1] != device:  # rows split over programs, or x off the current device
+        return y
+    # eps and weight_offset, the kernel's last runtime arguments, are the plan's calls' own.
+    plan = _launch_fwd.plan(*launch, device, (x, x if weight is None else weight, y), trailing=2)
+    if plan is not None:
+        if len(_inference_plans) >= _MAX_INFERENCE_PLANS:
+            _inference_plans.clear()
+        _inference_plans[key] = plan
+    return y
 
 
 def _forward_split(cfg: TileConfig, tensors: tuple, scalars: tuple, flags: dict, device: int) -> None:
@@ -945,7 +992,7 @@ def rms_norm_fwd(
     None without a residual) and rstd (fp32, shape lead; None unless need_rstd).
     """
     y = _contiguous_empty_like(x)
-    residual_out, rstd = _forward(x, residual, weight, weight_offset, eps, round_xhat, y, need_rstd=need_rstd)
+    residual_out, rstd, _ = _forward(x, residual, weight, weight_offset, eps, round_xhat, y, need_rstd=need_rstd)
     return y, residual_out, rstd
 
 
@@ -967,14 +1014,14 @@ def rms_norm_quant_fwd(
     """
     y_q = _contiguous_empty_like(x, torch.float8_e4m3fn)
     if scale is not None:
-        residual_out, _ = _forward(
+        residual_out, _, _ = _forward(
             x, residual, weight, weight_offset, eps, round_xhat, y_q, QUANT_STATIC, scale, need_rstd=False
         )
         return y_q, residual_out, None
     row_scale = torch.empty((*x.shape[:-1], 1), dtype=torch.float32, device=x.device)
     n = x.shape[-1]
     if not tile_config(n, "quant").split_rows:
-        residual_out, _ = _forward(
+        residual_out, _, _ = _forward(
             x, residual, weight, weight_offset, eps, round_xhat, y_q, QUANT_DYNAMIC, row_scale, scale_ub,
             need_rstd=False,
         )

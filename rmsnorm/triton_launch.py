@@ -88,6 +88,39 @@ def _direct(compiled) -> _Direct | None:
     )  # fmt: skip
 
 
+def _launch_hooked() -> bool:
+    """Whether a launch hook (a profiler's) is set: such launches go through Triton, which runs them."""
+    runtime = knobs.runtime
+    return bool(runtime.launch_enter_hook.calls or runtime.launch_exit_hook.calls)
+
+
+class LaunchPlan(NamedTuple):
+    """One launch of a compiled kernel worked out ahead (KernelLauncher.plan): a call passes its
+    tensors' addresses and its trailing scalars, and nothing else is looked at or keyed."""
+
+    direct: _Direct
+    grid: tuple[int, int, int]
+    picks: tuple[int, ...]  # pointer parameter i takes the address of the call's tensor picks[i]
+    alignments: tuple[int, ...]  # the call's tensors' addresses mod 16, as the kernel was compiled for
+    scalars: tuple  # the runtime scalars but the trailing ones
+    constexprs: tuple
+    device: int
+
+    def __call__(self, addresses: tuple[int, ...], *trailing) -> bool:
+        """Launches on the current stream of the plan's device, which must be the current device;
+        returns False without launching where an address's alignment is not the plan's or a launch
+        hook is set (launch through KernelLauncher instead)."""
+        if tuple([a & 15 for a in addresses]) != self.alignments or _launch_hooked():
+            return False
+        direct = self.direct
+        direct.launch(
+            *self.grid, torch._C._cuda_getCurrentRawStream(self.device), direct.function, direct.cooperative,
+            direct.pdl, None, None, direct.packed_metadata, None, None, None, *[addresses[i] for i in self.picks],
+            *self.scalars, *trailing, *self.constexprs,
+        )  # fmt: skip
+        return True
+
+
 class KernelLauncher:
     """Calls one @triton.jit kernel: `launcher(grid, args, constexprs, num_warps, device)`.
 
@@ -114,8 +147,7 @@ class KernelLauncher:
             self._kernel[grid](*args, **constexprs, num_warps=num_warps, enable_fp_fusion=False)
             return
         key, direct, addresses, scalars = self._lookup(args, constexprs, num_warps, device)
-        runtime = knobs.runtime
-        if direct is None or runtime.launch_enter_hook.calls or runtime.launch_exit_hook.calls:
+        if direct is None or _launch_hooked():
             # Through Triton: it compiles where needed, and runs any launch hooks (a profiler's).
             compiled = self._kernel[grid](*args, **constexprs, num_warps=num_warps, **self._options)
             self._compiled[key] = _direct(compiled)  # one dict assignment: atomic, no lock needed
@@ -128,6 +160,32 @@ class KernelLauncher:
             grid_x, grid_y, grid_z, torch._C._cuda_getCurrentRawStream(device), direct.function, direct.cooperative,
             direct.pdl, None, None, direct.packed_metadata, None, None, None, *addresses, *scalars,
             *constexprs.values(),
+        )  # fmt: skip
+
+    def plan(
+        self, grid: tuple[int, ...], args: tuple, constexprs: dict, num_warps: int, device: int, tensors: tuple,
+        trailing: int,
+    ) -> LaunchPlan | None:  # fmt: skip
+        """A LaunchPlan of this launch, as launched before through __call__, for calls whose
+        arguments differ only in their tensors' addresses (not their alignment) and the last
+        `trailing` scalars; None where there is no direct launch (the interpreter, a kernel needing
+        scratch memory, or these arguments not launched yet). tensors: the launch's tensors, each
+        pointer argument one of them (by identity), in the order a plan's call passes their addresses.
+        """
+        if not self._compiles:
+            return None
+        _, direct, _, scalars = self._lookup(args, constexprs, num_warps, device)
+        if direct is None:
+            return None
+        picks = []
+        for pointer in args[: self._pointers]:
+            index = next((i for i, t in enumerate(tensors) if t is pointer), None)
+            if index is None:
+                raise ValueError(f"{self._kernel.fn.__name__}: a pointer argument is not one of the plan's tensors")
+            picks.append(index)
+        return LaunchPlan(
+            direct, (*grid, 1, 1)[:3], tuple(picks), tuple(t.data_ptr() & 15 for t in tensors),
+            scalars[: len(scalars) - trailing], tuple(constexprs.values()), device,
         )  # fmt: skip
 
     def resident_programs(self, args: tuple, constexprs: dict, num_warps: int, device: int) -> int:

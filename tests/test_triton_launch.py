@@ -227,6 +227,52 @@ def test_kernels_that_need_scratch_memory_always_go_through_triton(launcher, mon
     assert [c[0] for c in kernel.calls] == ["triton", "triton", "triton"]
 
 
+@pytest.fixture
+def two_pointer_launcher(launcher):
+    """launcher's stand-in kernel with parameters (p, q, n, eps, A, B): two tensors."""
+    launch, kernel = launcher
+    kernel.params = [_Param("p"), _Param("q"), _Param("n"), _Param("eps"), _Param("A", True), _Param("B", True)]
+    launch._pointers = 2
+    return launch, kernel
+
+
+def test_a_plan_repeats_a_launch_for_other_addresses_and_trailing_scalars(two_pointer_launcher):
+    """A LaunchPlan passes its call's addresses where the planned launch had those tensors (one of
+    them twice: stand-ins repeat), its trailing scalars, and the planned launch's other arguments."""
+    launch, kernel = two_pointer_launcher
+    a, b = torch.zeros(64), torch.zeros(64)
+    args, constexprs = (b, b, 32, 1e-6), {"A": True, "B": 128}
+    assert launch.plan((3,), args, constexprs, 4, 0, (a, b), trailing=1) is None  # not launched yet
+    launch((3,), args, constexprs, 4, 0)
+    plan = launch.plan((3,), args, constexprs, 4, 0, (a, b), trailing=1)
+    c, d = torch.zeros(64), torch.zeros(64)
+    assert plan((c.data_ptr(), d.data_ptr()), 2e-6)
+    assert [call[0] for call in kernel.calls] == ["triton", "direct"]
+    assert kernel.calls[1][1] == (3, 1, 1, "stream0", "function-handle", "cooperative-flag", "pdl-flag", None, None,
+                                  "packed-metadata", None, None, None, d.data_ptr(), d.data_ptr(), 32, 2e-6, True,
+                                  128)  # fmt: skip
+
+
+def test_a_plan_does_not_launch_for_other_alignments_or_with_hooks(two_pointer_launcher, monkeypatch):
+    launch, kernel = two_pointer_launcher
+    a, b = torch.zeros(64), torch.zeros(64)
+    args, constexprs = (a, b, 32, 1e-6), {"A": True, "B": 128}
+    launch((1,), args, constexprs, 4, 0)
+    plan = launch.plan((1,), args, constexprs, 4, 0, (a, b), trailing=1)
+    assert not plan((a.data_ptr(), b.data_ptr() + 4), 1e-6)  # 4 bytes past a 16-byte boundary
+    monkeypatch.setattr(triton_launch.knobs.runtime.launch_enter_hook, "calls", [lambda metadata: None])
+    assert not plan((a.data_ptr(), b.data_ptr()), 1e-6)
+    assert [call[0] for call in kernel.calls] == ["triton"]
+
+
+def test_a_plan_needs_every_pointer_among_its_tensors(two_pointer_launcher):
+    launch, _ = two_pointer_launcher
+    a, b = torch.zeros(64), torch.zeros(64)
+    launch((1,), (a, b, 32, 1e-6), {"A": True, "B": 128}, 4, 0)
+    with pytest.raises(ValueError, match="not one of the plan's tensors"):
+        launch.plan((1,), (a, b, 32, 1e-6), {"A": True, "B": 128}, 4, 0, (a,), trailing=1)
+
+
 def test_pointer_parameters_must_lead():
     def kernel(x_ptr, n, y_ptr):
         pass
@@ -257,3 +303,55 @@ def test_direct_launches_are_right(offset):
     through_triton = rms_norm(x, (n,), weight, 1e-6, backend="triton")
     direct = rms_norm(x, (n,), weight, 1e-6, backend="triton")
     assert torch.equal(through_triton, direct)
+
+
+def _inference_case(case: str) -> tuple:
+    """(x, weight, round_xhat) of one inference call signature."""
+    n = 127 if case == "odd width" else 4096
+    dtype = torch.float32 if case == "fp32" else torch.bfloat16
+    x = randn(3, n, dtype=dtype)
+    if case == "misaligned":
+        x = randn(3 * n + 1, dtype=dtype)[1:].view(3, n)  # 2 bytes past a 16-byte boundary
+    elif case == "strided rows":
+        x = randn(3, n + 64, dtype=dtype)[:, :n]
+    elif case == "3-d":
+        x = randn(2, 3, n, dtype=dtype)
+    elif case == "one row":
+        x = x[:1]
+    weight = None if case == "no weight" else random_weight(n, torch.float32 if case == "fp32 weight" else dtype)
+    return x, weight, case == "llama"
+
+
+@pytest.mark.skipif(not ON_GPU, reason="compiled Triton kernels run only on a CUDA GPU; none here")
+@pytest.mark.parametrize(
+    "case", ["bf16", "fp32", "fp32 weight", "no weight", "misaligned", "strided rows", "3-d", "one row", "odd width",
+             "llama"],
+)  # fmt: skip
+def test_inference_plans_give_the_bits_of_a_full_launch(case, monkeypatch):
+    """rms_norm_fwd_inference: a signature's first call launches through _forward and plans, later
+    calls launch from the plan (_forward not called), with their own eps and weight_offset; every
+    output, written over a NaN-filled block the allocator hands out again, is the full launch's bits."""
+    from rmsnorm import triton_kernels
+
+    x, weight, round_xhat = _inference_case(case)
+    offset = 0.0 if weight is None else 0.5
+
+    def full_launch(eps: float, weight_offset: float) -> torch.Tensor:
+        return triton_kernels.rms_norm_fwd(x, None, weight, weight_offset, eps, round_xhat, False)[0]
+
+    def planned(eps: float, weight_offset: float) -> torch.Tensor:
+        poison = torch.full((x.numel(),), float("nan"), dtype=x.dtype, device=x.device)
+        del poison  # its block is the next allocation of that size: y
+        return triton_kernels.rms_norm_fwd_inference(x, weight, weight_offset, eps, round_xhat)
+
+    triton_kernels._inference_plans.clear()
+    expected = full_launch(1e-6, offset)
+    assert torch.equal(planned(1e-6, offset), expected)  # planned here
+    assert len(triton_kernels._inference_plans) == 1
+    full_launches = []
+    forward = triton_kernels._forward
+    monkeypatch.setattr(triton_kernels, "_forward", lambda *a, **k: full_launches.append(1) or forward(*a, **k))
+    assert torch.equal(planned(1e-6, offset), expected)
+    other_offset = 0.0 if weight is None else -0.25
+    assert torch.equal(planned(1e-2, other_offset), full_launch(1e-2, other_offset))
+    assert full_launches == [1]  # the full_launch just above, not the planned calls
