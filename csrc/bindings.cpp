@@ -182,9 +182,10 @@ c10::optional<at::Tensor> defined_or_none(const at::Tensor& t) {
 }
 
 // The direct Python entries (PYBIND11_MODULE below) of the two unquantized forwards: the ops'
-// kernels and checks, without the dispatcher, which boxes every argument to reach them (half the
-// host time of a one-row call, bench/NOTES.md v0.34). For eager calls that neither autograd, a
-// dispatch mode nor torch.compile watches (rmsnorm/ops.py); rstd is None unless store_rstd.
+// kernels and checks, without the dispatcher, which boxes every argument to reach them (on the
+// H100's host a one-row call took 13-15 us through the op below autograd, 8-9 us here;
+// bench/NOTES.md v0.34). For eager calls that neither autograd, a dispatch mode nor torch.compile
+// watches (rmsnorm/ops.py); rstd is None unless store_rstd.
 std::tuple<at::Tensor, c10::optional<at::Tensor>> rms_norm_fwd_direct(const at::Tensor& x,
                                                                       const c10::optional<at::Tensor>& weight,
                                                                       double weight_offset, double eps,

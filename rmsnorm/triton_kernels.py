@@ -911,9 +911,9 @@ def _forward(
 
 # Launch plans of rms_norm_fwd_inference, by call signature (_inference_key). A small call spends
 # more host time working out its launch than launching it: KernelLauncher keys 24 arguments, and
-# _forward builds them, about 13 of a call's 18 us on the H100's host (bench/NOTES.md v0.34). A
-# plan does that once for every call of its signature. Cleared when full: serving sees many row
-# counts, each a signature.
+# _forward builds them, about 10 of a call's 18.5 us on the H100's host, where the C launcher takes
+# 5.4 and y's allocation 2.7 (bench/NOTES.md v0.34). A plan does that once for every call of its
+# signature. Cleared when full: serving sees many row counts, each a signature.
 _inference_plans: dict[tuple, LaunchPlan] = {}
 _MAX_INFERENCE_PLANS = 1024
 

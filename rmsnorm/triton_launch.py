@@ -16,6 +16,10 @@ float its type; the constexpr values, num_warps and the device. The tensors are 
 *_ptr parameters, and reach the C launcher as their addresses. Kernels are compiled
 with the process's Triton settings (debug, instrumentation) of the first launch of each key.
 Under TRITON_INTERPRET there is no compiled kernel: every call goes through Triton.
+
+A LaunchPlan goes further for a caller that knows which calls launch alike (the same shapes,
+strides, dtypes and flags): it repeats one launch with other addresses and trailing scalars,
+without keying anything but the addresses' alignment.
 """
 
 from __future__ import annotations
