@@ -79,6 +79,14 @@ class _Direct(NamedTuple):
     pdl: bool
     compiled: object  # the CompiledKernel
 
+    def run(self, grid: tuple[int, int, int], device: int, args: tuple) -> None:
+        """Launches on the current stream of `device`; args: the kernel's runtime arguments, pointers
+        as addresses, then its constexprs. No scratch memory, no launch hooks, no launch metadata."""
+        self.launch(
+            *grid, torch._C._cuda_getCurrentRawStream(device), self.function, self.cooperative, self.pdl, None, None,
+            self.packed_metadata, None, None, None, *args,
+        )  # fmt: skip
+
 
 def _direct(compiled) -> _Direct | None:
     """compiled's C launcher and what it is passed, or None where the kernel needs scratch memory
@@ -116,12 +124,9 @@ class LaunchPlan(NamedTuple):
         hook is set (launch through KernelLauncher instead)."""
         if tuple([a & 15 for a in addresses]) != self.alignments or _launch_hooked():
             return False
-        direct = self.direct
-        direct.launch(
-            *self.grid, torch._C._cuda_getCurrentRawStream(self.device), direct.function, direct.cooperative,
-            direct.pdl, None, None, direct.packed_metadata, None, None, None, *[addresses[i] for i in self.picks],
-            *self.scalars, *trailing, *self.constexprs,
-        )  # fmt: skip
+        self.direct.run(
+            self.grid, self.device, (*[addresses[i] for i in self.picks], *self.scalars, *trailing, *self.constexprs)
+        )
         return True
 
 
@@ -156,15 +161,10 @@ class KernelLauncher:
             compiled = self._kernel[grid](*args, **constexprs, num_warps=num_warps, **self._options)
             self._compiled[key] = _direct(compiled)  # one dict assignment: atomic, no lock needed
             return
-        grid_x, grid_y, grid_z = (*grid, 1, 1)[:3]
         # Addresses, not tensors: the C launcher takes an int as it is, where for each tensor it calls
         # data_ptr() and asks the driver about the address (cuPointerGetAttribute) every launch.
         # _addresses has refused tensors off the GPU instead.
-        direct.launch(
-            grid_x, grid_y, grid_z, torch._C._cuda_getCurrentRawStream(device), direct.function, direct.cooperative,
-            direct.pdl, None, None, direct.packed_metadata, None, None, None, *addresses, *scalars,
-            *constexprs.values(),
-        )  # fmt: skip
+        direct.run((*grid, 1, 1)[:3], device, (*addresses, *scalars, *constexprs.values()))
 
     def plan(
         self, grid: tuple[int, ...], args: tuple, constexprs: dict, num_warps: int, device: int, tensors: tuple,
