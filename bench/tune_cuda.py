@@ -59,9 +59,13 @@ def _build(index: int, overrides: dict[str, str], source_dir: Path, root: Path) 
     return build_dir / f"{name}.so"
 
 
-def _time(library: str, ns: tuple[int, ...]) -> None:
-    """Child process: load one build and print, for each N, _time_width's rows in % of the copy ceiling and
-    the forward's GPU microseconds per call at M = 1."""
+# The operations _time_width times, in its order: the table's columns.
+OPS = ("fwd", "add fwd", "bwd", "quant static", "quant dynamic", "dynamic, no weight")
+
+
+def _time(library: str, ns: tuple[int, ...], ops_timed: tuple[str, ...]) -> None:
+    """Child process: load one build and print, for each N, _time_width's rows of ops_timed in % of the
+    copy ceiling and the forward's GPU microseconds per call at M = 1."""
     import torch
 
     from bench.cases import ELEMENTS
@@ -77,7 +81,7 @@ def _time(library: str, ns: tuple[int, ...]) -> None:
     for n in ns:
         print(
             n,
-            *(f"{percent(ms, tensors):.1f}" for ms, tensors in _time_width(ops, n)),
+            *(f"{percent(ms, tensors):.1f}" for ms, tensors in _time_width(ops, n, ops_timed)),
             f"{_one_row_us(ops, n):.2f}",
             flush=True,
         )
@@ -94,10 +98,10 @@ def _one_row_us(ops, n: int) -> float:
     return graph_us_per_call(lambda: ops.rms_norm_fwd(x, w, 0.0, 1e-6, False))
 
 
-def _time_width(ops, n: int) -> list[tuple[float, float]]:
-    """(median ms, bf16 tensors moved) of the forward, the add forward, the backward, and rms_norm_quant
-    with a static and with dynamic scales (2 bytes read and 1 written an element: 1.5 tensors), and the
-    latter without a weight, at width n."""
+def _time_width(ops, n: int, ops_timed: tuple[str, ...]) -> list[tuple[float, float]]:
+    """(median ms, bf16 tensors moved) of those of OPS in ops_timed: the forward, the add forward, the
+    backward, and rms_norm_quant with a static and with dynamic scales (2 bytes read and 1 written an
+    element: 1.5 tensors), and the latter without a weight, at width n."""
     import torch
 
     from bench.cases import ELEMENTS
@@ -108,20 +112,22 @@ def _time_width(ops, n: int) -> list[tuple[float, float]]:
     w = torch.randn(n, device="cuda", dtype=torch.bfloat16)
     _, rstd = ops.rms_norm_fwd(x, w, 0.0, 1e-6, False)
     scale = torch.tensor([0.02], device="cuda")
-    return [
-        (median_ms(lambda: ops.rms_norm_fwd(x, w, 0.0, 1e-6, False)), 2),
-        (median_ms(lambda: ops.add_rms_norm_fwd(x, residual, w, 0.0, 1e-6, False)), 4),
-        (median_ms(lambda: ops.rms_norm_bwd(dy, x, None, w, 0.0, rstd, True, False)), 3),
-        (median_ms(lambda: ops.rms_norm_quant_fwd(x, None, w, 0.0, 1e-6, False, scale, None)), 1.5),
-        (median_ms(lambda: ops.rms_norm_quant_fwd(x, None, w, 0.0, 1e-6, False, None, None)), 1.5),
-        (median_ms(lambda: ops.rms_norm_quant_fwd(x, None, None, 0.0, 1e-6, False, None, None)), 1.5),
-    ]
+    calls = {
+        "fwd": (lambda: ops.rms_norm_fwd(x, w, 0.0, 1e-6, False), 2),
+        "add fwd": (lambda: ops.add_rms_norm_fwd(x, residual, w, 0.0, 1e-6, False), 4),
+        "bwd": (lambda: ops.rms_norm_bwd(dy, x, None, w, 0.0, rstd, True, False), 3),
+        "quant static": (lambda: ops.rms_norm_quant_fwd(x, None, w, 0.0, 1e-6, False, scale, None), 1.5),
+        "quant dynamic": (lambda: ops.rms_norm_quant_fwd(x, None, w, 0.0, 1e-6, False, None, None), 1.5),
+        "dynamic, no weight": (lambda: ops.rms_norm_quant_fwd(x, None, None, 0.0, 1e-6, False, None, None), 1.5),
+    }
+    return [(median_ms(calls[op][0]), calls[op][1]) for op in OPS if op in ops_timed]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--time", metavar="LIBRARY", help=argparse.SUPPRESS)  # the child's entry
     parser.add_argument("--ns", type=int, nargs="+", default=NS, help="row widths to time (default: %(default)s)")
+    parser.add_argument("--ops", nargs="+", choices=OPS, default=OPS, help="operations to time (default: all)")
     parser.add_argument("--baseline", type=Path, metavar="DIR", help="also time a build of this copy of csrc/")
     parser.add_argument("--only-baseline", action="store_true", help="time 'as is' and the baseline alone")
     parser.add_argument(
@@ -129,7 +135,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.time:
-        _time(args.time, tuple(args.ns))
+        _time(args.time, tuple(args.ns), tuple(args.ops))
         return
     from rmsnorm import cuda_ext
 
@@ -150,13 +156,11 @@ def main() -> None:
             "bf16, M*N = 2^27; % of the copy ceiling measured in each candidate's process",
             flush=True,
         )
-        print(
-            "candidate | N | fwd | add fwd | bwd | quant static | quant dynamic | dynamic, no weight | fwd M=1 us",
-            flush=True,
-        )
+        print(" | ".join(("candidate", "N", *(op for op in OPS if op in args.ops), "fwd M=1 us")), flush=True)
         for label, library in [item for _ in range(args.rounds) for item in zip(candidates, libraries)]:
             result = subprocess.run(
-                [sys.executable, "-m", "bench.tune_cuda", "--time", str(library), "--ns", *map(str, args.ns)],
+                [sys.executable, "-m", "bench.tune_cuda", "--time", str(library), "--ns", *map(str, args.ns),
+                 "--ops", *args.ops],
                 capture_output=True, text=True, check=True,
             )  # fmt: skip
             for line in result.stdout.split("\n"):

@@ -18,10 +18,14 @@
 //   rms_norm_bwd_kernel: a persistent grid of partial_rows blocks; each thread owns the same
 //     columns of every row it visits, holds the row's x and dy there in registers, writes dx,
 //     and keeps that column's dweight sums in fp32 registers across its rows.
-// Rows too long for that, in two passes over x and dy:
-//   rms_norm_bwd_row_dot_kernel: one block per row computes c, written to the workspace;
-//   rms_norm_bwd_columns_kernel: column-parallel over slices of rows, writes dx from c and one
-//     dweight partial row per slice.
+// Rows too long for that:
+//   rms_norm_bwd_staged_kernel (aligned rows up to kBwdStagedMaxRowBytes, x of dy's type): the
+//     same persistent grid, each row's x and dy copied to shared memory and walked from there;
+//   rms_norm_bwd_split_kernel (longer rows): one-warp blocks, one column chunk a row each, all
+//     resident; each stores its chunk's share of c, and writes dx once every chunk's is there;
+//   otherwise two passes over x and dy: rms_norm_bwd_row_dot_kernel, one block per row, computes
+//     c, written to the workspace; rms_norm_bwd_columns_kernel, column-parallel over slices of
+//     rows, writes dx from c and one dweight partial row per slice.
 // The configuration depends on n and sizeof(T) only, and the aligned and unaligned paths add in
 // the same order, so dx of a row never depends on the other rows, and dweight is bitwise
 // reproducible for given (rows, n, num_sms).
@@ -130,6 +134,41 @@ constexpr bool kDxNoL1Allocate = true;
 // has a few independent loads in flight, then their 8 sums are added in warp order.
 constexpr int kReduceColumns = kWarpSize;
 constexpr int kReduceSlices = 8;
+// rms_norm_bwd_split_kernel: rows over kBwdStagedMaxRowBytes, in column chunks of one warp each,
+// kBwdSplitItems Vecs a thread (32 bf16 elements: 1024 a chunk, Triton's BWD_SPLIT_NARROW_CHUNK_N),
+// with the row of the previous iteration held in registers beside this one's: at most 168
+// registers under the launch bound of kBwdSplitBlocksPerSm blocks an SM (Triton's split backward
+// ran 166). Every block of the grid must be resident at once, and the launch bound guarantees this
+// many an SM, so the grid (and dweight's partial rows) follows from the SM count, not from a query.
+// H100, bf16, backward alone, % of copy at 65536 / 131072 / 262144 (bench/tune_cuda.py,
+// bench/NOTES.md v0.36): 12 blocks an SM 78.6 / 77.9 / 72.6, 14 73.6 / 71.5 / 66.6, 10 68.9 / 67.9 /
+// 63.2 (10 the next run, beside 12's 76.0 / 74.1 / 69.6).
+constexpr int kBwdSplitItems = 4;
+constexpr int kBwdSplitChunkVecs = kWarpSize * kBwdSplitItems;
+constexpr int kBwdSplitBlocksPerSm = 12;
+// Rows whose chunks leave fewer row groups than this take the two passes. H100, bf16, backward alone
+// (bench/tune_cuda.py, bench/NOTES.md v0.36), split against two passes: 59.7 against 49.8% of copy at
+// 2^19 (3 groups), 37.9 against 48.6% at 2^20 (1 group: every block of the grid waits for every
+// other at each row).
+constexpr int kBwdSplitMinGroups = 2;
+// Shares of c each lane has in flight while it waits for a row's (split_row_c).
+constexpr int kBwdSplitPollBatch = 4;
+// Whether rms_norm_bwd_split_kernel<T, W, ...> holds a block's chunk of the weight in registers (as
+// W, for all its rows) rather than loading it (from L1) for each row's sum and again for its dx. H100,
+// bf16, backward alone, % of copy (bench/tune_cuda.py, bench/NOTES.md v0.36): 81.7 / 80.3 / 75.4 / 65.1
+// against 78.0 / 76.7 / 70.2 / 58.5 at 65536 / 131072 / 262144 / 2^19. Where registers allow it: a
+// bf16 weight (widened to fp32 by a shift), or an fp32 row; half weights (converted) and fp32 weights
+// beside 16-bit rows (32 registers) spilled 4-12 bytes under the launch bound (ptxas -v, sm_80, sm_90).
+template <typename T, typename W>
+constexpr bool kBwdSplitHoldsWeight = std::is_same_v<W, __nv_bfloat16> || sizeof(T) == 4;
+// Whether rms_norm_bwd_split_kernel<T, W, X, ALIGNED> holds the previous row's chunk in registers
+// until its c is known, or loads it again then (from L1 or L2: the block read it one row earlier).
+// Held, aligned 16-bit rows take 136-158 registers and fp32 rows 126-143 (ptxas -v, sm_90, with the
+// weight held where kBwdSplitHoldsWeight); 16-bit rows arrive one element a register unaligned, and
+// an fp32 x beside 16-bit dy takes twice the registers: held, those spilled 4-72 bytes under the 168
+// of the launch bound.
+template <typename T, typename X, bool ALIGNED>
+constexpr bool kBwdSplitHoldsRow = std::is_same_v<X, T> && (ALIGNED || sizeof(T) == 4);
 
 struct BwdConfig {
   RowTiling tiling;    // tiling.items == 0: the row does not fit, row-dot + columns kernels
@@ -203,6 +242,30 @@ int64_t bwd_partial_rows(const BwdConfig& config, bool staged, int64_t rows, int
                                bwd_resident_threads_per_sm(accumulators), num_sms);
 }
 
+// rms_norm_bwd_split_kernel's grid for rows of n elements of elem_bytes each: column chunks along x,
+// groups of rows along y, as many as the resident blocks hold ({0, 0}: rows that are not that long,
+// or whose chunks the GPU holds fewer than kBwdSplitMinGroups times, which take the other paths).
+// From rows, n, the element size and the SM count only.
+struct SplitGrid {
+  int64_t chunks;
+  int64_t groups;
+};
+
+SplitGrid bwd_split_grid(int64_t rows, int64_t n, int elem_bytes, int num_sms) {
+  if (n * elem_bytes <= kBwdStagedMaxRowBytes) return {0, 0};
+  const int64_t chunks = ceil_div(n, int64_t{kBwdSplitChunkVecs} * (kVectorBytes / elem_bytes));
+  const int64_t resident = int64_t{num_sms} * kBwdSplitBlocksPerSm;
+  if (chunks * kBwdSplitMinGroups > resident) return {0, 0};
+  return {chunks, std::min(rows, resident / chunks)};
+}
+
+// The split kernel's workspace: [groups, n] dweight partials (when dweight is wanted; first, so
+// that they are 16-byte aligned as the workspace is), then [rows, chunks] flagged chunk sums of 8
+// bytes each, after an even number of floats.
+int64_t bwd_split_chunk_sums_offset(SplitGrid grid, int64_t n, bool needs_dweight) {
+  return needs_dweight ? round_up(grid.groups * n, 2) : 0;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Kernels
 // ---------------------------------------------------------------------------------------------
@@ -216,6 +279,22 @@ __device__ __forceinline__ Vec<float, VEC> weighted_grad(const Vec<T, VEC>& dy, 
   if (weight != nullptr) {
     float w[VEC];
     vec_to_floats(load_vec<ALIGNED, VEC>(weight, col, end), w);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) g.v[k] = __fmul_rn(g.v[k], __fadd_rn(w[k], weight_offset));
+  }
+  return g;
+}
+
+// weighted_grad with the chunk's weight already in registers (has_weight false: no weight): the same
+// bits.
+template <int VEC, typename T, typename W>
+__device__ __forceinline__ Vec<float, VEC> weighted_grad_held(const Vec<T, VEC>& dy, const Vec<W, VEC>& weight,
+                                                              bool has_weight, float weight_offset) {
+  Vec<float, VEC> g;
+  vec_to_floats(dy, g.v);
+  if (has_weight) {
+    float w[VEC];
+    vec_to_floats(weight, w);
 #pragma unroll
     for (int k = 0; k < VEC; ++k) g.v[k] = __fmul_rn(g.v[k], __fadd_rn(w[k], weight_offset));
   }
@@ -530,6 +609,153 @@ __global__ void __launch_bounds__(kColumnsBlockThreads, kColumnsBlocksPerSm) rms
   }
 }
 
+// A chunk's sum of xhat * g, flagged as written: the fp32 bits in the low word, kBwdSplitPartialReady
+// in the high one, over a workspace of zeros. A sum may be any float, so no float can mean "not yet".
+constexpr uint64_t kBwdSplitPartialReady = uint64_t{1} << 32;
+
+// Stored and polled with relaxed atomics at GPU scope: every access sees the word whole (flag and
+// sum together, so no fence orders them), and each poll reads it from L2, where other SMs' stores land.
+// volatile, so that every poll is made, in program order with the store; no "memory" clobber, which
+// would pin the row's loads in flight before a poll (the unaligned rows' 64 element loads then
+// spilled ~300 bytes): nothing else in the kernel reads what another block writes.
+__device__ __forceinline__ void store_split_partial(uint64_t* word, float sum) {
+  const uint64_t value = kBwdSplitPartialReady | __float_as_uint(sum);
+  asm volatile("st.relaxed.gpu.global.b64 [%0], %1;" ::"l"(word), "l"(value));
+}
+__device__ __forceinline__ uint64_t load_split_partial(const uint64_t* word) {
+  uint64_t value;
+  asm volatile("ld.relaxed.gpu.global.b64 %0, [%1];" : "=l"(value) : "l"(word));
+  return value;
+}
+
+// c = sum(xhat * g) / n of a row whose chunks' shares of it are in `words`: waits until every one is
+// written, then adds them in chunk order, lane j taking chunks j, j + 32, ..., and the lanes' sums by
+// warp_reduce. Every block of the row calls it with the same words: the same bits of c. A lane loads
+// kBwdSplitPollBatch shares at once, then waits for each in turn. (Its first batch loaded beside the
+// row's loads, a row earlier, read 2.5 points lower: bench/NOTES.md v0.36.)
+__device__ __forceinline__ float split_row_c(const uint64_t* words, int chunks, int64_t n) {
+  const int lane = threadIdx.x % kWarpSize;
+  float sum = 0.0f;
+  for (int base = 0; base < chunks; base += kWarpSize * kBwdSplitPollBatch) {
+    uint64_t batch[kBwdSplitPollBatch];
+#pragma unroll
+    for (int b = 0; b < kBwdSplitPollBatch; ++b) {
+      const int chunk = base + b * kWarpSize + lane;
+      batch[b] = chunk < chunks ? load_split_partial(&words[chunk]) : kBwdSplitPartialReady;
+    }
+#pragma unroll
+    for (int b = 0; b < kBwdSplitPollBatch; ++b) {
+      const int chunk = base + b * kWarpSize + lane;
+      while ((batch[b] & kBwdSplitPartialReady) == 0) batch[b] = load_split_partial(&words[chunk]);
+      sum += __uint_as_float(static_cast<uint32_t>(batch[b]));
+    }
+  }
+  return __fdiv_rn(warp_reduce(sum, kWarpSize, SumOp{}), static_cast<float>(n));
+}
+
+// Rows too long to stage, in one pass over DRAM, on a grid of [chunks, groups] one-warp blocks all
+// resident at once (a cooperative launch: blocks wait on each other). Block (k, g) owns column chunk
+// k, kBwdSplitItems Vecs a thread (lane j holds Vecs j, j + 32, ...: coalesced), of rows g,
+// g + groups, ...: for each it loads the chunk of x and dy and stores the chunk's sum of xhat * g,
+// flagged (store_split_partial); one of its rows later, once every chunk of the row has stored its
+// sum, it writes dx from the x and dy it still holds (kBwdSplitHoldsRow) and adds dy * xhat to its
+// dweight sums, kept in registers for all its rows and written at the end as row g of
+// dweight_partials. The row-dot and columns kernels read x and dy from DRAM twice; the lag lets a
+// block wait for the row's other chunks while they have a whole row of their own to do.
+template <typename T, typename W, typename X, bool ALIGNED>
+__global__ void __launch_bounds__(kWarpSize, kBwdSplitBlocksPerSm) rms_norm_bwd_split_kernel(
+    const T* __restrict__ dy,              // [rows, n], row i at dy + dy_layout.offset(i)
+    RowLayout dy_layout,
+    const X* __restrict__ x,               // [rows, n], row i at x + x_layout.offset(i)
+    RowLayout x_layout,
+    const X* __restrict__ dresidual_out,   // [rows, n], row i at dresidual_out + dresidual_out_layout.offset(i);
+    RowLayout dresidual_out_layout,        //   added to dx, or nullptr
+    const W* __restrict__ weight,          // [n], or nullptr for no weight
+    float weight_offset,                   // added to the weight
+    bool round_xhat,                       // dweight sums dy * xhat rounded to T (casting_mode "llama")
+    const float* __restrict__ rstd,        // [rows], from the forward
+    X* __restrict__ dx,                    // [rows, n], contiguous
+    float* __restrict__ dweight_partials,  // [gridDim.y, n], contiguous; nullptr: no dweight
+    uint64_t* __restrict__ chunk_sums,     // [rows, gridDim.x], zeros on entry
+    int64_t rows,
+    int64_t n) {
+  constexpr int VEC = kVecElems<T>;
+  constexpr int ITEMS = kBwdSplitItems;
+  const int chunks = gridDim.x;
+  const int64_t group = blockIdx.y;
+  const int64_t groups = gridDim.y;
+  const int64_t first_col = int64_t{blockIdx.x} * kBwdSplitChunkVecs * VEC + threadIdx.x * VEC;
+  const auto col_of = [&](int i) { return first_col + int64_t{i} * kWarpSize * VEC; };
+  const bool with_dweight = dweight_partials != nullptr;
+  const int64_t rows_here = group < rows ? ceil_div(rows - group, groups) : 0;
+
+  struct RowChunk {
+    Vec<X, VEC> x[ITEMS];
+    Vec<T, VEC> dy[ITEMS];
+  };
+  const auto load_row = [&](int64_t i, RowChunk& chunk) {
+    const int64_t row = group + i * groups;
+    const X* x_row = x + x_layout.offset(row);
+    const T* dy_row = dy + dy_layout.offset(row);
+#pragma unroll
+    for (int k = 0; k < ITEMS; ++k) {
+      chunk.x[k] = load_vec<ALIGNED, VEC>(x_row, col_of(k), n);
+      chunk.dy[k] = load_vec<ALIGNED, VEC>(dy_row, col_of(k), n);
+    }
+  };
+  Vec<float, VEC> dweight_sums[ITEMS] = {};
+  [[maybe_unused]] Vec<W, VEC> held_weight[kBwdSplitHoldsWeight<T, W> ? ITEMS : 1];
+  if constexpr (kBwdSplitHoldsWeight<T, W>) {
+#pragma unroll
+    for (int k = 0; k < ITEMS; ++k) {
+      held_weight[k] = weight != nullptr ? load_vec<ALIGNED, VEC>(weight, col_of(k), n) : Vec<W, VEC>{};
+    }
+  }
+  const auto grad_of = [&](int k, const Vec<T, VEC>& dy_chunk) {
+    if constexpr (kBwdSplitHoldsWeight<T, W>) {
+      return weighted_grad_held(dy_chunk, held_weight[k], weight != nullptr, weight_offset);
+    } else {
+      return weighted_grad<ALIGNED>(dy_chunk, weight, weight_offset, col_of(k), n);
+    }
+  };
+  RowChunk held;     // the row of the previous iteration, waiting for its c
+  RowChunk current;  // this iteration's row
+  for (int64_t i = 0; i <= rows_here; ++i) {
+    if (i < rows_here) {
+      // The loads and the sum in one block: with the loads in a block of their own (the same
+      // condition), the misaligned 16-bit rows' element loads spilled 250-300 bytes (ptxas -v).
+      load_row(i, current);
+      const int64_t row = group + i * groups;
+      const float row_rstd = rstd[row];
+      float dot = 0.0f;
+#pragma unroll
+      for (int k = 0; k < ITEMS; ++k) dot = add_xhat_dot_g(dot, current.x[k], grad_of(k, current.dy[k]), row_rstd);
+      dot = warp_reduce(dot, kWarpSize, SumOp{});
+      if (threadIdx.x == 0) store_split_partial(&chunk_sums[row * chunks + blockIdx.x], dot);
+    }
+    if (i > 0) {
+      const int64_t row = group + (i - 1) * groups;
+      const float row_rstd = rstd[row];
+      const float c = split_row_c(chunk_sums + row * chunks, chunks, n);
+      if constexpr (!kBwdSplitHoldsRow<T, X, ALIGNED>) load_row(i - 1, held);
+      X* dx_row = dx + row * n;
+      const X* dresidual_row = dresidual_out != nullptr ? dresidual_out + dresidual_out_layout.offset(row) : nullptr;
+#pragma unroll
+      for (int k = 0; k < ITEMS; ++k) {
+        const Vec<float, VEC> g = grad_of(k, held.dy[k]);
+        store_vec<ALIGNED, kDxNoL1Allocate>(dx_row, col_of(k), n,
+                                            dx_of<ALIGNED>(held.x[k], g, row_rstd, c, dresidual_row, col_of(k), n));
+        if (with_dweight) add_dweight_terms(dweight_sums[k], held.x[k], held.dy[k], row_rstd, round_xhat);
+      }
+    }
+    if constexpr (kBwdSplitHoldsRow<T, X, ALIGNED>) held = current;
+  }
+  if (!with_dweight) return;
+  float* block_partials = dweight_partials + group * n;
+#pragma unroll
+  for (int k = 0; k < ITEMS; ++k) store_vec<ALIGNED>(block_partials, col_of(k), n, dweight_sums[k]);
+}
+
 // dweight[j] = sum of partials[p, j] over p, rounded to W. Column j's sum is fixed by
 // partial_rows alone: warp w of its block adds rows w, w + 8, w + 16, ... in that order, then
 // the 8 warp sums are added in warp order.
@@ -614,6 +840,31 @@ cudaError_t launch_bwd_staged(const T* dy, RowLayout dy_layout, const T* x, RowL
   return cudaGetLastError();
 }
 
+// Rows too long to stage: rms_norm_bwd_split_kernel on `grid`, after the chunk sums are zeroed. A
+// cooperative launch, which the driver refuses rather than run with some blocks waiting for others
+// that are not resident.
+template <typename T, typename W, typename X, bool ALIGNED>
+cudaError_t launch_bwd_split(const T* dy, RowLayout dy_layout, const X* x, RowLayout x_layout,
+                             const X* dresidual_out, RowLayout dresidual_out_layout, const W* weight,
+                             float weight_offset, bool round_xhat, const float* rstd, X* dx,
+                             float* dweight_partials, uint64_t* chunk_sums, int64_t rows, int64_t n, SplitGrid grid,
+                             cudaStream_t stream) {
+  const cudaError_t status = cudaMemsetAsync(chunk_sums, 0, rows * grid.chunks * sizeof(uint64_t), stream);
+  if (status != cudaSuccess) return status;
+  cudaLaunchConfig_t launch = {};
+  launch.gridDim = dim3(static_cast<unsigned>(grid.chunks), static_cast<unsigned>(grid.groups), 1);
+  launch.blockDim = dim3(kWarpSize, 1, 1);
+  launch.stream = stream;
+  cudaLaunchAttribute cooperative;
+  cooperative.id = cudaLaunchAttributeCooperative;
+  cooperative.val.cooperative = 1;
+  launch.attrs = &cooperative;
+  launch.numAttrs = 1;
+  return cudaLaunchKernelEx(&launch, rms_norm_bwd_split_kernel<T, W, X, ALIGNED>, dy, dy_layout, x, x_layout,
+                            dresidual_out, dresidual_out_layout, weight, weight_offset, round_xhat, rstd, dx,
+                            dweight_partials, chunk_sums, rows, n);
+}
+
 template <typename W>
 cudaError_t launch_dweight_reduce(const float* partials, int64_t partial_rows, W* dweight, int64_t n,
                                   cudaStream_t stream) {
@@ -630,10 +881,12 @@ cudaError_t launch_dweight_reduce(const float* partials, int64_t partial_rows, W
 // ---------------------------------------------------------------------------------------------
 
 // The workspace holds [partial_rows, n] dweight partials (when dweight is wanted), then, for rows
-// too long for registers, the rows' c values.
+// too long for registers, the rows' c values, or, for rows the split kernel takes, its chunk sums.
 template <typename T>
 int64_t rms_norm_bwd_workspace_elems(int64_t rows, int64_t n, bool needs_dweight, int num_sms) {
   if (rows <= 0 || n <= 0 || num_sms < 1) return 0;
+  const SplitGrid split = bwd_split_grid(rows, n, sizeof(T), num_sms);
+  if (split.chunks > 0) return bwd_split_chunk_sums_offset(split, n, needs_dweight) + 2 * rows * split.chunks;
   const BwdConfig config = bwd_config(n, sizeof(T));
   // Rows too long for registers take the staged path or the columns one (alignment and x's type
   // decide, which this function does not know): room for either's partials, and the columns'
@@ -674,10 +927,19 @@ cudaError_t rms_norm_bwd(const T* dy, RowLayout dy_layout, const X* x, RowLayout
       (weight == nullptr || is_aligned(weight, alignof(Vec<W, VEC>))) &&
       (partials == nullptr || is_aligned(partials, kVectorBytes));
   const bool staged = config.staged_threads > 0 && aligned && std::is_same_v<X, T>;
-  const int64_t partial_rows = bwd_partial_rows(config, staged, rows, n, sizeof(T), num_sms);
+  const SplitGrid split = bwd_split_grid(rows, n, sizeof(T), num_sms);
+  const int64_t partial_rows =
+      split.chunks > 0 ? split.groups : bwd_partial_rows(config, staged, rows, n, sizeof(T), num_sms);
   float* row_c = workspace + (dweight != nullptr ? partial_rows * n : 0);
   const cudaError_t status = dispatch_aligned(aligned, [&](auto aligned_tag) {
     constexpr bool ALIGNED = decltype(aligned_tag)::value;
+    if (split.chunks > 0) {
+      uint64_t* chunk_sums =
+          reinterpret_cast<uint64_t*>(workspace + bwd_split_chunk_sums_offset(split, n, dweight != nullptr));
+      return launch_bwd_split<T, W, X, ALIGNED>(dy, dy_layout, x, x_layout, dresidual_out, dresidual_out_layout,
+                                                weight, offset, round_xhat, rstd, dx, partials, chunk_sums, rows, n,
+                                                split, stream);
+    }
     // Nested: a condition on ALIGNED alone leaves the call to be checked for x of another type.
     if constexpr (std::is_same_v<X, T>) {
       if constexpr (ALIGNED) {

@@ -317,3 +317,80 @@ def test_triton_split_backward_either_path(passes, op, dtype, monkeypatch):
     x[2, BWD_SPLIT_N - 1] = float("inf")
     residual = randn(rows, BWD_SPLIT_N, dtype=dtype) if op == "add_rms_norm" else None
     check_rms_norm("triton", x, (BWD_SPLIT_N,), random_weight(BWD_SPLIT_N, dtype), 1e-6, residual=residual)
+
+
+# --- the CUDA wide-row backward in one pass ------------------------------------------------------
+# Rows over 64 KB a tensor (csrc/rms_norm_bwd.cu, kBwdStagedMaxRowBytes): rms_norm_bwd_split_kernel,
+# one-warp blocks of one column chunk each, all resident at once, each waiting for every chunk's share
+# of a row's c, flagged over a workspace of zeros, one row after its own. A chunk is 32 lanes of
+# kBwdSplitItems (4) 16-byte Vecs: 1024 16-bit or 512 fp32 columns.
+CUDA_SPLIT_FP32_CHUNK_N = 512
+# Aligned (16-bit rows held in registers until their c is known) and misaligned (loaded again).
+CUDA_SPLIT_WIDTHS = (32768 + 1024, 32768 + 1025)
+CUDA_SPLIT_ROWS = 300
+
+
+def _cuda_or_skip():
+    from rmsnorm import cuda_ext
+
+    if not ON_GPU:
+        pytest.skip("the cuda backend runs only on a CUDA GPU; none here")
+    cuda_ext.load()
+
+
+@pytest.mark.parametrize("n", (32 * CUDA_SPLIT_FP32_CHUNK_N + 2 * CUDA_SPLIT_FP32_CHUNK_N,
+                               32 * CUDA_SPLIT_FP32_CHUNK_N + CUDA_SPLIT_FP32_CHUNK_N + 257))  # fmt: skip
+def test_cuda_split_backward_partials_of_any_value(n):
+    """A chunk's share of c may be any float: -1.0, 0.0, -0.0 and a negative one whose bits set the
+    sign and high exponent bits, each in a chunk of its own, pass through the flag unchanged (a share
+    mistaken for "not yet" would hang the kernel), in whole chunks and with a partly masked last one."""
+    _cuda_or_skip()
+    chunk = CUDA_SPLIT_FP32_CHUNK_N
+    x = torch.ones(2, n, dtype=torch.float32, device=DEVICE)
+    dy = torch.full_like(x, 0.25)
+    dy[:, :chunk] = -1.0 / chunk  # share -1.0 (x * rstd = 1, weight 1)
+    dy[:, chunk : 2 * chunk] = 0.0  # share 0.0
+    dy[:, 2 * chunk : 3 * chunk] = -0.0  # share -0.0
+    dy[:, 3 * chunk : 4 * chunk] = -3.0 / chunk  # share -3.0
+    rstd = torch.ones(2, dtype=torch.float32, device=DEVICE)
+    w = torch.ones(n, dtype=torch.float32, device=DEVICE)
+    dx, dw = torch.ops.rmsnorm_cuda.rms_norm_bwd(dy, x, None, w, 0.0, rstd, True, False)
+    # The same formula in float64: dx = dy - x * mean(x * dy) with x = 1 and rstd = 1.
+    dy64 = dy.double()
+    expected = dy64 - dy64.mean(dim=1, keepdim=True)
+    tolerance = 8 * torch.finfo(torch.float32).eps * (dy64.abs() + expected.abs().max())
+    assert ((dx.double() - expected).abs() <= tolerance).all()
+    assert torch.equal(dw, dy.sum(dim=0))
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n", CUDA_SPLIT_WIDTHS)
+def test_cuda_split_backward_rows_alone_and_in_a_batch(n, dtype, op):
+    """The one-pass backward matches the reference, a NaN row and an Inf row among the others and
+    kept in their rows; a row's dx (and dresidual) has the same bits alone and wherever it sits among
+    CUDA_SPLIT_ROWS rows (each block group then walks several rows), and dweight is the same every run."""
+    _cuda_or_skip()
+    inputs = op_inputs(op, (CUDA_SPLIT_ROWS, n), dtype)
+    inputs[-1][1, 7] = float("nan")
+    inputs[-1][2, n - 1] = float("inf")
+    weight = random_weight(n, dtype)
+    grads = (randn(CUDA_SPLIT_ROWS, n, dtype=dtype), randn(CUDA_SPLIT_ROWS, n, dtype=dtype))
+    residual = inputs[1] if op == "add_rms_norm" else None
+    check_rms_norm("cuda", inputs[0], (n,), weight, 1e-6, residual=residual, dy=grads[0],
+                   dresidual_out=grads[1] if residual is not None else None)  # fmt: skip
+    in_batch = forward_backward(op, "cuda", inputs, weight, grads)
+    again = forward_backward(op, "cuda", inputs, weight, grads)
+    for name, a, b in zip(result_names(op), in_batch, again):
+        bits = {2: torch.int16, 4: torch.int32}[a.element_size()]
+        assert torch.equal(a.view(bits), b.view(bits)), f"{name} differs from run to run"
+    for index in (0, 2, CUDA_SPLIT_ROWS - 1):
+        row = tuple(t[index : index + 1].clone() for t in inputs)
+        row_grads = tuple(g[index : index + 1].clone() for g in grads)
+        alone = forward_backward(op, "cuda", row, weight, row_grads)
+        for name, a, b in zip(result_names(op)[:-1], alone, in_batch):
+            # As integers: the NaN and Inf rows' NaNs compare too.
+            bits = {2: torch.int16, 4: torch.int32}[a.element_size()]
+            assert torch.equal(a[0].view(bits), b[index].view(bits)), (
+                f"{name} of row {index} alone differs from the row among {CUDA_SPLIT_ROWS}"
+            )
