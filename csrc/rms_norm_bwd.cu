@@ -141,8 +141,8 @@ constexpr int kReduceSlices = 8;
 // ran 166). Every block of the grid must be resident at once, and the launch bound guarantees this
 // many an SM, so the grid (and dweight's partial rows) follows from the SM count, not from a query.
 // H100, bf16, backward alone, % of copy at 65536 / 131072 / 262144 (bench/tune_cuda.py,
-// bench/NOTES.md v0.36): 12 blocks an SM 78.6 / 77.9 / 72.6, 14 73.6 / 71.5 / 66.6, 10 68.9 / 67.9 /
-// 63.2 (10 the next run, beside 12's 76.0 / 74.1 / 69.6).
+// bench/NOTES.md v0.36): 12 blocks an SM 78.6 / 77.9 / 72.6, 14 73.6 / 71.5 / 66.6; 10 68.4 / 66.8 /
+// 62.3 in the next run, beside 12's 76.0 / 74.0 / 69.0.
 constexpr int kBwdSplitItems = 4;
 constexpr int kBwdSplitChunkVecs = kWarpSize * kBwdSplitItems;
 constexpr int kBwdSplitBlocksPerSm = 12;
