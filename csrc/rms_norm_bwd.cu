@@ -615,9 +615,8 @@ constexpr uint64_t kBwdSplitPartialReady = uint64_t{1} << 32;
 
 // Stored and polled with relaxed atomics at GPU scope: every access sees the word whole (flag and
 // sum together, so no fence orders them), and each poll reads it from L2, where other SMs' stores land.
-// volatile, so that every poll is made, in program order with the store; no "memory" clobber, which
-// would pin the row's loads in flight before a poll (the unaligned rows' 64 element loads then
-// spilled ~300 bytes): nothing else in the kernel reads what another block writes.
+// volatile, so that every poll is made, in program order with the store; no "memory" clobber: nothing
+// else the kernel reads is written by another block, so no other access needs ordering against them.
 __device__ __forceinline__ void store_split_partial(uint64_t* word, float sum) {
   const uint64_t value = kBwdSplitPartialReady | __float_as_uint(sum);
   asm volatile("st.relaxed.gpu.global.b64 [%0], %1;" ::"l"(word), "l"(value));
