@@ -30,9 +30,11 @@ BACKENDS = ("triton", "cuda")
 DTYPES = (torch.bfloat16, torch.float32)
 # 1 and 3: less than one vector; 127: rows shorter than a warp's loads; 4096: one aligned register
 # tile in every kernel; 4097: one tile, unaligned; 16384: one tile forward, the split-row
-# (Triton) and column (CUDA) backward; 65537: split-row / looped everywhere, unaligned; 2^20: the
-# widest rows the README promises, aligned.
-WIDTHS = (1, 3, 127, 4096, 4097, 16384, 65537, 2**20)
+# (Triton) and staged or column (CUDA) backward; 65536: the CUDA one-pass backward's aligned rows,
+# held in registers a row long (rms_norm_bwd_split_kernel); 65537: split-row / looped everywhere,
+# unaligned (the CUDA backward in one pass, its rows loaded again); 2^20: the widest rows the README
+# promises, aligned.
+WIDTHS = (1, 3, 127, 4096, 4097, 16384, 65536, 65537, 2**20)
 # Widths of the feature cases: less than a vector, one unaligned tile, the wide-row paths.
 FEATURE_WIDTHS = (3, 4097, 65537)
 # Few rows keep the instrumented runs short; three still give a last row that is not the first,
