@@ -10,7 +10,7 @@ Ops: rms_norm, add_rms_norm, quant_static and quant_dynamic (rms_norm_quant with
 per-row scales), add_quant (add_rms_norm_quant), qk_norm (N = D: a [tokens, H, D] view of a wider
 qkv row, H = 32, as bench/features.py's QK-norm rows), backward (the gradients of x and the weight
 of one recorded rms_norm, as the benchmark's backward rows: profile.sh with
-KERNEL=regex:rms_norm_bwd_(kernel|staged) keeps to the row kernel, not the dweight reduction).
+KERNEL=regex:rms_norm_bwd_(kernel|staged|split) keeps to the row kernel, not the dweight reduction).
 """
 
 from __future__ import annotations
