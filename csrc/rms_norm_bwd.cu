@@ -270,6 +270,13 @@ int64_t bwd_split_chunk_sums_offset(SplitGrid grid, int64_t n, bool needs_dweigh
 // Kernels
 // ---------------------------------------------------------------------------------------------
 
+// g *= w + weight_offset, elementwise: the weight's one formula for both forms below.
+template <int VEC>
+__device__ __forceinline__ void apply_weight(Vec<float, VEC>& g, const float (&w)[VEC], float weight_offset) {
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) g.v[k] = __fmul_rn(g.v[k], __fadd_rn(w[k], weight_offset));
+}
+
 // g = dy * (weight + weight_offset) (dy alone when weight is nullptr) for the chunk at col, in fp32.
 template <bool ALIGNED, int VEC, typename T, typename W, typename Index>
 __device__ __forceinline__ Vec<float, VEC> weighted_grad(const Vec<T, VEC>& dy, const W* weight, float weight_offset,
@@ -279,8 +286,7 @@ __device__ __forceinline__ Vec<float, VEC> weighted_grad(const Vec<T, VEC>& dy, 
   if (weight != nullptr) {
     float w[VEC];
     vec_to_floats(load_vec<ALIGNED, VEC>(weight, col, end), w);
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) g.v[k] = __fmul_rn(g.v[k], __fadd_rn(w[k], weight_offset));
+    apply_weight(g, w, weight_offset);
   }
   return g;
 }
@@ -295,8 +301,7 @@ __device__ __forceinline__ Vec<float, VEC> weighted_grad_held(const Vec<T, VEC>&
   if (has_weight) {
     float w[VEC];
     vec_to_floats(weight, w);
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) g.v[k] = __fmul_rn(g.v[k], __fadd_rn(w[k], weight_offset));
+    apply_weight(g, w, weight_offset);
   }
   return g;
 }
