@@ -40,6 +40,14 @@ def rounding_ulps(dtype: torch.dtype, backend: str, device: torch.device) -> flo
     return 0.5
 
 
+_INTEGER_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def as_bits(t: torch.Tensor) -> torch.Tensor:
+    """t's elements viewed as integers of their size: compared, they compare bits, NaN payloads too."""
+    return t.view(_INTEGER_OF_SIZE[t.element_size()])
+
+
 def ulp(value: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Spacing of `dtype` numbers at |value| (float64), never below the spacing at the smallest normal."""
     info = torch.finfo(dtype)

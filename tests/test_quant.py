@@ -30,6 +30,7 @@ from rmsnorm.reference import (
 )
 from tests.conftest import DEVICE, KERNEL_BACKENDS, ON_GPU
 from tests.inputs import randn, random_weight
+from tests.numerics import as_bits
 
 FP8 = torch.float8_e4m3fn
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -85,9 +86,6 @@ def poison_quant_outputs(x: torch.Tensor) -> None:
         del held
 
 
-_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-
 def assert_same(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
     """Same shape, dtype and bits; NaN where expected has NaN (any NaN encoding), bits equal elsewhere."""
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
@@ -96,14 +94,13 @@ def assert_same(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None
     if not torch.equal(nan_actual, nan_expected):
         where = (nan_actual != nan_expected).nonzero()[:5].tolist()
         raise AssertionError(f"{what}: NaN where the reference has none, or the reverse, at {where}")
-    bits = _BITS[actual.element_size()]
-    differ = (actual.view(bits) != expected.view(bits)) & ~nan_expected
+    differ = (as_bits(actual) != as_bits(expected)) & ~nan_expected
     if differ.any():
         idx = tuple(differ.nonzero()[0].tolist())
         raise AssertionError(
             f"{what}: {int(differ.sum())} of {differ.numel()} elements differ; first at {idx}: got "
-            f"{actual[idx].float().item()!r} (bits {int(actual.view(bits)[idx]):#x}), expected "
-            f"{expected[idx].float().item()!r} (bits {int(expected.view(bits)[idx]):#x})"
+            f"{actual[idx].float().item()!r} (bits {int(as_bits(actual)[idx]):#x}), expected "
+            f"{expected[idx].float().item()!r} (bits {int(as_bits(expected)[idx]):#x})"
         )
 
 
@@ -218,7 +215,7 @@ def test_against_float_reference(backend, n, dtype, mode):
     kwargs = quant_kwargs(mode, ref_y)
     y_q, scale = rmsnorm.rms_norm_quant(x, w, EPS, backend=backend, **kwargs)
     ref_q, ref_scale = quantize_fp8_reference(ref_y, 1, **kwargs)
-    y_differs = own_y.view(_BITS[own_y.element_size()]) != ref_y.view(_BITS[ref_y.element_size()])
+    y_differs = as_bits(own_y) != as_bits(ref_y)
     may_differ = y_differs
     if mode == "dynamic":
         # A row's scale is a function of its max|y| alone: equal maxima, equal scales.

@@ -15,7 +15,7 @@ import torch
 from rmsnorm import add_rms_norm, rms_norm
 from tests.conftest import DEVICE, ON_GPU
 from tests.inputs import randn, random_weight
-from tests.numerics import check_rms_norm
+from tests.numerics import as_bits, check_rms_norm
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 OPS = ("rms_norm", "add_rms_norm")
@@ -382,15 +382,13 @@ def test_cuda_split_backward_rows_alone_and_in_a_batch(n, dtype, op):
     in_batch = forward_backward(op, "cuda", inputs, weight, grads)
     again = forward_backward(op, "cuda", inputs, weight, grads)
     for name, a, b in zip(result_names(op), in_batch, again):
-        bits = {2: torch.int16, 4: torch.int32}[a.element_size()]
-        assert torch.equal(a.view(bits), b.view(bits)), f"{name} differs from run to run"
+        assert torch.equal(as_bits(a), as_bits(b)), f"{name} differs from run to run"
     for index in (0, 2, CUDA_SPLIT_ROWS - 1):
         row = tuple(t[index : index + 1].clone() for t in inputs)
         row_grads = tuple(g[index : index + 1].clone() for g in grads)
         alone = forward_backward(op, "cuda", row, weight, row_grads)
         for name, a, b in zip(result_names(op)[:-1], alone, in_batch):
             # As integers: the NaN and Inf rows' NaNs compare too.
-            bits = {2: torch.int16, 4: torch.int32}[a.element_size()]
-            assert torch.equal(a[0].view(bits), b[index].view(bits)), (
+            assert torch.equal(as_bits(a[0]), as_bits(b[index])), (
                 f"{name} of row {index} alone differs from the row among {CUDA_SPLIT_ROWS}"
             )
