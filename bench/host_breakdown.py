@@ -75,8 +75,11 @@ def layers() -> dict[str, Callable[[], object]]:
         "triton: host wrapper without rstd (inference)": lambda: triton_kernels.rms_norm_fwd(
             x, None, w, 0.0, EPS, False, False
         ),
-        "triton: inference forward from its plan (rms_norm_fwd_inference)": lambda: (
-            triton_kernels.rms_norm_fwd_inference(x, w, 0.0, EPS, False)
+        "triton: inference forward from its plan (rms_norm_fwd_planned)": lambda: (
+            triton_kernels.rms_norm_fwd_planned(x, w, 0.0, EPS, False, False)
+        ),
+        "triton: training forward from its plan, rstd too": lambda: (
+            triton_kernels.rms_norm_fwd_planned(x, w, 0.0, EPS, False, True)
         ),
         "triton: torch op (custom_op)": lambda: torch.ops.rmsnorm.rms_norm_fwd_triton(x, w, 0.0, EPS, False),
         "triton: rms_norm(backend='triton')": lambda: rmsnorm.rms_norm(x, (N,), w, EPS, backend="triton"),
@@ -145,9 +148,8 @@ def training_layers(x: torch.Tensor, w: torch.Tensor) -> dict[str, Callable[[], 
                 dy, x, None, w, 0.0, rstd, True, False
             ),
         }
-    cases["triton: backward host wrapper (triton_kernels.rms_norm_bwd)"] = lambda: triton_kernels.rms_norm_bwd(
-        dy, x, None, w, 0.0, rstd, True
-    )
+    wrapper = "triton: backward host wrapper, from its plan (triton_kernels.rms_norm_bwd)"
+    cases[wrapper] = lambda: triton_kernels.rms_norm_bwd(dy, x, None, w, 0.0, rstd, True)
     return cases
 
 

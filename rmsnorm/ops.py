@@ -50,8 +50,7 @@ def _rms_norm_fwd_triton(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     from . import triton_kernels
 
-    y, _, rstd = triton_kernels.rms_norm_fwd(unit_column_stride(x), None, weight, weight_offset, eps, round_xhat)
-    return y, rstd
+    return triton_kernels.rms_norm_fwd_planned(unit_column_stride(x), weight, weight_offset, eps, round_xhat, True)
 
 
 def _add_rms_norm_fwd_triton(
@@ -325,7 +324,7 @@ def eager_autograd_forward_ops(backend: str):
 def _rms_norm_fwd_triton_inference(x, weight, weight_offset, eps, round_xhat):
     from . import triton_kernels
 
-    return triton_kernels.rms_norm_fwd_inference(unit_column_stride(x), weight, weight_offset, eps, round_xhat), None
+    return triton_kernels.rms_norm_fwd_planned(unit_column_stride(x), weight, weight_offset, eps, round_xhat, False)
 
 
 def _add_rms_norm_fwd_triton_inference(x, residual, weight, weight_offset, eps, round_xhat):

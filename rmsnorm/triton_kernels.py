@@ -35,6 +35,7 @@ import contextlib
 import functools
 import logging
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import triton
@@ -821,6 +822,12 @@ def _empty_on(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     return torch.empty(0, dtype=dtype, device=device)
 
 
+def _empty_rstd(x: torch.Tensor) -> torch.Tensor:
+    """rstd's tensor for rows x: fp32 of x's leading shape. An int size where x is 2-D: a shape tuple
+    costs the allocation's argument parsing a microsecond."""
+    return x.new_empty(x.shape[0] if x.dim() == 2 else x.shape[:-1], dtype=torch.float32)
+
+
 def _check_n(n: int) -> None:
     if n > MAX_N:
         raise ValueError(f"the triton backend supports rows of at most {MAX_N} elements, got {n}")
@@ -871,8 +878,7 @@ def _forward(
     _check_n(n)
     m = y.numel() // n if n else 0
     cfg = tile_config(n, "quant" if quant.value != NO_QUANT.value else "forward")
-    # An int size where x is 2-D: a shape tuple costs the allocation's argument parsing a microsecond.
-    rstd = x.new_empty(x.shape[0] if x.dim() == 2 else x.shape[:-1], dtype=torch.float32) if need_rstd else None
+    rstd = _empty_rstd(x) if need_rstd else None
     residual_out = None if residual is None else _contiguous_empty_like(x, residual.dtype)
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug(
@@ -909,48 +915,63 @@ def _forward(
     return residual_out, rstd, launch
 
 
-# Launch plans of rms_norm_fwd_inference, by call signature (_inference_key). A small call spends
-# more host time working out its launch than launching it: KernelLauncher keys 24 arguments, and
-# _forward builds them, about 10 of a call's 18.5 us on the H100's host, where the C launcher takes
-# 5.4 and y's allocation 2.7 (bench/NOTES.md v0.34). A plan does that once for every call of its
-# signature. Cleared when full: serving sees many row counts, each a signature.
-_inference_plans: dict[tuple, LaunchPlan] = {}
-_MAX_INFERENCE_PLANS = 1024
+# Launch plans by call signature, of the forward without a residual (rms_norm_fwd_planned, keyed by
+# _fwd_key) and of the backward (rms_norm_bwd, keyed by _bwd_key). A small call spends more host
+# time working out its launch than launching it: KernelLauncher keys 24 arguments, and _forward
+# builds them, about 10 of an inference call's 18.5 us on the H100's host, where the C launcher takes
+# 5.4 and y's allocation 2.7 (bench/NOTES.md v0.34); the backward works out its grid and pipeline
+# and keys two launches. A plan does that once for every call of its signature. Cleared when full:
+# serving sees many row counts, each a signature.
+_fwd_plans: dict[tuple, LaunchPlan] = {}
+_bwd_plans: dict[tuple, _BwdPlan] = {}
+_MAX_PLANS = 1024
 
 
-def _inference_key(x: torch.Tensor, weight: torch.Tensor | None, x_address: int, w_address: int, round_xhat: bool):
-    """What a launch of rms_norm_fwd_inference depends on beside its addresses, eps and weight_offset."""
+def _remember(plans: dict, key: tuple, plan) -> None:
+    if len(plans) >= _MAX_PLANS:
+        plans.clear()
+    plans[key] = plan
+
+
+def _fwd_key(x: torch.Tensor, weight: torch.Tensor | None, x_address: int, w_address: int, round_xhat: bool,
+             need_rstd: bool) -> tuple:  # fmt: skip
+    """What a launch of rms_norm_fwd_planned depends on beside its addresses, eps and weight_offset."""
     w_dtype = None if weight is None else weight.dtype
-    return x.shape, x.stride(), x.dtype, w_dtype, x_address & 15, w_address & 15, round_xhat, x.get_device()
+    return x.shape, x.stride(), x.dtype, w_dtype, x_address & 15, w_address & 15, round_xhat, need_rstd, x.get_device()
 
 
-def rms_norm_fwd_inference(
-    x: torch.Tensor, weight: torch.Tensor | None, weight_offset: float, eps: float, round_xhat: bool
-) -> torch.Tensor:
-    """rms_norm_fwd(x, None, weight, weight_offset, eps, round_xhat, need_rstd=False)'s y, for calls
-    no backward follows: the same kernel and bits, launched from a plan where the call's signature
-    has been seen (rows of one tile, on the current device)."""
+def rms_norm_fwd_planned(
+    x: torch.Tensor, weight: torch.Tensor | None, weight_offset: float, eps: float, round_xhat: bool, need_rstd: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """rms_norm_fwd(x, None, weight, weight_offset, eps, round_xhat, need_rstd)'s y and rstd: the same
+    kernel and bits, launched from a plan where the call's signature has been seen (rows of one
+    tile, on the current device)."""
     if not x.is_cuda:
-        return rms_norm_fwd(x, None, weight, weight_offset, eps, round_xhat, False)[0]
+        y, _, rstd = rms_norm_fwd(x, None, weight, weight_offset, eps, round_xhat, need_rstd)
+        return y, rstd
     x_address = x.data_ptr()
     w_address = x_address if weight is None else weight.data_ptr()
-    key = _inference_key(x, weight, x_address, w_address, round_xhat)
-    plan = _inference_plans.get(key)
+    key = _fwd_key(x, weight, x_address, w_address, round_xhat, need_rstd)
+    plan = _fwd_plans.get(key)
     y = _contiguous_empty_like(x)
     device = torch.cuda.current_device()
     if plan is not None and plan.device == device:
-        if plan((x_address, w_address, y.data_ptr()), eps, weight_offset):
-            return y
-    _, _, launch = _forward(x, None, weight, weight_offset, eps, round_xhat, y, need_rstd=False)
+        if not need_rstd:
+            if plan((x_address, w_address, y.data_ptr()), eps, weight_offset):
+                return y, None
+        else:
+            rstd = _empty_rstd(x)
+            if plan((x_address, w_address, y.data_ptr(), rstd.data_ptr()), eps, weight_offset):
+                return y, rstd
+    _, rstd, launch = _forward(x, None, weight, weight_offset, eps, round_xhat, y, need_rstd=need_rstd)
     if launch is None or key[-1] != device:  # rows split over programs, or x off the current device
-        return y
+        return y, rstd
     # eps and weight_offset, the kernel's last runtime arguments, are the plan's calls' own.
-    plan = _launch_fwd.plan(*launch, device, (x, x if weight is None else weight, y), trailing=2)
+    tensors = (x, x if weight is None else weight, y, *(() if rstd is None else (rstd,)))
+    plan = _launch_fwd.plan(*launch, device, tensors, trailing=2)
     if plan is not None:
-        if len(_inference_plans) >= _MAX_INFERENCE_PLANS:
-            _inference_plans.clear()
-        _inference_plans[key] = plan
-    return y
+        _remember(_fwd_plans, key, plan)
+    return y, rstd
 
 
 def _forward_split(cfg: TileConfig, tensors: tuple, scalars: tuple, flags: dict, device: int) -> None:
@@ -1066,13 +1087,16 @@ def _bwd_split_plan(n: int, x_element_size: int, dy_element_size: int) -> BwdSpl
     )
 
 
-def _reduce_dweight(dw_partial: torch.Tensor, dw: torch.Tensor, device: int) -> None:
-    """dw = the sum of dw_partial's [P, N] per-program rows, in a fixed order (rms_norm_dw_reduce_kernel)."""
+def _reduce_dweight(dw_partial: torch.Tensor, dw: torch.Tensor, device: int) -> tuple:
+    """dw = the sum of dw_partial's [P, N] per-program rows, in a fixed order (rms_norm_dw_reduce_kernel).
+    Returns the launch as (grid, args, constexprs, num_warps), which a LaunchPlan repeats."""
     p, n = dw_partial.shape
-    _launch_dw_reduce(
+    launch = (
         (_cdiv(n, DW_REDUCE_BLOCK_N),), (dw_partial, dw, p, n),
-        {"BLOCK_P": DW_REDUCE_BLOCK_P, "BLOCK_N": DW_REDUCE_BLOCK_N}, DW_REDUCE_NUM_WARPS, device,
+        {"BLOCK_P": DW_REDUCE_BLOCK_P, "BLOCK_N": DW_REDUCE_BLOCK_N}, DW_REDUCE_NUM_WARPS,
     )  # fmt: skip
+    _launch_dw_reduce(*launch, device)
+    return launch
 
 
 def _backward_split(
@@ -1128,6 +1152,35 @@ def _backward_split(
     return True
 
 
+class _BwdPlan(NamedTuple):
+    """rms_norm_bwd's launches for one call signature (rows of one tile): the backward's, then
+    dweight's reduction (None without dweight), and the programs, a row of dweight partials each."""
+
+    backward: LaunchPlan
+    reduce: LaunchPlan | None
+    programs: int
+
+
+def _bwd_key(tensors: tuple, addresses: list, dresidual_out: torch.Tensor | None, weight: torch.Tensor | None,
+             compute_dw: bool, round_xhat: bool) -> tuple:  # fmt: skip
+    """What a launch of rms_norm_bwd depends on beside its addresses and weight_offset. tensors: dy,
+    x, dresidual_out, weight, rstd, dx, with stand-ins where absent (_bwd_tensors); addresses:
+    theirs."""
+    dy, x, _, _, rstd, _ = tensors
+    return (
+        x.shape, x.stride(), x.dtype, dy.stride(), dy.dtype, rstd.shape,
+        None if dresidual_out is None else (dresidual_out.stride(), dresidual_out.dtype),
+        None if weight is None else weight.dtype, compute_dw, round_xhat, *[a & 15 for a in addresses],
+        x.get_device(),
+    )  # fmt: skip
+
+
+def _bwd_tensors(dy, x, dresidual_out, weight, rstd, dx) -> tuple:
+    """rms_norm_bwd_kernel's tensors but dweight's partials, stand-ins where absent (never read without
+    HAS_DRESIDUAL / HAS_WEIGHT): dy for dresidual_out, x for weight."""
+    return dy, x, dy if dresidual_out is None else dresidual_out, x if weight is None else weight, rstd, dx
+
+
 def rms_norm_bwd(
     dy: torch.Tensor,
     x: torch.Tensor,
@@ -1144,7 +1197,8 @@ def rms_norm_bwd(
     gradient arriving on add_rms_norm's residual_out, is added to dx (None: nothing to add);
     weight: [N] or None; rstd: [M] fp32; round_xhat: the forward rounded x * rstd before the weight
     (casting_mode "llama"), so dweight sums dy times that rounded value. Returns dx (x's shape,
-    contiguous, x's dtype) and dweight ([N], weight's dtype) or None.
+    contiguous, x's dtype) and dweight ([N], weight's dtype) or None. Rows of one tile launch from
+    a plan where the call's signature has been seen on the current device.
     """
     _check_rows(x)
     n = x.shape[-1]
@@ -1155,6 +1209,19 @@ def rms_norm_bwd(
     dw = torch.empty_like(weight) if compute_dw else None  # weight: [N], contiguous
     if m == 0:
         return dx, dw.zero_() if compute_dw else None
+    key = None
+    if x.is_cuda:
+        tensors = _bwd_tensors(dy, x, dresidual_out, weight, rstd, dx)
+        addresses = [t.data_ptr() for t in tensors]
+        key = _bwd_key(tensors, addresses, dresidual_out, weight, compute_dw, round_xhat)
+        plan = _bwd_plans.get(key)
+        device = torch.cuda.current_device()
+        if plan is not None and plan.backward.device == device:
+            dw_partial = x.new_empty((plan.programs, n), dtype=torch.float32) if compute_dw else rstd
+            if plan.backward((*addresses, dw_partial.data_ptr()), weight_offset):
+                if compute_dw and not plan.reduce((dw_partial.data_ptr(), dw.data_ptr())):
+                    _reduce_dweight(dw_partial, dw, device)  # a launch hook set in between
+                return dx, dw
     cfg = tile_config(n, "backward")
     if cfg.split_rows and _backward_split(
         dy, x, dresidual_out, weight, weight_offset, rstd, compute_dw, round_xhat, dx, dw
@@ -1169,15 +1236,14 @@ def rms_norm_bwd(
         logger.debug(
             "triton rms_norm_bwd: M=%d N=%d x=%s dtype=%s %s programs=%d", m, n, tuple(x.shape), x.dtype, cfg, programs
         )
-    # Stand-ins for absent tensors: never read without HAS_WEIGHT / DOT_GIVEN / HAS_DRESIDUAL / COMPUTE_DW.
-    w = x if weight is None else weight
-    dres = dy if dresidual_out is None else dresidual_out
-    dot = rstd
-    dw_partial = torch.empty((programs, n), dtype=torch.float32, device=x.device) if compute_dw else rstd
+    dy, x, dres, w, rstd, dx = _bwd_tensors(dy, x, dresidual_out, weight, rstd, dx)
+    dot = rstd  # a stand-in, never read without DOT_GIVEN
+    dw_partial = x.new_empty((programs, n), dtype=torch.float32) if compute_dw else rstd
     sizes, x_strides = row_layout(x)
     _, dy_strides = row_layout(dy)
     dres_strides = dy_strides if dresidual_out is None else row_layout(dresidual_out)[1]
     device = x.device.index
+    reduce = None
     with _on_device_of(x):
         if cfg.split_rows:
             dot = torch.empty((m,), dtype=torch.float32, device=x.device)
@@ -1185,15 +1251,29 @@ def rms_norm_bwd(
                 (m,), (dy, x, w, rstd, dot, *sizes, *dy_strides, *x_strides, n, weight_offset),
                 {"HAS_WEIGHT": weight is not None, "BLOCK_N": cfg.block_n}, cfg.num_warps, device,
             )  # fmt: skip
-        _launch_bwd(
+        backward = (
             (programs, col_blocks),
             (dy, x, dres, w, rstd, dot, dx, dw_partial, *sizes, *dy_strides, *x_strides, *dres_strides, m, n,
              weight_offset),
             {"HAS_DRESIDUAL": dresidual_out is not None, "HAS_WEIGHT": weight is not None, "COMPUTE_DW": compute_dw,
              "DOT_GIVEN": cfg.split_rows, "ROUND_XHAT": round_xhat, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
              "NUM_STAGES": stages, "DX_CACHE_MODIFIER": BWD_DX_CACHE_MODIFIER},
-            cfg.num_warps, device,
+            cfg.num_warps,
         )  # fmt: skip
+        _launch_bwd(*backward, device)
         if compute_dw:
-            _reduce_dweight(dw_partial, dw, device)
+            reduce = _reduce_dweight(dw_partial, dw, device)
+    if key is not None and not cfg.split_rows and key[-1] == torch.cuda.current_device():
+        _plan_backward(key, backward, reduce, (dy, x, dres, w, rstd, dx, dw_partial), dw, device)
     return dx, dw
+
+
+def _plan_backward(key: tuple, backward: tuple, reduce: tuple | None, tensors: tuple, dw, device: int) -> None:
+    """Keeps rms_norm_bwd's plan of a call signature whose launches (as launched: grid, args,
+    constexprs, num_warps; reduce None without dweight) have direct launches. weight_offset, the
+    backward's last runtime argument, is each call's own. tensors: the backward's, dweight's
+    partials last."""
+    backward_plan = _launch_bwd.plan(*backward, device, tensors, trailing=1)
+    reduce_plan = None if reduce is None else _launch_dw_reduce.plan(*reduce, device, (tensors[-1], dw), trailing=0)
+    if backward_plan is not None and (reduce is None or reduce_plan is not None):
+        _remember(_bwd_plans, key, _BwdPlan(backward_plan, reduce_plan, backward[0][0]))

@@ -15,7 +15,7 @@ import torch
 from rmsnorm import rms_norm, triton_launch
 from tests.conftest import ON_GPU
 from tests.inputs import randn, random_weight
-from tests.numerics import check_rms_norm
+from tests.numerics import as_bits, check_rms_norm, poison_next_allocation
 
 
 class _CudaLauncher:
@@ -305,8 +305,8 @@ def test_direct_launches_are_right(offset):
     assert torch.equal(through_triton, direct)
 
 
-def _inference_case(case: str) -> tuple:
-    """(x, weight, round_xhat) of one inference call signature."""
+def _plan_case(case: str) -> tuple:
+    """(x, weight, round_xhat) of one call signature of the planned launches."""
     n = 127 if case == "odd width" else 4096
     dtype = torch.float32 if case == "fp32" else torch.bfloat16
     x = randn(3, n, dtype=dtype)
@@ -322,36 +322,107 @@ def _inference_case(case: str) -> tuple:
     return x, weight, case == "llama"
 
 
+PLAN_CASES = ["bf16", "fp32", "fp32 weight", "no weight", "misaligned", "strided rows", "3-d", "one row", "odd width",
+              "llama"]  # fmt: skip
+
+
 @pytest.mark.skipif(not ON_GPU, reason="compiled Triton kernels run only on a CUDA GPU; none here")
-@pytest.mark.parametrize(
-    "case", ["bf16", "fp32", "fp32 weight", "no weight", "misaligned", "strided rows", "3-d", "one row", "odd width",
-             "llama"],
-)  # fmt: skip
-def test_inference_plans_give_the_bits_of_a_full_launch(case, monkeypatch):
-    """rms_norm_fwd_inference: a signature's first call launches through _forward and plans, later
+@pytest.mark.parametrize("need_rstd", [False, True], ids=["inference", "training"])
+@pytest.mark.parametrize("case", PLAN_CASES)
+def test_forward_plans_give_the_bits_of_a_full_launch(case, need_rstd, monkeypatch):
+    """rms_norm_fwd_planned: a signature's first call launches through _forward and plans, later
     calls launch from the plan (_forward not called), with their own eps and weight_offset; every
     output, written over a NaN-filled block the allocator hands out again, is the full launch's bits."""
     from rmsnorm import triton_kernels
 
-    x, weight, round_xhat = _inference_case(case)
+    x, weight, round_xhat = _plan_case(case)
     offset = 0.0 if weight is None else 0.5
 
-    def full_launch(eps: float, weight_offset: float) -> torch.Tensor:
-        return triton_kernels.rms_norm_fwd(x, None, weight, weight_offset, eps, round_xhat, False)[0]
+    def full_launch(eps: float, weight_offset: float) -> tuple:
+        y, _, rstd = triton_kernels.rms_norm_fwd(x, None, weight, weight_offset, eps, round_xhat, need_rstd)
+        return y, rstd
 
-    def planned(eps: float, weight_offset: float) -> torch.Tensor:
-        poison = torch.full((x.numel(),), float("nan"), dtype=x.dtype, device=x.device)
-        del poison  # its block is the next allocation of that size: y
-        return triton_kernels.rms_norm_fwd_inference(x, weight, weight_offset, eps, round_xhat)
+    def planned(eps: float, weight_offset: float) -> tuple:
+        poison_next_allocation(x)  # y's block
+        if need_rstd:
+            poison_next_allocation(x.new_empty(x.shape[:-1], dtype=torch.float32))
+        return triton_kernels.rms_norm_fwd_planned(x, weight, weight_offset, eps, round_xhat, need_rstd)
 
-    triton_kernels._inference_plans.clear()
+    def assert_same(actual: tuple, expected: tuple) -> None:
+        assert torch.equal(as_bits(actual[0]), as_bits(expected[0]))
+        assert (actual[1] is None) == (not need_rstd)
+        if need_rstd:
+            assert torch.equal(as_bits(actual[1]), as_bits(expected[1]))
+
+    triton_kernels._fwd_plans.clear()
     expected = full_launch(1e-6, offset)
-    assert torch.equal(planned(1e-6, offset), expected)  # planned here
-    assert len(triton_kernels._inference_plans) == 1
+    assert_same(planned(1e-6, offset), expected)  # planned here
+    assert len(triton_kernels._fwd_plans) == 1
     full_launches = []
     forward = triton_kernels._forward
     monkeypatch.setattr(triton_kernels, "_forward", lambda *a, **k: full_launches.append(1) or forward(*a, **k))
-    assert torch.equal(planned(1e-6, offset), expected)
+    assert_same(planned(1e-6, offset), expected)
     other_offset = 0.0 if weight is None else -0.25
-    assert torch.equal(planned(1e-2, other_offset), full_launch(1e-2, other_offset))
+    assert_same(planned(1e-2, other_offset), full_launch(1e-2, other_offset))
     assert full_launches == [1]  # the full_launch just above, not the planned calls
+
+
+def _backward_case(case: str) -> tuple:
+    """rms_norm_bwd's arguments (dy, x, dresidual_out, weight, rstd, needs_dweight, round_xhat) of one
+    call signature: the forward's cases, plus a gradient arriving on residual_out, a strided dy, and
+    no dweight asked for."""
+    x, weight, round_xhat = _plan_case(case if case in PLAN_CASES else "bf16")
+    dy = randn(*x.shape, dtype=x.dtype)
+    if case == "strided dy":
+        dy = randn(*x.shape[:-1], x.shape[-1] + 8, dtype=x.dtype)[..., 1:-7]
+    dresidual_out = randn(*x.shape, dtype=x.dtype) if case == "dresidual" else None
+    rstd = torch.rsqrt(x.float().square().mean(-1) + 1e-6)
+    return dy, x, dresidual_out, weight, rstd, case != "no dweight", round_xhat
+
+
+BACKWARD_PLAN_CASES = [*PLAN_CASES, "strided dy", "dresidual", "no dweight"]
+
+
+@pytest.mark.skipif(not ON_GPU, reason="compiled Triton kernels run only on a CUDA GPU; none here")
+def test_backward_plans_of_many_signatures_give_the_bits_of_full_launches(monkeypatch):
+    """rms_norm_bwd of rows of one tile: each signature's first call launches in full and plans,
+    later calls launch from the plan (the full path's _bwd_pipeline not called), with their own
+    weight_offset. Plans of every case live side by side, each under its own key, and every dx and
+    dweight, written over NaN-filled blocks the allocator hands out again, is its full launch's bits."""
+    from rmsnorm import triton_kernels
+
+    cases = [_backward_case(case) for case in BACKWARD_PLAN_CASES]
+
+    def call(case: tuple, weight_offset: float) -> tuple:
+        dy, x, dresidual_out, weight, rstd, needs_dweight, round_xhat = case
+        poison_next_allocation(x)  # dx's block
+        if weight is not None:
+            poison_next_allocation(weight)  # dweight's
+        return triton_kernels.rms_norm_bwd(dy, x, dresidual_out, weight, weight_offset, rstd, needs_dweight,
+                                           round_xhat)  # fmt: skip
+
+    def full_launch(case: tuple, weight_offset: float) -> tuple:
+        triton_kernels._bwd_plans.clear()
+        return call(case, weight_offset)
+
+    def assert_same(actual: tuple, expected: tuple) -> None:
+        assert torch.equal(as_bits(actual[0]), as_bits(expected[0]))
+        assert (actual[1] is None) == (expected[1] is None)
+        if expected[1] is not None:
+            assert torch.equal(as_bits(actual[1]), as_bits(expected[1]))
+
+    offsets = (0.5, -0.25)
+    expected = [[full_launch(case, offset) for offset in offsets] for case in cases]
+    triton_kernels._bwd_plans.clear()
+    for case, want in zip(cases, expected):
+        assert_same(call(case, offsets[0]), want[0])  # planned here
+    assert len(triton_kernels._bwd_plans) == len(cases)
+    full_launches = []
+    pipeline = triton_kernels._bwd_pipeline
+    monkeypatch.setattr(
+        triton_kernels, "_bwd_pipeline", lambda *a, **k: full_launches.append(1) or pipeline(*a, **k)
+    )
+    for case, want in zip(cases, expected):
+        for offset, expected_bits in zip(offsets, want):
+            assert_same(call(case, offset), expected_bits)
+    assert full_launches == []
