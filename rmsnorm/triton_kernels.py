@@ -927,6 +927,13 @@ _bwd_plans: dict[tuple, _BwdPlan] = {}
 _MAX_PLANS = 1024
 
 
+def forget_plans() -> None:
+    """Drops every launch plan, for a caller that has changed this module's constants or functions
+    (bench/tune_triton.py's candidates, a test forcing a path): a plan repeats its launch as it was."""
+    _fwd_plans.clear()
+    _bwd_plans.clear()
+
+
 def _remember(plans: dict, key: tuple, plan) -> None:
     if len(plans) >= _MAX_PLANS:
         plans.clear()
@@ -1103,10 +1110,12 @@ def _backward_split(
     dy: torch.Tensor, x: torch.Tensor, dresidual_out: torch.Tensor | None, weight: torch.Tensor | None,
     weight_offset: float, rstd: torch.Tensor, compute_dw: bool, round_xhat: bool, dx: torch.Tensor,
     dw: torch.Tensor | None,
-) -> bool:  # fmt: skip
+) -> tuple | None:  # fmt: skip
     """rms_norm_bwd's rows wider than one tile on rms_norm_bwd_split_kernel, a [groups, chunks] grid
-    of programs all resident at once. False, with nothing launched, where the GPU cannot hold one
-    program a chunk: a function of N, the dtypes and the GPU, never of M."""
+    of programs all resident at once. None, with nothing launched, where the GPU cannot hold one
+    program a chunk: a function of N, the dtypes and the GPU, never of M. Else the launches, for a
+    plan (_plan_backward): the kernel's (grid, args, constexprs, num_warps), dweight's reduction's
+    (None without dweight), and the kernel's tensors in a plan's order."""
     m, n = rstd.numel(), x.shape[-1]
     plan = _bwd_split_plan(n, x.element_size(), dy.element_size())
     chunks, num_warps = plan.chunks, plan.num_warps
@@ -1132,7 +1141,7 @@ def _backward_split(
                 stand_ins, {**flags, "PHASE": BOTH_PHASES.value}, num_warps, device
             )
         if chunks > resident:
-            return False
+            return None
         phases = (BOTH_PHASES,)
     else:
         # The interpreter runs programs one after another: every program's sums, then every
@@ -1141,24 +1150,27 @@ def _backward_split(
         phases = (SUMS_ONLY, DX_ONLY)
     groups = max(1, min(m, resident // chunks))
     partials = torch.zeros((m, chunks), dtype=torch.int64, device=x.device)
-    dw_partial = torch.empty((groups, n), dtype=torch.float32, device=x.device) if compute_dw else rstd
+    dw_partial = x.new_empty((groups, n), dtype=torch.float32) if compute_dw else rstd
+    reduce = None
     with _on_device_of(x):
         for phase in phases:
-            _launch_bwd_split(
-                (groups, chunks), args(dw_partial, partials), {**flags, "PHASE": phase.value}, num_warps, device
-            )
+            launch = ((groups, chunks), args(dw_partial, partials), {**flags, "PHASE": phase.value}, num_warps)
+            _launch_bwd_split(*launch, device)
         if compute_dw:
-            _reduce_dweight(dw_partial, dw, device)
-    return True
+            reduce = _reduce_dweight(dw_partial, dw, device)
+    return launch, reduce, (*_bwd_tensors(dy, x, dresidual_out, weight, rstd, dx), dw_partial, partials)
 
 
 class _BwdPlan(NamedTuple):
-    """rms_norm_bwd's launches for one call signature (rows of one tile): the backward's, then
-    dweight's reduction (None without dweight), and the programs, a row of dweight partials each."""
+    """rms_norm_bwd's launches for one call signature: the backward's (rms_norm_bwd_kernel, or
+    rms_norm_bwd_split_kernel where chunks), then dweight's reduction (None without dweight); the
+    programs, a row of dweight partials each, and the split kernel's column chunks (0: the tiled
+    kernel), a flag word each a row."""
 
     backward: LaunchPlan
     reduce: LaunchPlan | None
     programs: int
+    chunks: int
 
 
 def _bwd_key(tensors: tuple, addresses: list, dresidual_out: torch.Tensor | None, weight: torch.Tensor | None,
@@ -1197,8 +1209,8 @@ def rms_norm_bwd(
     gradient arriving on add_rms_norm's residual_out, is added to dx (None: nothing to add);
     weight: [N] or None; rstd: [M] fp32; round_xhat: the forward rounded x * rstd before the weight
     (casting_mode "llama"), so dweight sums dy times that rounded value. Returns dx (x's shape,
-    contiguous, x's dtype) and dweight ([N], weight's dtype) or None. Rows of one tile launch from
-    a plan where the call's signature has been seen on the current device.
+    contiguous, x's dtype) and dweight ([N], weight's dtype) or None. Launched from a plan where the
+    call's signature has been seen on the current device (all but the two-pass rows).
     """
     _check_rows(x)
     n = x.shape[-1]
@@ -1218,15 +1230,21 @@ def rms_norm_bwd(
         device = torch.cuda.current_device()
         if plan is not None and plan.backward.device == device:
             dw_partial = x.new_empty((plan.programs, n), dtype=torch.float32) if compute_dw else rstd
-            if plan.backward((*addresses, dw_partial.data_ptr()), weight_offset):
+            scratch = [dw_partial]
+            if plan.chunks:  # the split kernel's flag words, zeros on entry
+                scratch.append(torch.zeros((m, plan.chunks), dtype=torch.int64, device=x.device))
+            if plan.backward((*addresses, *[t.data_ptr() for t in scratch]), weight_offset):
                 if compute_dw and not plan.reduce((dw_partial.data_ptr(), dw.data_ptr())):
                     _reduce_dweight(dw_partial, dw, device)  # a launch hook set in between
                 return dx, dw
     cfg = tile_config(n, "backward")
-    if cfg.split_rows and _backward_split(
-        dy, x, dresidual_out, weight, weight_offset, rstd, compute_dw, round_xhat, dx, dw
-    ):  # fmt: skip
-        return dx, dw
+    if cfg.split_rows:
+        split = _backward_split(dy, x, dresidual_out, weight, weight_offset, rstd, compute_dw, round_xhat, dx, dw)
+        if split is not None:
+            if key is not None and key[-1] == torch.cuda.current_device():
+                launch, reduce, tensors = split
+                _plan_backward(key, _launch_bwd_split, launch, reduce, tensors, dw, launch[0][1], x.device.index)
+            return dx, dw
     col_blocks = _cdiv(n, cfg.block_n)
     # Enough programs to fill the GPU, fewer when there are few tiles; a function of (M, N, GPU)
     # only, so the dweight summation order is the same on every run.
@@ -1264,16 +1282,17 @@ def rms_norm_bwd(
         if compute_dw:
             reduce = _reduce_dweight(dw_partial, dw, device)
     if key is not None and not cfg.split_rows and key[-1] == torch.cuda.current_device():
-        _plan_backward(key, backward, reduce, (dy, x, dres, w, rstd, dx, dw_partial), dw, device)
+        _plan_backward(key, _launch_bwd, backward, reduce, (dy, x, dres, w, rstd, dx, dw_partial), dw, 0, device)
     return dx, dw
 
 
-def _plan_backward(key: tuple, backward: tuple, reduce: tuple | None, tensors: tuple, dw, device: int) -> None:
+def _plan_backward(key: tuple, launcher: KernelLauncher, backward: tuple, reduce: tuple | None, tensors: tuple,
+                   dw: torch.Tensor | None, chunks: int, device: int) -> None:  # fmt: skip
     """Keeps rms_norm_bwd's plan of a call signature whose launches (as launched: grid, args,
     constexprs, num_warps; reduce None without dweight) have direct launches. weight_offset, the
-    backward's last runtime argument, is each call's own. tensors: the backward's, dweight's
-    partials last."""
-    backward_plan = _launch_bwd.plan(*backward, device, tensors, trailing=1)
-    reduce_plan = None if reduce is None else _launch_dw_reduce.plan(*reduce, device, (tensors[-1], dw), trailing=0)
+    backward's last runtime argument, is each call's own. tensors: the backward's, as _bwd_tensors
+    orders them, then dweight's partials, then the split kernel's flag words (chunks of them a row)."""
+    backward_plan = launcher.plan(*backward, device, tensors, trailing=1)
+    reduce_plan = None if reduce is None else _launch_dw_reduce.plan(*reduce, device, (tensors[6], dw), trailing=0)
     if backward_plan is not None and (reduce is None or reduce_plan is not None):
-        _remember(_bwd_plans, key, _BwdPlan(backward_plan, reduce_plan, backward[0][0]))
+        _remember(_bwd_plans, key, _BwdPlan(backward_plan, reduce_plan, backward[0][0], chunks))

@@ -369,9 +369,15 @@ def test_forward_plans_give_the_bits_of_a_full_launch(case, need_rstd, monkeypat
 
 def _backward_case(case: str) -> tuple:
     """rms_norm_bwd's arguments (dy, x, dresidual_out, weight, rstd, needs_dweight, round_xhat) of one
-    call signature: the forward's cases, plus a gradient arriving on residual_out, a strided dy, and
-    no dweight asked for."""
+    call signature: the forward's cases, plus a gradient arriving on residual_out, a strided dy, no
+    dweight asked for, and rows over one tile (the split kernel, whose plan also allocates its flag
+    words)."""
     x, weight, round_xhat = _plan_case(case if case in PLAN_CASES else "bf16")
+    if case.startswith("split"):  # rows over one tile: rms_norm_bwd_split_kernel
+        n = 16385 if case == "split misaligned" else 16384
+        dtype = torch.float32 if case == "split fp32" else torch.bfloat16
+        x = randn(3, n + 1, dtype=dtype)[:, 1:] if case == "split misaligned" else randn(3, n, dtype=dtype)
+        weight = random_weight(x.shape[-1], dtype)
     dy = randn(*x.shape, dtype=x.dtype)
     if case == "strided dy":
         dy = randn(*x.shape[:-1], x.shape[-1] + 8, dtype=x.dtype)[..., 1:-7]
@@ -380,15 +386,15 @@ def _backward_case(case: str) -> tuple:
     return dy, x, dresidual_out, weight, rstd, case != "no dweight", round_xhat
 
 
-BACKWARD_PLAN_CASES = [*PLAN_CASES, "strided dy", "dresidual", "no dweight"]
+BACKWARD_PLAN_CASES = [*PLAN_CASES, "strided dy", "dresidual", "no dweight", "split", "split fp32", "split misaligned"]
 
 
 @pytest.mark.skipif(not ON_GPU, reason="compiled Triton kernels run only on a CUDA GPU; none here")
 def test_backward_plans_of_many_signatures_give_the_bits_of_full_launches(monkeypatch):
-    """rms_norm_bwd of rows of one tile: each signature's first call launches in full and plans,
-    later calls launch from the plan (the full path's _bwd_pipeline not called), with their own
-    weight_offset. Plans of every case live side by side, each under its own key, and every dx and
-    dweight, written over NaN-filled blocks the allocator hands out again, is its full launch's bits."""
+    """rms_norm_bwd: each signature's first call launches in full and plans, later calls launch
+    from the plan (the full path's tile_config not called), with their own weight_offset. Plans of
+    every case live side by side, each under its own key, and every dx and dweight, written over
+    NaN-filled blocks the allocator hands out again, is its full launch's bits."""
     from rmsnorm import triton_kernels
 
     cases = [_backward_case(case) for case in BACKWARD_PLAN_CASES]
@@ -418,10 +424,8 @@ def test_backward_plans_of_many_signatures_give_the_bits_of_full_launches(monkey
         assert_same(call(case, offsets[0]), want[0])  # planned here
     assert len(triton_kernels._bwd_plans) == len(cases)
     full_launches = []
-    pipeline = triton_kernels._bwd_pipeline
-    monkeypatch.setattr(
-        triton_kernels, "_bwd_pipeline", lambda *a, **k: full_launches.append(1) or pipeline(*a, **k)
-    )
+    config = triton_kernels.tile_config
+    monkeypatch.setattr(triton_kernels, "tile_config", lambda *a, **k: full_launches.append(1) or config(*a, **k))
     for case, want in zip(cases, expected):
         for offset, expected_bits in zip(offsets, want):
             assert_same(call(case, offset), expected_bits)
