@@ -1106,6 +1106,38 @@ def _reduce_dweight(dw_partial: torch.Tensor, dw: torch.Tensor, device: int) -> 
     return launch
 
 
+class _BwdPlan(NamedTuple):
+    """rms_norm_bwd's launches for one call signature: the backward's (rms_norm_bwd_kernel, or
+    rms_norm_bwd_split_kernel where chunks), then dweight's reduction (None without dweight); the
+    programs, a row of dweight partials each, and the split kernel's column chunks (0: the tiled
+    kernel), a flag word each a row."""
+
+    backward: LaunchPlan
+    reduce: LaunchPlan | None
+    programs: int
+    chunks: int
+
+
+def _bwd_key(tensors: tuple, addresses: list, dresidual_out: torch.Tensor | None, weight: torch.Tensor | None,
+             compute_dw: bool, round_xhat: bool) -> tuple:  # fmt: skip
+    """What a launch of rms_norm_bwd depends on beside its addresses and weight_offset. tensors: dy,
+    x, dresidual_out, weight, rstd, dx, with stand-ins where absent (_bwd_tensors); addresses:
+    theirs."""
+    dy, x, _, _, rstd, _ = tensors
+    return (
+        x.shape, x.stride(), x.dtype, dy.stride(), dy.dtype, rstd.shape, rstd.dtype,
+        None if dresidual_out is None else (dresidual_out.stride(), dresidual_out.dtype),
+        None if weight is None else weight.dtype, compute_dw, round_xhat, *[a & 15 for a in addresses],
+        x.get_device(),
+    )  # fmt: skip
+
+
+def _bwd_tensors(dy, x, dresidual_out, weight, rstd, dx) -> tuple:
+    """rms_norm_bwd_kernel's tensors but dweight's partials, stand-ins where absent (never read without
+    HAS_DRESIDUAL / HAS_WEIGHT): dy for dresidual_out, x for weight."""
+    return dy, x, dy if dresidual_out is None else dresidual_out, x if weight is None else weight, rstd, dx
+
+
 def _backward_split(
     dy: torch.Tensor, x: torch.Tensor, dresidual_out: torch.Tensor | None, weight: torch.Tensor | None,
     weight_offset: float, rstd: torch.Tensor, compute_dw: bool, round_xhat: bool, dx: torch.Tensor,
@@ -1128,8 +1160,8 @@ def _backward_split(
              "DX_CACHE_MODIFIER": BWD_SPLIT_DX_CACHE_MODIFIER}  # fmt: skip
 
     def args(dw_partial: torch.Tensor, partials: torch.Tensor) -> tuple:
-        return (dy, x, dy if dresidual_out is None else dresidual_out, x if weight is None else weight, rstd, dx,
-                dw_partial, partials, *sizes, *dy_strides, *x_strides, *dres_strides, m, n, weight_offset)  # fmt: skip
+        return (*_bwd_tensors(dy, x, dresidual_out, weight, rstd, dx), dw_partial, partials, *sizes, *dy_strides,
+                *x_strides, *dres_strides, m, n, weight_offset)  # fmt: skip
 
     device = x.device.index
     if x.device.type == "cuda":
@@ -1158,39 +1190,7 @@ def _backward_split(
             _launch_bwd_split(*launch, device)
         if compute_dw:
             reduce = _reduce_dweight(dw_partial, dw, device)
-    return launch, reduce, (*_bwd_tensors(dy, x, dresidual_out, weight, rstd, dx), dw_partial, partials)
-
-
-class _BwdPlan(NamedTuple):
-    """rms_norm_bwd's launches for one call signature: the backward's (rms_norm_bwd_kernel, or
-    rms_norm_bwd_split_kernel where chunks), then dweight's reduction (None without dweight); the
-    programs, a row of dweight partials each, and the split kernel's column chunks (0: the tiled
-    kernel), a flag word each a row."""
-
-    backward: LaunchPlan
-    reduce: LaunchPlan | None
-    programs: int
-    chunks: int
-
-
-def _bwd_key(tensors: tuple, addresses: list, dresidual_out: torch.Tensor | None, weight: torch.Tensor | None,
-             compute_dw: bool, round_xhat: bool) -> tuple:  # fmt: skip
-    """What a launch of rms_norm_bwd depends on beside its addresses and weight_offset. tensors: dy,
-    x, dresidual_out, weight, rstd, dx, with stand-ins where absent (_bwd_tensors); addresses:
-    theirs."""
-    dy, x, _, _, rstd, _ = tensors
-    return (
-        x.shape, x.stride(), x.dtype, dy.stride(), dy.dtype, rstd.shape,
-        None if dresidual_out is None else (dresidual_out.stride(), dresidual_out.dtype),
-        None if weight is None else weight.dtype, compute_dw, round_xhat, *[a & 15 for a in addresses],
-        x.get_device(),
-    )  # fmt: skip
-
-
-def _bwd_tensors(dy, x, dresidual_out, weight, rstd, dx) -> tuple:
-    """rms_norm_bwd_kernel's tensors but dweight's partials, stand-ins where absent (never read without
-    HAS_DRESIDUAL / HAS_WEIGHT): dy for dresidual_out, x for weight."""
-    return dy, x, dy if dresidual_out is None else dresidual_out, x if weight is None else weight, rstd, dx
+    return launch, reduce, launch[1][:8]  # the kernel's tensors, in its (and a plan's) order
 
 
 def rms_norm_bwd(

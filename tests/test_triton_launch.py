@@ -430,3 +430,88 @@ def test_backward_plans_of_many_signatures_give_the_bits_of_full_launches(monkey
         for offset, expected_bits in zip(offsets, want):
             assert_same(call(case, offset), expected_bits)
     assert full_launches == []
+
+
+def _backward_key(dy, x, dresidual_out, weight, rstd, compute_dw=True, round_xhat=False) -> tuple:
+    from rmsnorm import triton_kernels
+
+    dx = torch.empty_like(x, memory_format=torch.contiguous_format)
+    tensors = triton_kernels._bwd_tensors(dy, x, dresidual_out, weight, rstd, dx)
+    addresses = [t.data_ptr() for t in tensors]
+    return triton_kernels._bwd_key(tensors, addresses, dresidual_out, weight, compute_dw, round_xhat)
+
+
+def test_backward_keys_tell_apart_every_difference_a_launch_depends_on():
+    """Two backward calls share a plan only where everything but their addresses (not their
+    alignment) and weight_offset is the same: each change below, one at a time, gives a key of its
+    own, and fresh tensors of the same layout give the same key. On CPU tensors: the key is plain
+    Python over shapes, strides, dtypes and addresses."""
+    n = 64
+
+    def aligned(*shape, dtype=torch.bfloat16) -> torch.Tensor:
+        return torch.randn(*shape, dtype=torch.float32).to(dtype)
+
+    def misaligned(*shape, dtype=torch.bfloat16) -> torch.Tensor:
+        flat = aligned(int(torch.tensor(shape).prod()) + 1, dtype=dtype)
+        return flat[1:].view(*shape)  # one element past the allocation's (aligned) start
+
+    def call(**change) -> dict:
+        args = {"dy": aligned(4, n), "x": aligned(4, n), "dresidual_out": None, "weight": aligned(n),
+                "rstd": aligned(4, dtype=torch.float32), "compute_dw": True, "round_xhat": False}  # fmt: skip
+        return {**args, **change}
+
+    base = _backward_key(**call())
+    assert _backward_key(**call()) == base  # other tensors, same layout and alignment
+    changes = {
+        "x dtype": call(x=aligned(4, n, dtype=torch.float16)),
+        "dy dtype": call(dy=aligned(4, n, dtype=torch.float16)),
+        "weight dtype": call(weight=aligned(n, dtype=torch.float32)),
+        "rstd dtype": call(rstd=aligned(4, dtype=torch.float64)),
+        "rows": call(dy=aligned(5, n), x=aligned(5, n), rstd=aligned(5, dtype=torch.float32)),
+        "x row stride": call(x=aligned(4, n + 8)[:, :n]),
+        "dy row stride": call(dy=aligned(4, n + 8)[:, :n]),
+        "3-d rows": call(dy=aligned(2, 2, n), x=aligned(2, 2, n), rstd=aligned(2, 2, dtype=torch.float32)),
+        "x misaligned": call(x=misaligned(4, n)),
+        "dy misaligned": call(dy=misaligned(4, n)),
+        "weight misaligned": call(weight=misaligned(n)),
+        "rstd misaligned": call(rstd=misaligned(4, dtype=torch.float32)),
+        "dresidual": call(dresidual_out=aligned(4, n)),
+        "dresidual misaligned": call(dresidual_out=misaligned(4, n)),
+        "no weight": call(weight=None),
+        "no dweight": call(compute_dw=False),
+        "llama": call(round_xhat=True),
+    }
+    keys = {name: _backward_key(**args) for name, args in changes.items()}
+    assert all(key != base for key in keys.values()), [name for name, key in keys.items() if key == base]
+    assert len(set(keys.values())) == len(keys)
+
+
+def test_forward_keys_tell_apart_every_difference_a_launch_depends_on():
+    """As for the backward: rms_norm_fwd_planned's key changes with each of these, and only these."""
+    from rmsnorm import triton_kernels
+
+    n = 64
+
+    def key(x, weight, round_xhat=False, need_rstd=False) -> tuple:
+        w_address = x.data_ptr() if weight is None else weight.data_ptr()
+        return triton_kernels._fwd_key(x, weight, x.data_ptr(), w_address, round_xhat, need_rstd)
+
+    def rows(*shape, dtype=torch.bfloat16) -> torch.Tensor:
+        return torch.randn(*shape).to(dtype)
+
+    base = key(rows(4, n), rows(n))
+    assert key(rows(4, n), rows(n)) == base
+    changes = {
+        "x dtype": key(rows(4, n, dtype=torch.float16), rows(n)),
+        "weight dtype": key(rows(4, n), rows(n, dtype=torch.float32)),
+        "rows": key(rows(5, n), rows(n)),
+        "row stride": key(rows(4, n + 8)[:, :n], rows(n)),
+        "3-d rows": key(rows(2, 2, n), rows(n)),
+        "x misaligned": key(rows(4 * n + 1)[1:].view(4, n), rows(n)),
+        "weight misaligned": key(rows(4, n), rows(n + 1)[1:]),
+        "no weight": key(rows(4, n), None),
+        "llama": key(rows(4, n), rows(n), round_xhat=True),
+        "rstd stored": key(rows(4, n), rows(n), need_rstd=True),
+    }
+    assert all(k != base for k in changes.values()), [name for name, k in changes.items() if k == base]
+    assert len(set(changes.values())) == len(changes)
