@@ -963,13 +963,10 @@ def rms_norm_fwd_planned(
     y = _contiguous_empty_like(x)
     device = torch.cuda.current_device()
     if plan is not None and plan.device == device:
-        if not need_rstd:
-            if plan((x_address, w_address, y.data_ptr()), eps, weight_offset):
-                return y, None
-        else:
-            rstd = _empty_rstd(x)
-            if plan((x_address, w_address, y.data_ptr(), rstd.data_ptr()), eps, weight_offset):
-                return y, rstd
+        rstd = _empty_rstd(x) if need_rstd else None
+        addresses = (x_address, w_address, y.data_ptr(), *(() if rstd is None else (rstd.data_ptr(),)))
+        if plan(addresses, eps, weight_offset):
+            return y, rstd
     _, rstd, launch = _forward(x, None, weight, weight_offset, eps, round_xhat, y, need_rstd=need_rstd)
     if launch is None or key[-1] != device:  # rows split over programs, or x off the current device
         return y, rstd
@@ -1221,7 +1218,7 @@ def rms_norm_bwd(
     dw = torch.empty_like(weight) if compute_dw else None  # weight: [N], contiguous
     if m == 0:
         return dx, dw.zero_() if compute_dw else None
-    key = None
+    key = None  # the call's plan key, where a plan of it may be kept: x on the current device
     if x.is_cuda:
         tensors = _bwd_tensors(dy, x, dresidual_out, weight, rstd, dx)
         addresses = [t.data_ptr() for t in tensors]
@@ -1237,11 +1234,13 @@ def rms_norm_bwd(
                 if compute_dw and not plan.reduce((dw_partial.data_ptr(), dw.data_ptr())):
                     _reduce_dweight(dw_partial, dw, device)  # a launch hook set in between
                 return dx, dw
+        if key[-1] != device:
+            key = None
     cfg = tile_config(n, "backward")
     if cfg.split_rows:
         split = _backward_split(dy, x, dresidual_out, weight, weight_offset, rstd, compute_dw, round_xhat, dx, dw)
         if split is not None:
-            if key is not None and key[-1] == torch.cuda.current_device():
+            if key is not None:
                 launch, reduce, tensors = split
                 _plan_backward(key, _launch_bwd_split, launch, reduce, tensors, dw, launch[0][1], x.device.index)
             return dx, dw
@@ -1281,7 +1280,7 @@ def rms_norm_bwd(
         _launch_bwd(*backward, device)
         if compute_dw:
             reduce = _reduce_dweight(dw_partial, dw, device)
-    if key is not None and not cfg.split_rows and key[-1] == torch.cuda.current_device():
+    if key is not None and not cfg.split_rows:
         _plan_backward(key, _launch_bwd, backward, reduce, (dy, x, dres, w, rstd, dx, dw_partial), dw, 0, device)
     return dx, dw
 
