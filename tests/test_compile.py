@@ -130,6 +130,33 @@ def test_cuda_graph_replay(kernel_backend, n):
         assert torch.equal(z, rmsnorm.rms_norm(y_eager, (n,), w, 1e-6, backend=kernel_backend))
 
 
+@pytest.mark.skipif(not ON_GPU, reason="CUDA graphs need a CUDA GPU")
+@pytest.mark.parametrize(
+    "rows, n",
+    # Each backward path of bf16 rows: held in registers (4096), staged in shared memory (cuda) or
+    # in one pass (triton) at 16384, one pass on a cooperative grid at 65536 (both backends; the
+    # launch waits on every block being resident), and 2^20 in few rows (cuda's two passes).
+    [(64, 4096), (64, 16384), (64, 65536), (4, 2**20)],
+)
+def test_cuda_graph_replay_of_training_step(kernel_backend, rows, n):
+    """torch.cuda.make_graphed_callables of an RMSNorm: forward and backward captured, then replayed
+    on fresh inputs with the bits of the eager step."""
+    norm = rmsnorm.RMSNorm(n, eps=1e-6, device="cuda", dtype=torch.bfloat16, backend=kernel_backend)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(n, device="cuda"))
+    sample = torch.randn(rows, n, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    graphed = torch.cuda.make_graphed_callables(norm, (sample,))  # norm itself, its forward replaced
+    for _ in range(2):
+        x = torch.randn(rows, n, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        dy = torch.randn(rows, n, device="cuda", dtype=torch.bfloat16)
+        results = []
+        for step in (graphed, lambda x: rmsnorm.rms_norm(x, (n,), norm.weight, 1e-6, backend=kernel_backend)):
+            y = step(x)
+            results.append((y.detach().clone(), *torch.autograd.grad(y, (x, norm.weight), dy)))
+        for replayed, eager in zip(*results):
+            assert torch.equal(replayed, eager)
+
+
 def test_compiled_qk_norm_is_bitwise_eager(kernel_backend):
     """QK-norm on per-head views of a fused projection, and an fp32 residual stream, in one graph.
 
