@@ -3,7 +3,7 @@
 `python -m bench.tune_cuda` compiles one build of the extension per candidate, each from a copy of
 csrc/ whose `constexpr` constants named in CANDIDATES are rewritten, all builds in parallel. Two
 builds cannot share a process (each registers the torch.ops.rmsnorm_cuda namespace), so every
-candidate is timed in a child process of its own, at M·N = 2^27, bf16, against the copy ceiling of
+candidate is timed in a child process of its own, at M·N = 2^27, bf16 (or --dtypes), against the copy ceiling of
 that process. It prints one table; the choice and the numbers behind it go to bench/NOTES.md and to
 the comments beside the constants. `--baseline DIR` adds a candidate built from another copy of
 csrc/ (for example the last commit's, `git archive HEAD csrc | tar -x -C DIR --strip-components 1`):
@@ -25,9 +25,12 @@ NS = (1024, 2048, 4096, 8192, 16384, 32768)
 # label -> {constant name in csrc/*.cu: value written in its place}; {} is csrc as it is.
 CANDIDATES: dict[str, dict[str, str]] = {
     "as is": {},
-    "dx stores allocate in L1": {"kDxNoL1Allocate": "false"},
-    "dynamic y stores allocate in L1": {"kDynamicYNoL1AllocateAboveN": "INT64_MAX"},
-    "dynamic y stores past L1 at every width": {"kDynamicYNoL1AllocateAboveN": "0"},
+    "split: 2 Vecs a lane, 16 blocks an SM, weight held unless wider": {
+        "kBwdSplitItems": "2", "kBwdSplitBlocksPerSm": "16", "kBwdSplitHoldsWeight": "sizeof(W) <= sizeof(T)"
+    },
+    "split: 2 Vecs a lane, 20 blocks an SM, weight held unless wider": {
+        "kBwdSplitItems": "2", "kBwdSplitBlocksPerSm": "20", "kBwdSplitHoldsWeight": "sizeof(W) <= sizeof(T)"
+    },
 }
 
 
@@ -63,62 +66,66 @@ def _build(index: int, overrides: dict[str, str], source_dir: Path, root: Path) 
 OPS = ("fwd", "add fwd", "bwd", "quant static", "quant dynamic", "dynamic, no weight")
 
 
-def _time(library: str, ns: tuple[int, ...], ops_timed: tuple[str, ...]) -> None:
+def _time(library: str, ns: tuple[int, ...], ops_timed: tuple[str, ...], dtype_name: str) -> None:
     """Child process: load one build and print, for each N, _time_width's rows of ops_timed in % of the
     copy ceiling and the forward's GPU microseconds per call at M = 1."""
     import torch
 
     from bench.cases import ELEMENTS
+    from bench.inputs import torch_dtype
     from bench.timing import copy_ceiling
 
     torch.ops.load_library(library)
     ops = torch.ops.rmsnorm_cuda
     ceiling = copy_ceiling()["gbps"]
+    dtype = torch_dtype(dtype_name)
+    element_bytes = torch.finfo(dtype).bits // 8
 
     def percent(ms: float, tensors: float) -> float:
-        return 100 * tensors * ELEMENTS * 2 / ms / 1e6 / ceiling  # 2 bytes a bf16 element
+        return 100 * tensors * ELEMENTS * element_bytes / ms / 1e6 / ceiling
 
     for n in ns:
         print(
             n,
-            *(f"{percent(ms, tensors):.1f}" for ms, tensors in _time_width(ops, n, ops_timed)),
-            f"{_one_row_us(ops, n):.2f}",
+            *(f"{percent(ms, tensors):.1f}" for ms, tensors in _time_width(ops, n, ops_timed, dtype)),
+            f"{_one_row_us(ops, n, dtype):.2f}",
             flush=True,
         )
 
 
-def _one_row_us(ops, n: int) -> float:
-    """GPU microseconds of a forward of one bf16 row of width n, under CUDA-graph replay (launches free)."""
+def _one_row_us(ops, n: int, dtype) -> float:
+    """GPU microseconds of a forward of one row of width n, under CUDA-graph replay (launches free)."""
     import torch
 
     from bench.latency import graph_us_per_call
 
-    x = torch.randn(1, n, device="cuda", dtype=torch.bfloat16)
-    w = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(1, n, device="cuda", dtype=dtype)
+    w = torch.randn(n, device="cuda", dtype=dtype)
     return graph_us_per_call(lambda: ops.rms_norm_fwd(x, w, 0.0, 1e-6, False))
 
 
-def _time_width(ops, n: int, ops_timed: tuple[str, ...]) -> list[tuple[float, float]]:
-    """(median ms, bf16 tensors moved) of those of OPS in ops_timed: the forward, the add forward, the
-    backward, and rms_norm_quant with a static and with dynamic scales (2 bytes read and 1 written an
-    element: 1.5 tensors), and the latter without a weight, at width n."""
+def _time_width(ops, n: int, ops_timed: tuple[str, ...], dtype) -> list[tuple[float, float]]:
+    """(median ms, tensors moved) of those of OPS in ops_timed: the forward, the add forward, the
+    backward, and rms_norm_quant with a static and with dynamic scales, and the latter without a
+    weight, at width n; x, dy and the weight of `dtype`."""
     import torch
 
     from bench.cases import ELEMENTS
     from bench.timing import median_ms
 
-    x = torch.randn(ELEMENTS // n, n, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(ELEMENTS // n, n, device="cuda", dtype=dtype)
     residual, dy = torch.randn_like(x), torch.randn_like(x)
-    w = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(n, device="cuda", dtype=dtype)
     _, rstd = ops.rms_norm_fwd(x, w, 0.0, 1e-6, False)
     scale = torch.tensor([0.02], device="cuda")
+    quant = 1 + 1 / x.element_size()  # x read, one fp8 byte an element written
     calls = {
         "fwd": (lambda: ops.rms_norm_fwd(x, w, 0.0, 1e-6, False), 2),
         "add fwd": (lambda: ops.add_rms_norm_fwd(x, residual, w, 0.0, 1e-6, False), 4),
         "bwd": (lambda: ops.rms_norm_bwd(dy, x, None, w, 0.0, rstd, True, False), 3),
-        "quant static": (lambda: ops.rms_norm_quant_fwd(x, None, w, 0.0, 1e-6, False, scale, None), 1.5),
-        "quant dynamic": (lambda: ops.rms_norm_quant_fwd(x, None, w, 0.0, 1e-6, False, None, None), 1.5),
-        "dynamic, no weight": (lambda: ops.rms_norm_quant_fwd(x, None, None, 0.0, 1e-6, False, None, None), 1.5),
+        "quant static": (lambda: ops.rms_norm_quant_fwd(x, None, w, 0.0, 1e-6, False, scale, None), quant),
+        "quant dynamic": (lambda: ops.rms_norm_quant_fwd(x, None, w, 0.0, 1e-6, False, None, None), quant),
+        "dynamic, no weight": (lambda: ops.rms_norm_quant_fwd(x, None, None, 0.0, 1e-6, False, None, None), quant),
     }
     return [(median_ms(calls[op][0]), calls[op][1]) for op in OPS if op in ops_timed]
 
@@ -133,9 +140,12 @@ def main() -> None:
     parser.add_argument(
         "--rounds", type=int, default=1, help="time every candidate this many times, in turn (processes differ by 1-3)"
     )
+    parser.add_argument(
+        "--dtypes", nargs="+", choices=("bf16", "fp16", "fp32"), default=["bf16"], help="of x, dy and the weight"
+    )
     args = parser.parse_args()
     if args.time:
-        _time(args.time, tuple(args.ns), tuple(args.ops))
+        _time(args.time, tuple(args.ns), tuple(args.ops), args.dtypes[0])
         return
     from rmsnorm import cuda_ext
 
@@ -152,20 +162,19 @@ def main() -> None:
                     enumerate(candidates.values()),
                 )
             )
-        print(
-            "bf16, M*N = 2^27; % of the copy ceiling measured in each candidate's process",
-            flush=True,
-        )
-        print(" | ".join(("candidate", "N", *(op for op in OPS if op in args.ops), "fwd M=1 us")), flush=True)
-        for label, library in [item for _ in range(args.rounds) for item in zip(candidates, libraries)]:
-            result = subprocess.run(
-                [sys.executable, "-m", "bench.tune_cuda", "--time", str(library), "--ns", *map(str, args.ns),
-                 "--ops", *args.ops],
-                capture_output=True, text=True, check=True,
-            )  # fmt: skip
-            for line in result.stdout.split("\n"):
-                if line.strip():
-                    print(f"{label} | " + " | ".join(line.split()), flush=True)
+        header = " | ".join(("candidate", "N", *(op for op in OPS if op in args.ops), "fwd M=1 us"))
+        for dtype in args.dtypes:
+            print(f"{dtype}, M*N = 2^27; % of the copy ceiling measured in each candidate's process", flush=True)
+            print(header, flush=True)
+            for label, library in [item for _ in range(args.rounds) for item in zip(candidates, libraries)]:
+                result = subprocess.run(
+                    [sys.executable, "-m", "bench.tune_cuda", "--time", str(library), "--ns", *map(str, args.ns),
+                     "--ops", *args.ops, "--dtypes", dtype],
+                    capture_output=True, text=True, check=True,
+                )  # fmt: skip
+                for line in result.stdout.split("\n"):
+                    if line.strip():
+                        print(f"{label} | " + " | ".join(line.split()), flush=True)
 
 
 if __name__ == "__main__":
