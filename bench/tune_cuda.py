@@ -25,12 +25,7 @@ NS = (1024, 2048, 4096, 8192, 16384, 32768)
 # label -> {constant name in csrc/*.cu: value written in its place}; {} is csrc as it is.
 CANDIDATES: dict[str, dict[str, str]] = {
     "as is": {},
-    "split: 2 Vecs a lane, 16 blocks an SM, weight held unless wider": {
-        "kBwdSplitItems": "2", "kBwdSplitBlocksPerSm": "16", "kBwdSplitHoldsWeight": "sizeof(W) <= sizeof(T)"
-    },
-    "split: 2 Vecs a lane, 20 blocks an SM, weight held unless wider": {
-        "kBwdSplitItems": "2", "kBwdSplitBlocksPerSm": "20", "kBwdSplitHoldsWeight": "sizeof(W) <= sizeof(T)"
-    },
+    "forward rows on up to 256 threads before more Vecs a thread": {"kFwdPreferredThreadsPerRow": "256"},
 }
 
 
