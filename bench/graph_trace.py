@@ -48,18 +48,19 @@ def trace_replay(call, calls: int = GRAPH_CALLS) -> list[tuple[str, float, float
 
 
 def summarize(kernels: list[tuple[str, float, float]], calls: int = GRAPH_CALLS) -> str:
+    """Lines for `calls` calls' kernels in launch order: each kernel of a call with its median
+    duration, then the median gap from one call's last kernel's end to the next call's first start."""
     if not kernels or len(kernels) % calls:
         return f"{len(kernels)} kernels for {calls} calls: " + ", ".join(sorted({k[0][:60] for k in kernels}))
     per_call = len(kernels) // calls
-    lines = []
-    for i in range(per_call):
-        durations = [kernels[c * per_call + i][2] for c in range(calls)]
-        lines.append(f"  kernel {i}: {statistics.median(durations):.2f} us  {kernels[i][0][:90]}")
-    gaps = [
-        kernels[(c + 1) * per_call][1] - (kernels[c * per_call + per_call - 1][1] + kernels[c * per_call + per_call - 1][2])
-        for c in range(calls - 1)
+    by_call = [kernels[c * per_call : (c + 1) * per_call] for c in range(calls)]
+    lines = [
+        f"  kernel {i}: {statistics.median(call[i][2] for call in by_call):.2f} us  {kernels[i][0][:90]}"
+        for i in range(per_call)
     ]
-    span = (kernels[-1][1] + kernels[-1][2] - kernels[0][1]) / calls
+    ends = [call[-1][1] + call[-1][2] for call in by_call]
+    gaps = [following[0][1] - end for following, end in zip(by_call[1:], ends)]
+    span = (ends[-1] - kernels[0][1]) / calls
     lines.append(f"  gap between calls: median {statistics.median(gaps):.2f} us; span per call {span:.2f} us")
     return "\n".join(lines)
 

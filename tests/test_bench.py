@@ -147,3 +147,19 @@ def test_host_breakdown_training_cases_run():
             out = case()
         outputs = out if isinstance(out, tuple) else (out,)
         assert all(isinstance(t, torch.Tensor) and t.device == x.device for t in outputs), name
+
+
+def test_graph_trace_splits_a_replay_into_kernel_times_and_gaps():
+    """Four calls of kernels a then b: a's median duration is 1 us (one call's a took 5), b's 2 us; the
+    gaps from a call's end to the next call's start are 0.5, 0.5 and 3 us: median 0.5, where a mean
+    would read 1.33."""
+    from bench.graph_trace import summarize
+
+    kernels = []
+    for start, a_us in ((0.0, 1.0), (3.5, 1.0), (7.0, 1.0), (13.0, 5.0)):
+        kernels += [("a", start, a_us), ("b", start + a_us, 2.0)]
+    kernel_a, kernel_b, gaps = summarize(kernels, calls=4).splitlines()
+    assert kernel_a.split() == ["kernel", "0:", "1.00", "us", "a"]
+    assert kernel_b.split() == ["kernel", "1:", "2.00", "us", "b"]
+    assert gaps.split() == ["gap", "between", "calls:", "median", "0.50", "us;", "span", "per", "call", "5.00", "us"]
+    assert summarize(kernels[:-1], calls=4).startswith("7 kernels for 4 calls")
