@@ -19,22 +19,14 @@ from torch.profiler import ProfilerActivity, profile
 from bench.cases import EPS, LATENCY_DTYPE, LATENCY_N
 from bench.implementations import load_implementations
 from bench.inputs import random_case, torch_dtype
-from bench.latency import GRAPH_CALLS
+from bench.latency import GRAPH_CALLS, capture_calls
 
 NAMES = ("ours-triton", "ours-cuda", "torch-F", "quack")
 
 
 def trace_replay(call, calls: int = GRAPH_CALLS) -> list[tuple[str, float, float]]:
     """(kernel name, start us, duration us) of every kernel of one replay of `calls` captured calls."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        call()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            call()
+    graph = capture_calls(call, calls)
     for _ in range(3):
         graph.replay()
     torch.cuda.synchronize()

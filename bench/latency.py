@@ -45,8 +45,8 @@ def host_us_per_call(call: Callable[[], object], calls: int = HOST_CALLS) -> flo
     return (time.perf_counter() - start) / calls * 1e6
 
 
-def graph_us_per_call(call: Callable[[], object], calls: int = GRAPH_CALLS) -> float:
-    """GPU microseconds per call: `calls` calls captured in one CUDA graph, replays timed by events."""
+def capture_calls(call: Callable[[], object], calls: int = GRAPH_CALLS) -> torch.cuda.CUDAGraph:
+    """A CUDA graph of `calls` calls back to back."""
     side = torch.cuda.Stream()  # capture wants the first call on a side stream (lazy initialisations)
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -56,7 +56,12 @@ def graph_us_per_call(call: Callable[[], object], calls: int = GRAPH_CALLS) -> f
     with torch.cuda.graph(graph):
         for _ in range(calls):
             call()
-    return median_ms(graph.replay) * 1e3 / calls
+    return graph
+
+
+def graph_us_per_call(call: Callable[[], object], calls: int = GRAPH_CALLS) -> float:
+    """GPU microseconds per call: `calls` calls captured in one CUDA graph, replays timed by events."""
+    return median_ms(capture_calls(call, calls).replay) * 1e3 / calls
 
 
 def _training_step(
