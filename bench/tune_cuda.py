@@ -3,11 +3,11 @@
 `python -m bench.tune_cuda` compiles one build of the extension per candidate, each from a copy of
 csrc/ whose `constexpr` constants named in CANDIDATES are rewritten, all builds in parallel. Two
 builds cannot share a process (each registers the torch.ops.rmsnorm_cuda namespace), so every
-candidate is timed in a child process of its own, at M·N = 2^27, bf16 (or --dtypes), against the copy ceiling of
-that process. It prints one table; the choice and the numbers behind it go to bench/NOTES.md and to
-the comments beside the constants. `--baseline DIR` adds a candidate built from another copy of
-csrc/ (for example the last commit's, `git archive HEAD csrc | tar -x -C DIR --strip-components 1`):
-a change to the code, not to a constant, timed beside the code it replaces.
+candidate is timed in a child process of its own, at M·N = 2^27, bf16 (or --dtypes), against the
+copy ceiling of that process. It prints one table a dtype; the choice and the numbers behind it go
+to bench/NOTES.md and to the comments beside the constants. `--baseline DIR` adds a candidate built
+from another copy of csrc/ (for example the last commit's, `git archive HEAD csrc | tar -x -C DIR
+--strip-components 1`): a change to the code, not to a constant, timed beside the code it replaces.
 """
 
 from __future__ import annotations
