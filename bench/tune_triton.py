@@ -31,8 +31,7 @@ MAX_NUM_WARPS = (8, 16, 32)
 def _configure(elements_per_thread: int, max_warps: int) -> None:
     triton_kernels.ELEMENTS_PER_THREAD = elements_per_thread
     triton_kernels.MAX_NUM_WARPS = max_warps
-    triton_kernels.tile_config.cache_clear()
-    triton_kernels.forget_plans()
+    triton_kernels.forget_launch_choices()
 
 
 # fp32 elements a thread of the quantizing forward holds (`--quant`): 8 warps at 16384 for 64.
@@ -49,8 +48,7 @@ def _quant_sweep(ns: list[int], ceiling: float) -> None:
         w = torch.randn(n, device="cuda", dtype=torch.bfloat16)
         for elements in QUANT_ELEMENTS_PER_THREAD:
             triton_kernels.QUANT_ELEMENTS_PER_THREAD = elements
-            triton_kernels.tile_config.cache_clear()
-            triton_kernels.forget_plans()
+            triton_kernels.forget_launch_choices()
             warps = triton_kernels.tile_config(n, "quant").num_warps
             static = median_ms(lambda: triton_kernels.rms_norm_quant_fwd(x, None, w, 0.0, 1e-6, False, scale, None))
             dynamic = median_ms(lambda: triton_kernels.rms_norm_quant_fwd(x, None, w, 0.0, 1e-6, False, None, None))
@@ -60,8 +58,7 @@ def _quant_sweep(ns: list[int], ceiling: float) -> None:
                 flush=True,
             )
     triton_kernels.QUANT_ELEMENTS_PER_THREAD = default
-    triton_kernels.tile_config.cache_clear()
-    triton_kernels.forget_plans()
+    triton_kernels.forget_launch_choices()
 
 
 # The split-row forward (`--split`, rows over FWD_MAX_TILE_N): chunk width, fp32 elements a thread,
@@ -75,8 +72,7 @@ _SPLIT_CONSTANTS = ("FWD_SPLIT_CHUNK_N", "FWD_SPLIT_ELEMENTS_PER_THREAD", "FWD_S
 def _configure_split(values: tuple) -> None:
     for name, value in zip(_SPLIT_CONSTANTS, values):
         setattr(triton_kernels, name, value)
-    triton_kernels.tile_config.cache_clear()
-    triton_kernels.forget_plans()
+    triton_kernels.forget_launch_choices()
 
 
 def _split_sweep(ns: list[int], ceiling: float, baseline: str | None) -> None:
@@ -132,8 +128,7 @@ def _configure_bwd(values: tuple) -> None:
     """values: those of _BWD_CONSTANTS."""
     for name, value in zip(_BWD_CONSTANTS, values):
         setattr(triton_kernels, name, value)
-    triton_kernels.tile_config.cache_clear()
-    triton_kernels.forget_plans()
+    triton_kernels.forget_launch_choices()
 
 
 def _bwd_values(candidate: tuple | str | None, defaults: tuple) -> tuple:
@@ -205,8 +200,7 @@ def _split_bwd_sweep(ns: list[int], ceiling: float) -> None:
         triton_kernels._backward_split = one_pass if candidate else (lambda *args: None)
         for name, value in zip(_SPLIT_BWD_CONSTANTS, candidate or defaults):
             setattr(triton_kernels, name, value)
-        triton_kernels._bwd_split_plan.cache_clear()
-        triton_kernels.forget_plans()
+        triton_kernels.forget_launch_choices()
 
     print("dtype | N | M | narrow chunk | least wide chunk | least fp32 chunk | elems/thread | lag rows"
           " | dx cache modifier | bwd (median of rounds) | rounds | max difference", flush=True)  # fmt: skip

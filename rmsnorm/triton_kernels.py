@@ -927,9 +927,12 @@ _bwd_plans: dict[tuple, _BwdPlan] = {}
 _MAX_PLANS = 1024
 
 
-def forget_plans() -> None:
-    """Drops every launch plan, for a caller that has changed this module's constants or functions
-    (bench/tune_triton.py's candidates, a test forcing a path): a plan repeats its launch as it was."""
+def forget_launch_choices() -> None:
+    """Drops every choice worked out from this module's constants (tile_config's, _bwd_split_plan's)
+    and every launch plan, for a caller that has changed those constants or functions
+    (bench/tune_triton.py's candidates): a plan repeats its launch as it was."""
+    tile_config.cache_clear()
+    _bwd_split_plan.cache_clear()
     _fwd_plans.clear()
     _bwd_plans.clear()
 
