@@ -89,6 +89,15 @@ constexpr int kFwdSubWarpItems = 2;
 template <typename T, int ITEMS, bool ALIGNED>
 constexpr bool kRegisterKernelHasRoom = ALIGNED || sizeof(T) > 2 || ITEMS < kFwdMaxItems;
 
+// Whether rms_norm_fwd_kernel<T, W, R, ..., ITEMS, ...> tests for a weight once a row and forms y's
+// chunks with the test out of their code, rather than once a chunk. Behind a test each, the
+// weight's loads waited each for the one before: ITEMS trips to L2 in series after the reduction,
+// most of a one-row call's time (SASS; bench/NOTES.md v0.41). Not for an fp32 weight beside 16-bit
+// x and an fp32 residual stream on 4 Vecs: 8-20 bytes spilled under the 64-register cap (ptxas -v,
+// sm_90).
+template <typename T, typename W, typename R, int ITEMS>
+constexpr bool kWeightTestedOnce = !(ITEMS == kFwdMaxItems && sizeof(W) > sizeof(T) && !std::is_same_v<R, T>);
+
 // Rows without a residual of kFwdStagedMinRowBytes to kFwdStagedMaxRowBytes go to the looped
 // kernel on fewer threads, each walking kFwdStagedChunksPerThread chunks, staged in shared memory
 // when aligned (see rms_norm_fwd_looped_kernel). Those widths held in registers leave one block, one
@@ -339,20 +348,40 @@ __device__ __forceinline__ float offset_weight(float w, float offset) { return _
 __device__ __forceinline__ float offset_weight(float w, NoWeightOffset) { return w; }
 
 // y = (r * rstd) * (weight + weight_offset) for the chunk of the row at col, in fp32 before its
-// rounding to T. weight == nullptr: y = r * rstd. round_xhat (casting_mode "llama"): r * rstd is
-// rounded to T and back before the weight multiplies it. weight_offset: a float or NoWeightOffset.
-template <bool ALIGNED, typename T, int VEC, typename R, typename W, typename Index, typename Offset>
-__device__ __forceinline__ void y_floats_of(const Vec<R, VEC>& r, const W* weight, Offset weight_offset,
-                                            bool round_xhat, Index col, Index n, float rstd, float (&y)[VEC]) {
+// rounding to T. with_weight (weight != nullptr) false: y = r * rstd; a bool, or a
+// std::bool_constant that takes the test out of the chunk's code (see kWeightTestedOnce).
+// round_xhat (casting_mode "llama"): r * rstd is rounded to T and back before the weight
+// multiplies it. weight_offset: a float or NoWeightOffset.
+template <bool ALIGNED, typename T, int VEC, typename R, typename W, typename WithWeight, typename Offset,
+          typename Index>
+__device__ __forceinline__ void y_floats_of(const Vec<R, VEC>& r, const W* weight, WithWeight with_weight,
+                                            Offset weight_offset, bool round_xhat, Index col, Index n, float rstd,
+                                            float (&y)[VEC]) {
   vec_to_floats(r, y);
 #pragma unroll
   for (int k = 0; k < VEC; ++k) y[k] = __fmul_rn(y[k], rstd);
   if (round_xhat) vec_to_floats(vec_from_floats<T>(y), y);
-  if (weight != nullptr) {
+  if (with_weight) {
     float w[VEC];
     vec_to_floats(load_vec<ALIGNED, VEC>(weight, col, n), w);
 #pragma unroll
     for (int k = 0; k < VEC; ++k) y[k] = __fmul_rn(y[k], offset_weight(w[k], weight_offset));
+  }
+}
+
+// f(with_weight) for with_weight = weight != nullptr: where ONCE (kWeightTestedOnce), as a
+// std::bool_constant, so that f's code comes twice, with the weight's loads and without, none of
+// them behind a test of its own; else as a bool, tested by each chunk.
+template <bool ONCE, typename W, typename F>
+__device__ __forceinline__ void test_weight_once(const W* weight, F&& f) {
+  if constexpr (ONCE) {
+    if (weight != nullptr) {
+      f(std::true_type{});
+    } else {
+      f(std::false_type{});
+    }
+  } else {
+    f(weight != nullptr);
   }
 }
 
@@ -361,7 +390,7 @@ template <bool ALIGNED, typename T, int VEC, typename R, typename W, typename In
 __device__ __forceinline__ Vec<T, VEC> y_of(const Vec<R, VEC>& r, const W* weight, Offset weight_offset,
                                             bool round_xhat, Index col, Index n, float rstd) {
   float y[VEC];
-  y_floats_of<ALIGNED, T>(r, weight, weight_offset, round_xhat, col, n, rstd, y);
+  y_floats_of<ALIGNED, T>(r, weight, weight != nullptr, weight_offset, round_xhat, col, n, rstd, y);
   return vec_from_floats<T>(y);
 }
 
@@ -449,14 +478,17 @@ __global__ void __launch_bounds__(kMaxBlockThreads, 1) rms_norm_fwd_kernel(
       const bool dynamic = scaling.scale == nullptr;
       Vec<T, VEC> y_chunks[ITEMS];
       float amax = 0.0f;
+      const auto form_y = [&](auto with_weight) {
 #pragma unroll
-      for (int i = 0; i < ITEMS; ++i) {
-        float y_floats[VEC];
-        y_floats_of<ALIGNED, T>(x_chunks[i], weight, weight_offset, round_xhat, first_col + i * col_step, n, row_rstd,
-                                y_floats);
-        if (dynamic) amax = add_abs_max<ALIGNED>(amax, y_floats, first_col + i * col_step, end);
-        y_chunks[i] = vec_from_floats<T>(y_floats);
-      }
+        for (int i = 0; i < ITEMS; ++i) {
+          float y_floats[VEC];
+          y_floats_of<ALIGNED, T>(x_chunks[i], weight, with_weight, weight_offset, round_xhat,
+                                  first_col + i * col_step, n, row_rstd, y_floats);
+          if (dynamic) amax = add_abs_max<ALIGNED>(amax, y_floats, first_col + i * col_step, end);
+          y_chunks[i] = vec_from_floats<T>(y_floats);
+        }
+      };
+      test_weight_once<kWeightTestedOnce<T, W, R, ITEMS>>(weight, form_y);
       float y_scale = static_scale;  // y is multiplied by its reciprocal before the rounding
       if (dynamic) {
         y_scale = dynamic_scale(row_amax<T>(block_reduce_max(amax, threads_per_row)), scaling.scale_ub);
@@ -470,12 +502,16 @@ __global__ void __launch_bounds__(kMaxBlockThreads, 1) rms_norm_fwd_kernel(
     } else {
       if (!in_range) continue;
       if (first_col == 0 && rstd != nullptr) rstd[row] = row_rstd;
+      const auto store_row = [&](auto with_weight) {
 #pragma unroll
-      for (int i = 0; i < ITEMS; ++i) {
-        const int col = first_col + i * col_step;
-        const Vec<T, VEC> y_chunk = y_of<ALIGNED, T>(x_chunks[i], weight, weight_offset, round_xhat, col, n, row_rstd);
-        store_y<ALIGNED>(y_row, col, n, y_chunk, 1.0f);
-      }
+        for (int i = 0; i < ITEMS; ++i) {
+          float y_floats[VEC];
+          y_floats_of<ALIGNED, T>(x_chunks[i], weight, with_weight, weight_offset, round_xhat,
+                                  first_col + i * col_step, n, row_rstd, y_floats);
+          store_y<ALIGNED>(y_row, first_col + i * col_step, n, vec_from_floats<T>(y_floats), 1.0f);
+        }
+      };
+      test_weight_once<kWeightTestedOnce<T, W, R, ITEMS>>(weight, store_row);
     }
   }
 }
@@ -595,7 +631,7 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
 #pragma unroll(kUnroll)
         for (Index col = first_col; col < end_col; col += col_step) {
           float y_floats[VEC];
-          y_floats_of<ALIGNED, T>(input_at(col), w, w_offset, round, col, row_n, row_rstd, y_floats);
+          y_floats_of<ALIGNED, T>(input_at(col), w, w != nullptr, w_offset, round, col, row_n, row_rstd, y_floats);
           amax = add_abs_max<ALIGNED>(amax, y_floats, col, row_n);
           if constexpr (STAGED) {
             const Vec<T, VEC> y_chunk = vec_from_floats<T>(y_floats);
