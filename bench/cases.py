@@ -67,6 +67,11 @@ STABLE_SPREAD_POINTS = 3.0
 # 476a9bd the CUDA forward at bf16 16384 read 91% where auto, running the same kernel, read 96%).
 OFF_CELL_POINTS = 3.0
 OFF_CELL_REPEATS = 3
+# A cell whose host took at least this share of its GPU time to issue a call (timing.CallTime) is
+# marked as bound by the host: the GPU waited inside the timed bracket, so the cell reads the host's
+# pace. Cells timed through autograd at M·N = 2^27 in 16-bit have ~0.27-0.45 ms of GPU time a call,
+# and their readings swung by up to 30 points between full runs where the forward's moved by 1.5.
+HOST_BOUND_FRACTION = 0.9
 
 # --quick: about a minute and a half on an H100 (47 s before add-forward and the model row, estimated to
 # add ~8 s and ~25 s); bf16 only, no long rows, the library against the fused peers (the eager and compiled

@@ -17,6 +17,7 @@ from bench.cases import (
     ADD_FORWARD,
     FORWARD_BACKWARD,
     FORWARD_BACKWARD_REPEATS,
+    HOST_BOUND_FRACTION,
     LATENCY_HOST_ROUNDS,
     LONG_ROW_M,
     MODE_TITLES,
@@ -54,7 +55,8 @@ def _cell(record: dict | None, best: float) -> str:
         return record["status"]
     text = f"{record['gbps']:.0f} ({record['pct_of_ceiling']:.0f}%)"
     text = f"**{text}**" if record["gbps"] == best else text
-    return text if record.get("stable", True) else text + " *"
+    text = text if record.get("stable", True) else text + " *"
+    return text + " h" if record.get("host_bound") else text
 
 
 # Under the first add_rms_norm table: what the baselines' columns compute there.
@@ -97,6 +99,19 @@ def _repeats_note(records: list[dict], mode: str) -> str | None:
     typical = sorted(s for s, _ in spreads)[len(spreads) // 2]
     where = f"{r['impl']}, N={r['n']}"
     return f"{note} Repeats' spread (max - min): median {typical:.1f} points, widest {widest:.1f} ({where})."
+
+
+def _host_bound_note(records: list[dict]) -> str | None:
+    """Which cells of one table the host bounds (sweep._set_times' host_bound), with their host and GPU
+    milliseconds a call; None where there are none (or the results predate host times)."""
+    bound = [r for r in records if r.get("host_bound")]
+    if not bound:
+        return None
+    cells = ", ".join(f"{r['impl']} N={r['n']} {r['host_ms']:.2f} / {r['ms']:.2f}" for r in bound)
+    return (
+        f"h: the host took at least {HOST_BOUND_FRACTION:.0%} of the call's GPU time to issue it, so the GPU "
+        f"waited and the cell reads the host's pace, not the kernels' (host / GPU ms a call): {cells}."
+    )
 
 
 def _latency_table(records: list[dict], names: list[str]) -> list[str]:
@@ -270,9 +285,9 @@ def markdown(results: dict) -> str:
             if records:
                 title = MODE_TITLES.get(mode, mode)
                 lines += ["", f"## {dtype} {title}", "", *_throughput_table(records, names)]
-                note = _repeats_note(records, mode)
-                if note:
-                    lines += ["", note]
+                for note in (_repeats_note(records, mode), _host_bound_note(records)):
+                    if note:
+                        lines += ["", note]
                 if mode == ADD_FORWARD and not add_noted:
                     lines += ["", ADD_FORWARD_NOTE]
                     add_noted = True

@@ -23,6 +23,7 @@ from bench.cases import (
     FORWARD,
     FORWARD_BACKWARD,
     FORWARD_BACKWARD_REPEATS,
+    HOST_BOUND_FRACTION,
     NORM_MODES,
     OFF_CELL_POINTS,
     OFF_CELL_REPEATS,
@@ -34,7 +35,7 @@ from bench.correctness import CheckOutcome, add_reference, check, check_add, ref
 from bench.errors import first_line
 from bench.implementations import Implementation
 from bench.inputs import random_add_case, random_case, release_memory, torch_dtype
-from bench.timing import median_ms
+from bench.timing import CallTime, time_call
 
 # Device memory a shape needs at its peak, per element of x, besides x's own tensors: the float64
 # reference differentiated by autograd holds about ten float64 tensors of x's size at once; the eager
@@ -55,29 +56,29 @@ def _memory_shortfall(rows: int, n: int, per_element: int) -> str | None:
     return f"needs ~{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free" if need > free else None
 
 
-def _timed_ms(fn, mode: str, x: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor) -> list[float]:
-    """Median ms of one call of ``mode``: one value, or FORWARD_BACKWARD_REPEATS for forward+backward."""
+def time_mode(fn, mode: str, x: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor) -> list[CallTime]:
+    """Times of one call of ``mode``: one measurement, or FORWARD_BACKWARD_REPEATS for forward+backward."""
     if mode == FORWARD:
         with torch.no_grad():
-            return [median_ms(lambda: fn(x, weight, EPS))]
+            return [time_call(lambda: fn(x, weight, EPS))]
     xg, wg = x.detach().requires_grad_(), weight.detach().requires_grad_()
     if mode == BACKWARD:
         y = fn(xg, wg, EPS)  # one graph, backpropagated again and again
-        return [median_ms(lambda: torch.autograd.grad(y, (xg, wg), dy, retain_graph=True))]
+        return [time_call(lambda: torch.autograd.grad(y, (xg, wg), dy, retain_graph=True))]
     return [
-        median_ms(lambda: torch.autograd.grad(fn(xg, wg, EPS), (xg, wg), dy))
+        time_call(lambda: torch.autograd.grad(fn(xg, wg, EPS), (xg, wg), dy))
         for _ in range(FORWARD_BACKWARD_REPEATS)
     ]
 
 
-def _add_timed_ms(add_fn, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor) -> list[float]:
-    """Median ms of one add+norm call without grad, as a one-value list like _timed_ms's."""
+def _add_timed(add_fn, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor) -> list[CallTime]:
+    """Times of one add+norm call without grad, as a one-measurement list like time_mode's."""
     with torch.no_grad():
-        return [median_ms(lambda: add_fn(x, residual, weight, EPS))]
+        return [time_call(lambda: add_fn(x, residual, weight, EPS))]
 
 
 def _measure(
-    timed: Callable[[], list[float]], outcome: CheckOutcome, record: dict, ceiling_gbps: float
+    timed: Callable[[], list[CallTime]], outcome: CheckOutcome, record: dict, ceiling_gbps: float
 ) -> dict:
     """Fill ``record`` with the check's outcome and, when it passed, the times ``timed()`` measures."""
     record.update(
@@ -99,22 +100,32 @@ def _measure(
     return record
 
 
-def _set_times(record: dict, repeats: list[float], ceiling_gbps: float) -> None:
-    """Fill ``record``'s times from the medians ``repeats`` (ms): their median, and with several their
-    spread and whether it is stable."""
-    pct = [100 * record["bytes"] / ms / 1e6 / ceiling_gbps for ms in repeats]
-    ms = statistics.median(repeats)
-    record.update(ms=ms, gbps=record["bytes"] / ms / 1e6, pct_of_ceiling=statistics.median(pct))
+def _set_times(record: dict, repeats: list[CallTime], ceiling_gbps: float) -> None:
+    """Fill ``record``'s times from the measurements ``repeats``: the median of their ms and of their
+    host_ms, whether the host bounds the cell (HOST_BOUND_FRACTION), and with several their spread and
+    whether it is stable."""
+    times = [ms for ms, _ in repeats]
+    host_times = [host_ms for _, host_ms in repeats]
+    pct = [100 * record["bytes"] / ms / 1e6 / ceiling_gbps for ms in times]
+    ms, host_ms = statistics.median(times), statistics.median(host_times)
+    record.update(
+        ms=ms,
+        gbps=record["bytes"] / ms / 1e6,
+        pct_of_ceiling=statistics.median(pct),
+        host_ms=host_ms,
+        host_bound=host_ms >= HOST_BOUND_FRACTION * ms,
+    )
     if len(repeats) > 1:
         record.update(
-            ms_repeats=repeats,
+            ms_repeats=times,
+            host_ms_repeats=host_times,
             pct_repeats=pct,
             stable=statistics.median(pct) - min(pct) <= STABLE_SPREAD_POINTS,
         )
 
 
 def repeat_off_cells(
-    records: list[dict], timers: list[Callable[[], list[float]]], ceiling_gbps: float
+    records: list[dict], timers: list[Callable[[], list[CallTime]]], ceiling_gbps: float
 ) -> None:
     """Measure again each of our cells in ``records`` (one mode of one shape; ``timers`` their timing
     functions, in the same order) that has one reading more than OFF_CELL_POINTS below the row's best,
@@ -127,19 +138,18 @@ def repeat_off_cells(
         if record["pct_of_ceiling"] >= best - OFF_CELL_POINTS:
             continue
         try:
-            more = [ms for _ in range(OFF_CELL_REPEATS - 1) for ms in timed()]
+            more = [time for _ in range(OFF_CELL_REPEATS - 1) for time in timed()]
         except Exception as exc:  # e.g. out of memory: the reading already taken stands
             record["repeat_reason"] = first_line(exc)
         else:
-            _set_times(record, [record["ms"], *more], ceiling_gbps)
+            _set_times(record, [CallTime(record["ms"], record["host_ms"]), *more], ceiling_gbps)
 
 
 def _cell(record: dict) -> str:
-    return (
-        f"{record['gbps']:.0f} ({record['pct_of_ceiling']:.0f}%)"
-        if record["status"] == "ok"
-        else record["status"]
-    )
+    if record["status"] != "ok":
+        return record["status"]
+    text = f"{record['gbps']:.0f} ({record['pct_of_ceiling']:.0f}%)"
+    return text + " host-bound" if record["host_bound"] else text
 
 
 def _record(impl: Implementation, mode: str, dtype: str, rows: int, n: int, **fields) -> dict:
@@ -204,7 +214,7 @@ def _norm_records(
         return _skipped(impls, modes, dtype, rows, n, first_line(exc), log)
     records = []
     for mode in modes:
-        timers = [functools.partial(_timed_ms, impl.fn, mode, *tensors) for impl in impls]
+        timers = [functools.partial(time_mode, impl.fn, mode, *tensors) for impl in impls]
         check_kind = FORWARD if mode == FORWARD else "training"
         mode_records = [
             _measure(
@@ -233,7 +243,7 @@ def _add_records(impls: list[Implementation], dtype: str, n: int, ceiling_gbps: 
         del ref  # its float64 tensors are not needed while timing
     except torch.OutOfMemoryError as exc:
         return _skipped(impls, modes, dtype, rows, n, first_line(exc), log)
-    timers = [functools.partial(_add_timed_ms, impl.add_fn, x, residual, weight) for impl in impls]
+    timers = [functools.partial(_add_timed, impl.add_fn, x, residual, weight) for impl in impls]
     records = [
         _measure(timed, outcomes[impl.name], _record(impl, ADD_FORWARD, dtype, rows, n), ceiling_gbps)
         for impl, timed in zip(impls, timers)

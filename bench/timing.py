@@ -8,7 +8,8 @@ latency table wants L2-resident inputs anyway).
 from __future__ import annotations
 
 import statistics
-from typing import Callable
+import time
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -20,13 +21,28 @@ WARMUP_MS = 5.0
 REP_MS = 25.0
 MIN_SAMPLES = 8
 ESTIMATE_CALLS = 3  # calls timed together to size the warm-up and the sample count
+# The host's time to issue one call is read over the first HOST_CALLS timed calls, issued onto an
+# idle GPU: few enough that their launches never fill the launch queue (which would make the host
+# wait for the GPU and read as slow as it), so the reading is the host's own.
+HOST_CALLS = 8
 
 # The ceiling: one device-to-device copy of a buffer far larger than L2, read + written.
 COPY_BUFFER_BYTES = 2 * 2**30
 
 
-def median_ms(fn: Callable[[], object]) -> float:
-    """Median GPU milliseconds of one ``fn()`` call, timed with a CUDA event pair per call after warm-up."""
+class CallTime(NamedTuple):
+    """One measurement: the median GPU milliseconds of a call (event pair per call) and the host's
+    milliseconds to issue one. An event pair brackets the GPU's time from the call's first command to
+    its last; where the host issues a call more slowly than the GPU runs it, the GPU waits inside that
+    bracket, and ms reads the host's pace (host_ms close to ms), not the kernels'."""
+
+    ms: float
+    host_ms: float
+
+
+def time_call(fn: Callable[[], object]) -> CallTime:
+    """Median GPU milliseconds of one ``fn()`` call, timed with a CUDA event pair per call after warm-up,
+    and the host's milliseconds to issue one."""
     fn()  # untimed: a path the correctness check did not take (backward with retain_graph) may compile
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
@@ -37,15 +53,27 @@ def median_ms(fn: Callable[[], object]) -> float:
     estimate_ms = max(start.elapsed_time(end) / ESTIMATE_CALLS, 1e-3)
     for _ in range(int(WARMUP_MS / estimate_ms)):
         fn()
-    samples = max(MIN_SAMPLES, int(REP_MS / estimate_ms))
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(samples)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(samples)]
-    for begin, finish in zip(starts, ends):
-        begin.record()
-        fn()
-        finish.record()
+    samples = max(MIN_SAMPLES, HOST_CALLS, int(REP_MS / estimate_ms))
+    pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(samples)]
+
+    def issue(timed_pairs: list) -> None:
+        for begin, finish in timed_pairs:
+            begin.record()
+            fn()
+            finish.record()
+
+    torch.cuda.synchronize()  # the warm-up drained: the host issues the first calls onto an idle GPU
+    issue_start = time.perf_counter()
+    issue(pairs[:HOST_CALLS])
+    host_ms = (time.perf_counter() - issue_start) * 1e3 / HOST_CALLS
+    issue(pairs[HOST_CALLS:])
     torch.cuda.synchronize()
-    return statistics.median(b.elapsed_time(f) for b, f in zip(starts, ends))
+    return CallTime(statistics.median(begin.elapsed_time(finish) for begin, finish in pairs), host_ms)
+
+
+def median_ms(fn: Callable[[], object]) -> float:
+    """Median GPU milliseconds of one ``fn()`` call (time_call's)."""
+    return time_call(fn).ms
 
 
 def _copy_ms() -> float:

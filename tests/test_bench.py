@@ -1,43 +1,53 @@
 """The benchmark's bookkeeping, without a GPU: stand-in timers and records.
 
 bench.sweep times forward, backward and add-forward once, and measures again a cell of ours more than
-OFF_CELL_POINTS below the best of its row; bench.report says so under the table, and puts the host time
-of a forward+backward (bench.latency) beside the latency table. bench.host_breakdown's training cases run.
+OFF_CELL_POINTS below the best of its row; bench.report says so under the table, marks the cells the
+host bounds, and puts the host time of a forward+backward (bench.latency) beside the latency table.
+bench.host_breakdown's training cases run. On a GPU, bench.timing tells a host-bound call from one
+bound by its kernels.
 """
 
 from __future__ import annotations
+
+import time
 
 import pytest
 import torch
 
 from bench import host_breakdown, latency
-from bench.cases import FORWARD, FORWARD_BACKWARD, OFF_CELL_POINTS, OFF_CELL_REPEATS
-from bench.report import _latency_spread_note, _latency_table, _repeats_note
+from bench.cases import FORWARD, FORWARD_BACKWARD, HOST_BOUND_FRACTION, OFF_CELL_POINTS, OFF_CELL_REPEATS
+from bench.report import _host_bound_note, _latency_spread_note, _latency_table, _repeats_note, _throughput_table
 from bench.sweep import _set_times, repeat_off_cells
-from tests.conftest import DEVICE
+from bench.timing import CallTime, time_call
+from tests.conftest import DEVICE, ON_GPU
 
 CEILING_GBPS = 1000.0
 BYTES = 1e9  # with the ceiling above: a reading of ms milliseconds is 100 / ms percent of it
 
 
+HOST_SHARE = 0.25  # the stand-in timings' host ms a call, as a share of their GPU ms: not host-bound
+
+
 class Timer:
-    """A timing function that returns the next of `readings` (ms) each call, or raises `error`."""
+    """A timing function that returns the next of `readings` (GPU ms, issued in HOST_SHARE of that)
+    each call, or raises `error`."""
 
     def __init__(self, *readings: float, error: Exception | None = None) -> None:
         self.readings = list(readings)
         self.error = error
         self.calls = 0
 
-    def __call__(self) -> list[float]:
+    def __call__(self) -> list[CallTime]:
         self.calls += 1
         if self.error is not None:
             raise self.error
-        return [self.readings.pop(0)]
+        ms = self.readings.pop(0)
+        return [CallTime(ms, HOST_SHARE * ms)]
 
 
-def _record(impl: str, group: str, *readings_ms: float, mode: str = FORWARD) -> dict:
-    record = {"impl": impl, "group": group, "mode": mode, "n": 4096, "bytes": BYTES, "status": "ok"}
-    _set_times(record, list(readings_ms), CEILING_GBPS)
+def _record(impl: str, group: str, *readings_ms: float, mode: str = FORWARD, n: int = 4096) -> dict:
+    record = {"impl": impl, "group": group, "mode": mode, "n": n, "bytes": BYTES, "status": "ok"}
+    _set_times(record, [CallTime(ms, HOST_SHARE * ms) for ms in readings_ms], CEILING_GBPS)
     return record
 
 
@@ -52,6 +62,8 @@ def test_an_off_cell_of_ours_is_measured_again_and_reports_the_median():
     assert ours["pct_of_ceiling"] == pytest.approx(100 / 1.05)
     assert ours["pct_repeats"] == pytest.approx([80.0, 100 / 1.05, 100.0])
     assert ours["stable"] is False  # the first reading is 15 points under the median
+    assert ours["host_ms_repeats"] == pytest.approx([HOST_SHARE * ms for ms in (1.25, 1.05, 1.0)])
+    assert ours["host_ms"] == pytest.approx(HOST_SHARE * 1.05) and ours["host_bound"] is False
 
 
 def test_cells_within_reach_of_the_best_peers_and_repeated_cells_are_left_alone():
@@ -83,6 +95,56 @@ def test_the_report_notes_repeated_cells_only_where_there_are_some():
     assert note.startswith(f"1 of our cells read more than {OFF_CELL_POINTS:g} points below")
     assert f"measured {OFF_CELL_REPEATS} times" in note and "widest 20.0 (ours-cuda, N=4096)" in note
     assert _repeats_note([_record("quack", "peers", 1.0, 1.0, 1.0)], FORWARD_BACKWARD).startswith("Median of 3")
+
+
+def test_a_cell_whose_host_issues_calls_about_as_slowly_as_the_gpu_runs_them_is_marked_host_bound():
+    """host_bound follows the medians: the host's 0.95 ms a call against the GPU's 1.0 is bound,
+    0.85 against 1.0 is not; the table marks the bound cell "h" and the note names it."""
+    bound = {"impl": "ours-triton", "group": "ours", "mode": FORWARD, "n": 32768, "rows": 4096, "bytes": BYTES,
+             "status": "ok"}  # fmt: skip
+    free = {**bound, "impl": "ours-cuda"}
+    _set_times(bound, [CallTime(1.0, 0.95), CallTime(1.2, 0.2), CallTime(0.9, 1.0)], CEILING_GBPS)
+    _set_times(free, [CallTime(1.0, 0.85)], CEILING_GBPS)
+    assert bound["ms"] == 1.0 and bound["host_ms"] == 0.95 and bound["host_bound"] is True
+    assert free["host_bound"] is False and HOST_BOUND_FRACTION == pytest.approx(0.9)
+    _, _, row = _throughput_table([bound, free], ["ours-triton", "ours-cuda"])
+    assert row == "| 32768 | 4096 | **1000 (100%)** * h | **1000 (100%)** |"
+    note = _host_bound_note([bound, free])
+    assert note.endswith("(host / GPU ms a call): ours-triton N=32768 0.95 / 1.00.")
+    assert _host_bound_note([free]) is None
+
+
+@pytest.mark.skipif(not ON_GPU, reason="bench.timing times CUDA events; no GPU here")
+def test_time_call_reads_the_host_where_it_bounds_the_call_and_the_kernels_where_they_do():
+    """A call that sleeps 2 ms on the host before a small kernel reads about 2 ms of GPU time and as
+    much of host: host-bound. A call of ~1 ms of copies on the GPU, issued in microseconds, is not."""
+    small, big = torch.randn(1024, device="cuda"), torch.randn(2**26, device="cuda")
+    out = torch.empty_like(big)
+
+    def sleepy():
+        time.sleep(2e-3)
+        small.mul_(1.0)
+
+    slow_host = time_call(sleepy)
+    assert slow_host.host_ms >= 2.0 and slow_host.ms >= 1.5
+    assert slow_host.host_ms >= HOST_BOUND_FRACTION * slow_host.ms
+    gpu_bound = time_call(lambda: [out.copy_(big) for _ in range(4)])
+    assert gpu_bound.ms >= 0.5 and gpu_bound.host_ms < 0.5 * gpu_bound.ms
+
+
+def test_swing_summary_tells_spread_within_an_allocation_from_spread_across_them():
+    """Allocation 0 reads 100% twice, one of them host-bound (0.95 of 1.0 ms); allocation 1 reads 80
+    then 100%: 20 points within it, medians 90 and 100 across the two."""
+    from bench.swing import summarize
+
+    readings = [[CallTime(1.0, 0.1), CallTime(1.0, 0.95)], [CallTime(1.25, 0.1), CallTime(1.0, 0.1)]]
+    first, second, verdict = summarize(readings, int(BYTES), CEILING_GBPS).splitlines()
+    assert first.split() == ["allocation", "0:", "100.0%", "(0.100/1.000)", "100.0%", "(0.950/1.000)"]
+    assert second.split()[2:4] == ["80.0%", "(0.100/1.250)"]
+    assert verdict.strip() == (
+        "widest spread within an allocation 20.0 points; allocations' medians 90.0-100.0% (spread 10.0); "
+        "host-bound readings 1 of 4"
+    )
 
 
 def _latency_record(impl: str, rows: int, **fields) -> dict:
