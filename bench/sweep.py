@@ -138,7 +138,7 @@ def repeat_off_cells(
         if record["pct_of_ceiling"] >= best - OFF_CELL_POINTS:
             continue
         try:
-            more = [time for _ in range(OFF_CELL_REPEATS - 1) for time in timed()]
+            more = [reading for _ in range(OFF_CELL_REPEATS - 1) for reading in timed()]
         except Exception as exc:  # e.g. out of memory: the reading already taken stands
             record["repeat_reason"] = first_line(exc)
         else:

@@ -23,8 +23,6 @@ from tests.conftest import DEVICE, ON_GPU
 
 CEILING_GBPS = 1000.0
 BYTES = 1e9  # with the ceiling above: a reading of ms milliseconds is 100 / ms percent of it
-
-
 HOST_SHARE = 0.25  # the stand-in timings' host ms a call, as a share of their GPU ms: not host-bound
 
 
