@@ -70,7 +70,7 @@ OFF_CELL_REPEATS = 3
 # A cell whose host took at least this share of its GPU time to issue a call (timing.CallTime) is
 # marked as bound by the host: the GPU waited inside the timed bracket, so the cell reads the host's
 # pace. Cells timed through autograd at M·N = 2^27 in 16-bit have ~0.27-0.45 ms of GPU time a call,
-# and their readings moved by up to 49 points between two full runs in which all but two forward
+# and their readings moved by up to 49 points between two full runs in which all but three forward
 # cells moved by 1.5 or less (bench/NOTES.md v0.42).
 HOST_BOUND_FRACTION = 0.9
 
