@@ -386,11 +386,12 @@ __device__ __forceinline__ void test_weight_once(const W* weight, F&& f) {
 }
 
 // y_floats_of rounded to T: the values y stores.
-template <bool ALIGNED, typename T, int VEC, typename R, typename W, typename Index, typename Offset>
-__device__ __forceinline__ Vec<T, VEC> y_of(const Vec<R, VEC>& r, const W* weight, Offset weight_offset,
-                                            bool round_xhat, Index col, Index n, float rstd) {
+template <bool ALIGNED, typename T, int VEC, typename R, typename W, typename WithWeight, typename Offset,
+          typename Index>
+__device__ __forceinline__ Vec<T, VEC> y_of(const Vec<R, VEC>& r, const W* weight, WithWeight with_weight,
+                                            Offset weight_offset, bool round_xhat, Index col, Index n, float rstd) {
   float y[VEC];
-  y_floats_of<ALIGNED, T>(r, weight, weight != nullptr, weight_offset, round_xhat, col, n, rstd, y);
+  y_floats_of<ALIGNED, T>(r, weight, with_weight, weight_offset, round_xhat, col, n, rstd, y);
   return vec_from_floats<T>(y);
 }
 
@@ -505,10 +506,11 @@ __global__ void __launch_bounds__(kMaxBlockThreads, 1) rms_norm_fwd_kernel(
       const auto store_row = [&](auto with_weight) {
 #pragma unroll
         for (int i = 0; i < ITEMS; ++i) {
-          float y_floats[VEC];
-          y_floats_of<ALIGNED, T>(x_chunks[i], weight, with_weight, weight_offset, round_xhat,
-                                  first_col + i * col_step, n, row_rstd, y_floats);
-          store_y<ALIGNED>(y_row, first_col + i * col_step, n, vec_from_floats<T>(y_floats), 1.0f);
+          const int col = first_col + i * col_step;
+          store_y<ALIGNED>(y_row, col, n,
+                           y_of<ALIGNED, T>(x_chunks[i], weight, with_weight, weight_offset, round_xhat, col, n,
+                                            row_rstd),
+                           1.0f);
         }
       };
       test_weight_once<kWeightTestedOnce<T, W, R, ITEMS>>(weight, store_row);
@@ -664,7 +666,7 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
           const Vec<R, VEC> in = input_at(col);
           if (residual_row != nullptr) store_vec<ALIGNED>(residual_out + row * n, col, row_n, in);
           store_y<ALIGNED>(y_row, col, row_n,
-                           y_of<ALIGNED, T>(in, w, w_offset, round, col, row_n, row_rstd), y_inv_scale);
+                           y_of<ALIGNED, T>(in, w, w != nullptr, w_offset, round, col, row_n, row_rstd), y_inv_scale);
         }
       }
       // The next row's copies land where this row's last reads were: those must be done.
