@@ -66,7 +66,7 @@ def _time(library: str, ns: tuple[int, ...], ops_timed: tuple[str, ...], dtype_n
     copy ceiling and the forward's GPU microseconds per call at M = 1."""
     import torch
 
-    from bench.cases import ELEMENTS
+    from bench.cases import ELEMENT_BYTES, ELEMENTS
     from bench.inputs import torch_dtype
     from bench.timing import copy_ceiling
 
@@ -74,10 +74,9 @@ def _time(library: str, ns: tuple[int, ...], ops_timed: tuple[str, ...], dtype_n
     ops = torch.ops.rmsnorm_cuda
     ceiling = copy_ceiling()["gbps"]
     dtype = torch_dtype(dtype_name)
-    element_bytes = torch.finfo(dtype).bits // 8
 
     def percent(ms: float, tensors: float) -> float:
-        return 100 * tensors * ELEMENTS * element_bytes / ms / 1e6 / ceiling
+        return 100 * tensors * ELEMENTS * ELEMENT_BYTES[dtype_name] / ms / 1e6 / ceiling
 
     for n in ns:
         print(
