@@ -6,6 +6,9 @@ add_rms_norm cuda 16384` profiles the third launch (after two warm-up calls): ac
 throughput, occupancy and stall reasons say why a kernel misses the copy ceiling. bench/profile.sh
 runs a list of such cases.
 
+Backends: ours (cuda, triton, auto), or a peer of PEERS for rms_norm: `bench/profile.sh "rms_norm
+quack 131072"` with KERNEL=regex:[Rr][Mm][Ss]_?[Nn]orm profiles quack's kernel on the same row.
+
 Ops: rms_norm, add_rms_norm, quant_static and quant_dynamic (rms_norm_quant with a given scale or
 per-row scales), add_quant (add_rms_norm_quant), qk_norm (N = D: a [tokens, H, D] view of a wider
 qkv row, H = 32, as bench/features.py's QK-norm rows), backward (the gradients of x and the weight
@@ -21,6 +24,11 @@ import torch
 
 import rmsnorm
 from bench.cases import ELEMENTS
+from bench.implementations import REGISTRY
+
+# Peers whose forward can be profiled beside ours, for the same row: `backend` names them as
+# bench.implementations does. Their kernels are named otherwise: KERNEL=regex:[Rr][Mm][Ss]_?[Nn]orm.
+PEERS = ("quack", "liger")
 
 CALLS = 3  # two to warm up (JIT, caches), the third to profile
 EPS = 1e-6
@@ -32,6 +40,11 @@ def make_call(op: str, backend: str, n: int, rows: int | None = None):
     residual = torch.randn_like(x)
     weight = torch.randn(n, device="cuda", dtype=torch.bfloat16)
     scale = torch.tensor([0.02], device="cuda")
+    if backend in PEERS:
+        if op != "rms_norm":
+            raise SystemExit(f"profile_case: {backend} is profiled for rms_norm only, not {op}")
+        peer_norm = REGISTRY[backend][1]()
+        return lambda: peer_norm(x, weight, EPS)
     if op == "qk_norm":
         tokens = ELEMENTS // (QK_HEADS * n)
         q = torch.randn(tokens, 3 * QK_HEADS * n, device="cuda", dtype=torch.bfloat16)[:, : QK_HEADS * n]
