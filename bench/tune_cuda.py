@@ -29,6 +29,11 @@ CANDIDATES: dict[str, dict[str, str]] = {
         "kFwdClusterPrefetchWeight": "true",
         "kFwdClusterWeightRoomInL1": "true",
     },
+    "clustered weight prefetched to L1, carveout with room for it, staged walks unrolled 8": {
+        "kFwdClusterPrefetchWeight": "true",
+        "kFwdClusterWeightRoomInL1": "true",
+        "kStagedUnroll": "8",
+    },
     "clustered weight prefetched to L1, carveout as is": {"kFwdClusterPrefetchWeight": "true"},
     "clustered carveout with room for the weight, no prefetch": {"kFwdClusterWeightRoomInL1": "true"},
 }
