@@ -25,17 +25,7 @@ NS = (1024, 2048, 4096, 8192, 16384, 32768)
 # label -> {constant name in csrc/*.cu: value written in its place}; {} is csrc as it is.
 CANDIDATES: dict[str, dict[str, str]] = {
     "as is": {},
-    "clustered weight prefetched to L1, carveout with room for it": {
-        "kFwdClusterPrefetchWeight": "true",
-        "kFwdClusterWeightRoomInL1": "true",
-    },
-    "clustered weight prefetched to L1, carveout with room for it, staged walks unrolled 8": {
-        "kFwdClusterPrefetchWeight": "true",
-        "kFwdClusterWeightRoomInL1": "true",
-        "kStagedUnroll": "8",
-    },
-    "clustered weight prefetched to L1, carveout as is": {"kFwdClusterPrefetchWeight": "true"},
-    "clustered carveout with room for the weight, no prefetch": {"kFwdClusterWeightRoomInL1": "true"},
+    "forward rows on up to 256 threads before more Vecs a thread": {"kFwdPreferredThreadsPerRow": "256"},
 }
 
 

@@ -139,28 +139,6 @@ constexpr int64_t kFwdClusterSliceBytes = 32 * 1024;
 // its slice of the weight is L2's. 100% against 44% (132 KB, v0.30): 89 / 83% of copy at 131072,
 // 84 / 63% at 262144 (v0.11).
 constexpr int kFwdClusterCarveoutPercent = 100;
-// Whether the clustered staged kernel asks L1 for its slice of the weight (prefetch_l1) while x's
-// copies are in flight, and whether it sizes its carveout for the blocks whose stages and weight
-// slices both fit the SM's kUnifiedL1SharedBytes (three of 32 KB slices, one of 64-128 KB), rather
-// than kFwdClusterCarveoutPercent. Read from L2 after the cluster's totals, the weight's loads wait
-// kStagedUnroll at a time, up to four trips in series a row (8 chunks a thread) that no copy
-// overlaps when an SM holds one block (2^20: 62% of copy; quack, which loads its weight before
-// waiting for x, 92).
-constexpr bool kFwdClusterPrefetchWeight = false;
-constexpr bool kFwdClusterWeightRoomInL1 = false;
-// An SM's shared memory and L1 together: sm_90's, where clusters run.
-constexpr int64_t kUnifiedL1SharedBytes = 256 * 1024;
-// The blocks an SM is to hold when each stages stage_bytes and wants weight_slice_bytes of L1: the
-// most whose stages (with the system's share) and weight slices fit kUnifiedL1SharedBytes, one at
-// least.
-constexpr int64_t blocks_with_weight_in_l1(int64_t stage_bytes, int64_t weight_slice_bytes) {
-  return std::max<int64_t>(1, kUnifiedL1SharedBytes / (stage_bytes + kReservedSharedBytesPerBlock + weight_slice_bytes));
-}
-// bf16 slices of 32 KB: three blocks (100 KB of shared memory, 156 KB of L1 for 96 KB of weight);
-// of 64 KB one (100 KB, 156 KB); of 128 KB one (132 KB; 124 KB of L1, 4 KB short of the weight).
-static_assert(blocks_with_weight_in_l1(32 * 1024, 32 * 1024) == 3);
-static_assert(blocks_with_weight_in_l1(64 * 1024, 64 * 1024) == 1);
-static_assert(blocks_with_weight_in_l1(128 * 1024, 128 * 1024) == 1);
 // Slices up to this many bytes are staged (when aligned); longer ones are walked from L2.
 constexpr int64_t kFwdClusterStagedMaxSliceBytes = kFwdStagedMaxRowBytes;
 // The unroll of a staged walk: shared memory answers within tens of cycles, and the SM has other
@@ -631,8 +609,7 @@ __global__ void __launch_bounds__(kLoopedBlockThreads, 1) rms_norm_fwd_looped_ke
         // The amax walk's weight, brought to L1 while the copies are in flight: between two block
         // reductions, a chunk of it that L1 no longer holds stalls the whole block. H100, bf16,
         // rms_norm_quant dynamic: +0.5 points of copy at 16384 and 32768 (bench/NOTES.md v0.31).
-        // Clustered, every walk's (see kFwdClusterPrefetchWeight).
-        if constexpr (kStagedDynamic || (CLUSTERED && kFwdClusterPrefetchWeight)) {
+        if constexpr (kStagedDynamic) {
           if (w != nullptr) {
             for (Index col = first_col; col < end_col; col += col_step) prefetch_l1(w + col);
           }
@@ -789,17 +766,7 @@ cudaError_t launch_rms_norm_fwd(const T* x, RowLayout x_layout, const R* residua
       const auto kernel = rms_norm_fwd_looped_kernel<T, W, R, Y, ALIGNED, STAGED, true>;
       const int stage_bytes = STAGED ? static_cast<int>(config.slice_n * sizeof(T)) : 0;
       cudaError_t status = cudaSuccess;
-      if constexpr (STAGED) {
-        int percent = kFwdClusterCarveoutPercent;
-        if constexpr (kFwdClusterWeightRoomInL1) {
-          int max_shared = 0;
-          status = max_shared_bytes_per_sm(&max_shared);
-          const int64_t weight_slice_bytes = weight == nullptr ? 0 : config.slice_n * int64_t{sizeof(W)};
-          percent = shared_capacity_percent(stage_bytes, blocks_with_weight_in_l1(stage_bytes, weight_slice_bytes),
-                                            0, max_shared);
-        }
-        if (status == cudaSuccess) status = set_stage_attributes(kernel, stage_bytes, percent);
-      }
+      if constexpr (STAGED) status = set_stage_attributes(kernel, stage_bytes, kFwdClusterCarveoutPercent);
       if (status == cudaSuccess && config.cluster_blocks > 8) {
         status = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
       }
