@@ -18,7 +18,7 @@ from bench import host_breakdown, latency
 from bench.cases import FORWARD, FORWARD_BACKWARD, HOST_BOUND_FRACTION, OFF_CELL_POINTS, OFF_CELL_REPEATS
 from bench.report import _host_bound_note, _latency_spread_note, _latency_table, _repeats_note, _throughput_table
 from bench.sweep import _set_times, repeat_off_cells
-from bench.timing import CallTime, time_call
+from bench.timing import HOST_CALLS, CallTime, time_call
 from tests.conftest import DEVICE, ON_GPU
 
 CEILING_GBPS = 1000.0
@@ -110,6 +110,50 @@ def test_a_cell_whose_host_issues_calls_about_as_slowly_as_the_gpu_runs_them_is_
     note = _host_bound_note([bound, free])
     assert note.endswith("(host / GPU ms a call): ours-triton N=32768 0.95 / 1.00.")
     assert _host_bound_note([free]) is None
+
+
+class FakeEvent:
+    """A CUDA event stand-in that counts the records made while timing.time_call's host clock runs of
+    events that had never been recorded (which create the CUDA event: host time of their own)."""
+
+    clock_running = False
+    created_while_timed = 0
+    records = 0
+
+    def __init__(self, enable_timing: bool = False) -> None:
+        self.recorded = False
+
+    def record(self) -> None:
+        if not self.recorded and FakeEvent.clock_running:
+            FakeEvent.created_while_timed += 1
+        self.recorded = True
+        FakeEvent.records += 1
+
+    def elapsed_time(self, end: "FakeEvent") -> float:
+        return 1.0
+
+
+def test_time_call_creates_its_events_before_the_host_clock_starts(monkeypatch):
+    """The host reading covers fn and the records of events that exist already: a first record, which
+    creates its CUDA event, made a 22 us forward read 54 us a call. Fails if the events are left to be
+    created inside the timed issue."""
+    ticks = iter(range(10))
+
+    def perf_counter() -> float:  # time_call reads it twice: at the start and the end of the host's timing
+        tick = next(ticks)
+        FakeEvent.clock_running = tick == 0
+        return float(tick)
+
+    monkeypatch.setattr(FakeEvent, "created_while_timed", 0)
+    monkeypatch.setattr(FakeEvent, "records", 0)
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(time, "perf_counter", perf_counter)
+    calls = []
+    result = time_call(lambda: calls.append(1))
+    assert FakeEvent.records > 0 and len(calls) > HOST_CALLS
+    assert FakeEvent.created_while_timed == 0
+    assert result.ms == 1.0 and result.host_ms == pytest.approx(1e3 / HOST_CALLS)
 
 
 @pytest.mark.skipif(not ON_GPU, reason="bench.timing times CUDA events; no GPU here")
