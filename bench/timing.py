@@ -55,9 +55,9 @@ def time_call(fn: Callable[[], object]) -> CallTime:
         fn()
     samples = max(MIN_SAMPLES, HOST_CALLS, int(REP_MS / estimate_ms))
     pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(samples)]
-    # An event is created on its first record: ~15 us of host each (H100 machine, bench/NOTES.md v0.44),
-    # which inside the timed issue made a 22 us forward read 54 us of host a call. Recorded once here,
-    # every event exists before the clock starts; the timed records overwrite these.
+    # An event is created on its first record, ~10 us of host each (H100 machine, bench/NOTES.md v0.44),
+    # which the host's reading would count as the call's. Recorded once here, every event exists before
+    # the clock starts; the timed records overwrite these.
     for begin, finish in pairs:
         begin.record()
         finish.record()

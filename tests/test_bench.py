@@ -134,9 +134,9 @@ class FakeEvent:
 
 
 def test_time_call_creates_its_events_before_the_host_clock_starts(monkeypatch):
-    """The host reading covers fn and the records of events that exist already: a first record, which
-    creates its CUDA event, made a 22 us forward read 54 us a call. Fails if the events are left to be
-    created inside the timed issue."""
+    """The host reading covers fn and the records of events that exist already: a first record creates
+    its CUDA event, ~10 us of host each. Fails if the events are left to be created inside the timed
+    issue."""
     ticks = iter(range(10))
 
     def perf_counter() -> float:  # time_call reads it twice: at the start and the end of the host's timing
