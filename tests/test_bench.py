@@ -10,11 +10,12 @@ bound by its kernels.
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from bench import host_breakdown, latency
+from bench import host_breakdown, latency, timing
 from bench.cases import FORWARD, FORWARD_BACKWARD, HOST_BOUND_FRACTION, OFF_CELL_POINTS, OFF_CELL_REPEATS
 from bench.report import _host_bound_note, _latency_spread_note, _latency_table, _repeats_note, _throughput_table
 from bench.sweep import _set_times, repeat_off_cells
@@ -139,7 +140,7 @@ def test_time_call_creates_its_events_before_the_host_clock_starts(monkeypatch):
     issue."""
     ticks = iter(range(10))
 
-    def perf_counter() -> float:  # time_call reads it twice: at the start and the end of the host's timing
+    def perf_counter() -> float:  # time_call reads it twice: the host's clock runs from the first read
         tick = next(ticks)
         FakeEvent.clock_running = tick == 0
         return float(tick)
@@ -148,7 +149,7 @@ def test_time_call_creates_its_events_before_the_host_clock_starts(monkeypatch):
     monkeypatch.setattr(FakeEvent, "records", 0)
     monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
-    monkeypatch.setattr(time, "perf_counter", perf_counter)
+    monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=perf_counter))
     calls = []
     result = time_call(lambda: calls.append(1))
     assert FakeEvent.records > 0 and len(calls) > HOST_CALLS
