@@ -35,7 +35,7 @@ from bench.correctness import CheckOutcome, add_reference, check, check_add, ref
 from bench.errors import first_line
 from bench.implementations import Implementation
 from bench.inputs import random_add_case, random_case, release_memory, torch_dtype
-from bench.timing import CallTime, time_call
+from bench.timing import CallTime, percent_of_ceiling, time_call
 
 # Device memory a shape needs at its peak, per element of x, besides x's own tensors: the float64
 # reference differentiated by autograd holds about ten float64 tensors of x's size at once; the eager
@@ -106,7 +106,7 @@ def _set_times(record: dict, repeats: list[CallTime], ceiling_gbps: float) -> No
     whether it is stable."""
     times = [ms for ms, _ in repeats]
     host_times = [host_ms for _, host_ms in repeats]
-    pct = [100 * record["bytes"] / ms / 1e6 / ceiling_gbps for ms in times]
+    pct = [percent_of_ceiling(record["bytes"], ms, ceiling_gbps) for ms in times]
     ms, host_ms = statistics.median(times), statistics.median(host_times)
     record.update(
         ms=ms,

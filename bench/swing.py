@@ -18,7 +18,7 @@ from bench.cases import DTYPES, HOST_BOUND_FRACTION, NORM_MODES, bytes_moved, ro
 from bench.implementations import ALL_NAMES, load_implementations
 from bench.inputs import random_case, torch_dtype
 from bench.sweep import time_mode
-from bench.timing import CallTime, copy_ceiling
+from bench.timing import CallTime, copy_ceiling, percent_of_ceiling
 
 
 def summarize(readings: list[list[CallTime]], moved: int, ceiling_gbps: float) -> str:
@@ -27,7 +27,7 @@ def summarize(readings: list[list[CallTime]], moved: int, ceiling_gbps: float) -
     and the count of host-bound readings."""
 
     def pct(ms: float) -> float:
-        return 100 * moved / ms / 1e6 / ceiling_gbps
+        return percent_of_ceiling(moved, ms, ceiling_gbps)
 
     lines = []
     for index, times in enumerate(readings):

@@ -88,6 +88,11 @@ def _copy_ms() -> float:
     return median_ms(lambda: dst.copy_(src))
 
 
+def percent_of_ceiling(moved_bytes: float, ms: float, ceiling_gbps: float) -> float:
+    """moved_bytes read and written in ms milliseconds, as a percent of ceiling_gbps (GB = 1e9 bytes)."""
+    return 100 * moved_bytes / ms / 1e6 / ceiling_gbps
+
+
 def copy_ceiling() -> dict:
     """Device-to-device copy bandwidth: {bytes, ms, gbps} with bytes = read + written, GB = 1e9 bytes."""
     ms = _copy_ms()

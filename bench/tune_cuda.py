@@ -68,7 +68,7 @@ def _time(library: str, ns: tuple[int, ...], ops_timed: tuple[str, ...], dtype_n
 
     from bench.cases import ELEMENT_BYTES, ELEMENTS
     from bench.inputs import torch_dtype
-    from bench.timing import copy_ceiling
+    from bench.timing import copy_ceiling, percent_of_ceiling
 
     torch.ops.load_library(library)
     ops = torch.ops.rmsnorm_cuda
@@ -76,7 +76,7 @@ def _time(library: str, ns: tuple[int, ...], ops_timed: tuple[str, ...], dtype_n
     dtype = torch_dtype(dtype_name)
 
     def percent(ms: float, tensors: float) -> float:
-        return 100 * tensors * ELEMENTS * ELEMENT_BYTES[dtype_name] / ms / 1e6 / ceiling
+        return percent_of_ceiling(tensors * ELEMENTS * ELEMENT_BYTES[dtype_name], ms, ceiling)
 
     for n in ns:
         print(

@@ -18,7 +18,7 @@ import torch
 
 import rmsnorm
 from bench.cases import ELEMENTS
-from bench.timing import copy_ceiling, median_ms
+from bench.timing import copy_ceiling, median_ms, percent_of_ceiling
 from rmsnorm import triton_kernels
 
 NS = (1024, 4096, 8192, 16384, 32768)
@@ -241,7 +241,7 @@ def _cell(value: int | str) -> str:
 
 
 def _percent(ms: float, tensors: float, x: torch.Tensor, ceiling_gbps: float) -> float:
-    return 100 * tensors * x.numel() * x.element_size() / ms / 1e6 / ceiling_gbps
+    return percent_of_ceiling(tensors * x.numel() * x.element_size(), ms, ceiling_gbps)
 
 
 def main() -> None:
