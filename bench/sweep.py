@@ -23,7 +23,6 @@ from bench.cases import (
     FORWARD,
     FORWARD_BACKWARD,
     FORWARD_BACKWARD_REPEATS,
-    HOST_BOUND_FRACTION,
     NORM_MODES,
     OFF_CELL_POINTS,
     OFF_CELL_REPEATS,
@@ -102,7 +101,7 @@ def _measure(
 
 def _set_times(record: dict, repeats: list[CallTime], ceiling_gbps: float) -> None:
     """Fill ``record``'s times from the measurements ``repeats``: the median of their ms and of their
-    host_ms, whether the host bounds the cell (HOST_BOUND_FRACTION), and with several their spread and
+    host_ms, whether the host bounds the cell (CallTime.host_bound), and with several their spread and
     whether it is stable."""
     times = [ms for ms, _ in repeats]
     host_times = [host_ms for _, host_ms in repeats]
@@ -113,7 +112,7 @@ def _set_times(record: dict, repeats: list[CallTime], ceiling_gbps: float) -> No
         gbps=record["bytes"] / ms / 1e6,
         pct_of_ceiling=statistics.median(pct),
         host_ms=host_ms,
-        host_bound=host_ms >= HOST_BOUND_FRACTION * ms,
+        host_bound=CallTime(ms, host_ms).host_bound,
     )
     if len(repeats) > 1:
         record.update(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from bench.cases import DTYPES, HOST_BOUND_FRACTION, NORM_MODES, bytes_moved, rows_for
+from bench.cases import DTYPES, NORM_MODES, bytes_moved, rows_for
 from bench.implementations import ALL_NAMES, load_implementations
 from bench.inputs import random_case, torch_dtype
 from bench.sweep import time_mode
@@ -35,7 +35,7 @@ def summarize(readings: list[list[CallTime]], moved: int, ceiling_gbps: float) -
         lines.append(f"  allocation {index}: {cells}")
     within = max(max(pct(t.ms) for t in times) - min(pct(t.ms) for t in times) for times in readings)
     medians = [statistics.median(pct(t.ms) for t in times) for times in readings]
-    bound = sum(t.host_ms >= HOST_BOUND_FRACTION * t.ms for times in readings for t in times)
+    bound = sum(t.host_bound for times in readings for t in times)
     total = sum(len(times) for times in readings)
     lines.append(
         f"  widest spread within an allocation {within:.1f} points; allocations' medians "

@@ -13,6 +13,8 @@ from typing import Callable, NamedTuple
 
 import torch
 
+from bench.cases import HOST_BOUND_FRACTION
+
 # Per measurement: the function runs WARMUP_MS of GPU time untimed (clocks up; it has already run in
 # the correctness check and a few more times here, so JIT and allocator are warm), then REP_MS timed, one
 # event pair per call, at least MIN_SAMPLES calls. Small on purpose: the full run makes ~2000
@@ -38,6 +40,11 @@ class CallTime(NamedTuple):
 
     ms: float
     host_ms: float
+
+    @property
+    def host_bound(self) -> bool:
+        """Whether the host took at least HOST_BOUND_FRACTION of the GPU's time to issue the call."""
+        return self.host_ms >= HOST_BOUND_FRACTION * self.ms
 
 
 def time_call(fn: Callable[[], object]) -> CallTime:
