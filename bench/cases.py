@@ -68,10 +68,11 @@ STABLE_SPREAD_POINTS = 3.0
 OFF_CELL_POINTS = 3.0
 OFF_CELL_REPEATS = 3
 # A cell whose host took at least this share of its GPU time to issue a call (timing.CallTime) is
-# marked as bound by the host: the GPU waited inside the timed bracket, so the cell reads the host's
-# pace. Cells timed through autograd at M·N = 2^27 in 16-bit have ~0.27-0.45 ms of GPU time a call,
-# and their readings moved by up to 49 points between two full runs in which all but three forward
-# cells moved by 1.5 or less (bench/NOTES.md v0.42).
+# marked as bound by the host: its GPU time is the kernels' (the timed calls are queued behind a GPU-side
+# wait, v0.46), but issued one by one onto an idle GPU such calls run at the host's pace. Before v0.46
+# the GPU waited inside the timed bracket: cells timed through autograd at M·N = 2^27 in 16-bit have
+# ~0.27-0.45 ms of GPU time a call, and their readings moved by up to 49 points between two full runs in
+# which all but three forward cells moved by 1.5 or less (bench/NOTES.md v0.42).
 HOST_BOUND_FRACTION = 0.9
 
 # --quick: about a minute and a half on an H100 (47 s before add-forward and the model row, estimated to

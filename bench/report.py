@@ -109,8 +109,9 @@ def _host_bound_note(records: list[dict]) -> str | None:
         return None
     cells = ", ".join(f"{r['impl']} N={r['n']} {r['host_ms']:.2f} / {r['ms']:.2f}" for r in bound)
     return (
-        f"h: the host took at least {HOST_BOUND_FRACTION:.0%} of the call's GPU time to issue it, so the GPU "
-        f"waited and the cell reads the host's pace, not the kernels' (host / GPU ms a call): {cells}."
+        f"h: the host took at least {HOST_BOUND_FRACTION:.0%} of the call's GPU time to issue it: the cell reads "
+        f"the kernels' time (the calls were queued behind a GPU-side wait), but issued one by one onto an idle "
+        f"GPU such calls run at the host's pace (host / GPU ms a call): {cells}."
     )
 
 

@@ -7,6 +7,7 @@ latency table wants L2-resident inputs anyway).
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from typing import Callable, NamedTuple
@@ -23,38 +24,53 @@ WARMUP_MS = 5.0
 REP_MS = 25.0
 MIN_SAMPLES = 8
 ESTIMATE_CALLS = 3  # calls timed together to size the warm-up and the sample count
-# The host's time to issue one call is read over the first HOST_CALLS timed calls, issued onto an
-# idle GPU: few enough that their launches never fill the launch queue (which would make the host
+# The host's time to issue one call is read over the first HOST_CALLS timed calls, issued onto a
+# waiting GPU: few enough that their launches never fill the launch queue (which would make the host
 # wait for the GPU and read as slow as it), so the reading is the host's own.
 HOST_CALLS = 8
+# The timed calls are queued behind a GPU-side wait (torch.cuda._sleep spins the GPU's clock): the
+# host issues while the GPU waits, the GPU then runs the calls back to back, and each event pair
+# brackets kernels, not the host's pace (cells the host bounded read up to 10x slow, bench/NOTES.md
+# v0.42, v0.46). Two batches, each behind its own wait: QUEUE_WAIT_MARGIN_MS plus QUEUE_WAIT_FACTOR
+# times the host's lead its calls need: one call's issue, then each call's whole issue in the first
+# batch, what the host is slower than the GPU in the second. A call the GPU began before the host had
+# issued all of it is not counted; a batch with less than half of its calls left is issued again
+# behind a wait for its whole issue, up to QUEUE_ATTEMPTS times (a host that slows mid-run, a call that
+# synchronizes), then kept as it is. The launch queue filling up (about a thousand launches) makes the
+# host wait, which the GPU's start of each call still tells apart.
+QUEUE_WAIT_FACTOR = 1.5
+QUEUE_WAIT_MARGIN_MS = 0.2
+QUEUE_ATTEMPTS = 3
+SPIN_CALIBRATION_CYCLES = 10**7  # ~5 ms at the H100's ~1.98 GHz
 
 # The ceiling: one device-to-device copy of a buffer far larger than L2, read + written.
 COPY_BUFFER_BYTES = 2 * 2**30
 
 
 class CallTime(NamedTuple):
-    """One measurement: the median GPU milliseconds of a call (event pair per call) and the host's
-    milliseconds to issue one. An event pair brackets the GPU's time from the call's first command to
-    its last; where the host issues a call more slowly than the GPU runs it, the GPU waits inside that
-    bracket, and ms reads the host's pace (host_ms close to ms), not the kernels'."""
+    """One measurement: the median GPU milliseconds of a call (event pair per call, the calls queued
+    behind a GPU-side wait, so the kernels' time) and the host's milliseconds to issue one."""
 
     ms: float
     host_ms: float
 
     @property
     def host_bound(self) -> bool:
-        """Whether the host took at least HOST_BOUND_FRACTION of the GPU's time to issue the call."""
+        """Whether the host took at least HOST_BOUND_FRACTION of the GPU's time to issue the call: issued
+        one after another without a queue ahead of them, such calls run at the host's pace."""
         return self.host_ms >= HOST_BOUND_FRACTION * self.ms
 
 
 def time_call(fn: Callable[[], object]) -> CallTime:
     """Median GPU milliseconds of one ``fn()`` call, timed with a CUDA event pair per call after warm-up,
-    and the host's milliseconds to issue one."""
+    the calls queued behind a GPU-side wait, and the host's milliseconds to issue one."""
     fn()  # untimed: a path the correctness check did not take (backward with retain_graph) may compile
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
+    estimate_start = time.perf_counter()
     for _ in range(ESTIMATE_CALLS):
         fn()
+    host_ms_per_call = (time.perf_counter() - estimate_start) * 1e3 / ESTIMATE_CALLS
     end.record()
     torch.cuda.synchronize()
     estimate_ms = max(start.elapsed_time(end) / ESTIMATE_CALLS, 1e-3)
@@ -68,20 +84,71 @@ def time_call(fn: Callable[[], object]) -> CallTime:
     for begin, finish in pairs:
         begin.record()
         finish.record()
+    # Two batches: the HOST_CALLS calls the host's time is read over, which tell the GPU's time a call;
+    # then the rest, behind a wait sized from both.
+    readings: list[float] = []
+    host_ms = None
+    for batch in (pairs[:HOST_CALLS], pairs[HOST_CALLS:]):
+        for attempt in range(QUEUE_ATTEMPTS):
+            # The host's lead each call adds: its whole issue, until the GPU's time is known and while a
+            # batch is issued again; then only what the host is slower than the GPU. The first call's
+            # issue is ahead of the GPU's start either way.
+            behind_ms = host_ms_per_call
+            if readings and attempt == 0:
+                behind_ms = max(host_ms_per_call - statistics.median(readings), 0.0)
+            wait_ms = QUEUE_WAIT_MARGIN_MS + QUEUE_WAIT_FACTOR * (host_ms_per_call + len(batch) * behind_ms)
+            issue = _issue_behind_wait(fn, batch, wait_ms, origin=start)
+            host_ms = issue.host_ms_per_call if host_ms is None else host_ms
+            host_ms_per_call = max(host_ms_per_call, issue.host_ms_per_call)
+            if 2 * len(issue.queued_ms) >= len(batch):
+                break
+        readings += issue.queued_ms or issue.all_ms
+    return CallTime(statistics.median(readings), host_ms)
 
-    def issue(timed_pairs: list) -> None:
-        for begin, finish in timed_pairs:
-            begin.record()
-            fn()
-            finish.record()
 
-    torch.cuda.synchronize()  # the warm-up drained: the host issues the first calls onto an idle GPU
+class _Issue(NamedTuple):
+    host_ms_per_call: float
+    all_ms: list[float]  # the GPU's milliseconds of each call
+    queued_ms: list[float]  # those of the calls the GPU began after the host had issued all of them
+
+
+def _issue_behind_wait(fn: Callable[[], object], batch: list, wait_ms: float, origin) -> _Issue:
+    """Issue ``fn`` once between each event pair of ``batch``, behind a GPU-side wait of ``wait_ms``;
+    ``origin``, an event, marks on the GPU the host's start."""
+    cycles = int(wait_ms * _spin_cycles_per_ms())
+    torch.cuda.synchronize()  # an idle GPU: origin is recorded as soon as it is issued
     issue_start = time.perf_counter()
-    issue(pairs[:HOST_CALLS])
-    host_ms = (time.perf_counter() - issue_start) * 1e3 / HOST_CALLS
-    issue(pairs[HOST_CALLS:])
+    origin.record()
+    torch.cuda._sleep(cycles)
+    calls_start = time.perf_counter()
+    issued = []
+    for begin, finish in batch:
+        begin.record()
+        fn()
+        finish.record()
+        issued.append(time.perf_counter())
     torch.cuda.synchronize()
-    return CallTime(statistics.median(begin.elapsed_time(finish) for begin, finish in pairs), host_ms)
+    all_ms = [begin.elapsed_time(finish) for begin, finish in batch]
+    # The GPU records origin no earlier than the host issued it: a call that began on the GPU later,
+    # counted from origin, than the host finished issuing it, counted from issue_start, began after,
+    # and the GPU never waited for the host inside it.
+    queued_ms = [
+        ms
+        for ms, (begin, _), done in zip(all_ms, batch, issued)
+        if origin.elapsed_time(begin) >= (done - issue_start) * 1e3
+    ]
+    return _Issue((issued[-1] - calls_start) * 1e3 / len(batch), all_ms, queued_ms)
+
+
+@functools.cache
+def _spin_cycles_per_ms() -> float:
+    """The GPU clock cycles torch.cuda._sleep spins in a millisecond, read once."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    torch.cuda._sleep(SPIN_CALIBRATION_CYCLES)
+    end.record()
+    torch.cuda.synchronize()
+    return SPIN_CALIBRATION_CYCLES / start.elapsed_time(end)
 
 
 def median_ms(fn: Callable[[], object]) -> float:

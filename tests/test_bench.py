@@ -113,68 +113,6 @@ def test_a_cell_whose_host_issues_calls_about_as_slowly_as_the_gpu_runs_them_is_
     assert _host_bound_note([free]) is None
 
 
-class FakeEvent:
-    """A CUDA event stand-in that counts the records made while timing.time_call's host clock runs of
-    events that had never been recorded (which create the CUDA event: host time of their own)."""
-
-    clock_running = False
-    created_while_timed = 0
-    records = 0
-
-    def __init__(self, enable_timing: bool = False) -> None:
-        self.recorded = False
-
-    def record(self) -> None:
-        if not self.recorded and FakeEvent.clock_running:
-            FakeEvent.created_while_timed += 1
-        self.recorded = True
-        FakeEvent.records += 1
-
-    def elapsed_time(self, end: "FakeEvent") -> float:
-        return 1.0
-
-
-def test_time_call_creates_its_events_before_the_host_clock_starts(monkeypatch):
-    """The host reading covers fn and the records of events that exist already: a first record creates
-    its CUDA event, ~10 us of host each. Fails if the events are left to be created inside the timed
-    issue."""
-    ticks = iter(range(10))
-
-    def perf_counter() -> float:  # time_call reads it twice: the host's clock runs from the first read
-        tick = next(ticks)
-        FakeEvent.clock_running = tick == 0
-        return float(tick)
-
-    monkeypatch.setattr(FakeEvent, "created_while_timed", 0)
-    monkeypatch.setattr(FakeEvent, "records", 0)
-    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
-    monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=perf_counter))
-    calls = []
-    result = time_call(lambda: calls.append(1))
-    assert FakeEvent.records > 0 and len(calls) > HOST_CALLS
-    assert FakeEvent.created_while_timed == 0
-    assert result.ms == 1.0 and result.host_ms == pytest.approx(1e3 / HOST_CALLS)
-
-
-@pytest.mark.skipif(not ON_GPU, reason="bench.timing times CUDA events; no GPU here")
-def test_time_call_reads_the_host_where_it_bounds_the_call_and_the_kernels_where_they_do():
-    """A call that sleeps 2 ms on the host before a small kernel reads about 2 ms of GPU time and as
-    much of host: host-bound. A call of ~1 ms of copies on the GPU, issued in microseconds, is not."""
-    small, big = torch.randn(1024, device="cuda"), torch.randn(2**26, device="cuda")
-    out = torch.empty_like(big)
-
-    def sleepy():
-        time.sleep(2e-3)
-        small.mul_(1.0)
-
-    slow_host = time_call(sleepy)
-    assert slow_host.host_ms >= 2.0 and slow_host.ms >= 1.5
-    assert slow_host.host_ms >= HOST_BOUND_FRACTION * slow_host.ms
-    gpu_bound = time_call(lambda: [out.copy_(big) for _ in range(4)])
-    assert gpu_bound.ms >= 0.5 and gpu_bound.host_ms < 0.5 * gpu_bound.ms
-
-
 def test_swing_summary_tells_spread_within_an_allocation_from_spread_across_them():
     """Allocation 0 reads 100% twice, one of them host-bound (0.95 of 1.0 ms); allocation 1 reads 80
     then 100%: 20 points within it, medians 90 and 100 across the two."""
