@@ -89,6 +89,8 @@ def time_call(fn: Callable[[], object]) -> CallTime:
     readings: list[float] = []
     host_ms = None
     for batch in (pairs[:HOST_CALLS], pairs[HOST_CALLS:]):
+        if not batch:  # samples == HOST_CALLS: calls of REP_MS / HOST_CALLS or more
+            continue
         for attempt in range(QUEUE_ATTEMPTS):
             # The host's lead each call adds: its whole issue, until the GPU's time is known and while a
             # batch is issued again; then only what the host is slower than the GPU. The first call's

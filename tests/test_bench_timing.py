@@ -89,6 +89,12 @@ def test_a_slow_host_reads_as_the_host_not_as_the_kernels(simulate):
     assert result.host_bound and stream.waits > 1
 
 
+def test_calls_too_long_for_a_second_batch_are_timed_in_one(simulate):
+    """REP_MS / 4 ms a call is fewer than HOST_CALLS: the first batch is all of the samples."""
+    result, stream = simulate(lambda calls: 0.02, 4.0)
+    assert result.ms == pytest.approx(4.0) and stream.waits == 1 + 1
+
+
 def test_a_fast_host_reads_the_kernels(simulate):
     result, _ = simulate(lambda calls: 0.02, 0.25)
     assert result.ms == pytest.approx(0.25) and result.host_ms == pytest.approx(0.02)
