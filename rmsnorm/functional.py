@@ -233,35 +233,37 @@ def _require_kernel_dtypes(backend: str, x_dtype: torch.dtype, w_dtype: torch.dt
         raise TypeError(f"the {backend} backend supports float32, float16 and bfloat16; got {got}")
 
 
-# Row widths (first, last) where "auto" prefers triton to cuda, per op, where the H100 benchmark has
-# triton ahead beyond run-to-run noise: add_rms_norm's forward above 8192 (bench/NOTES.md v0.4: the
-# CUDA register kernel holding 1 or 2 row blocks per SM reached 94% and 92% of copy at 16384 and
-# 32768, triton 99% and 98%; since v0.9 the two tie, 98 / 97% against 98 / 98%); rms_norm_quant up
+# Row widths, as (first, last) ranges, where "auto" prefers triton to cuda, per op, where the H100
+# benchmark has triton ahead beyond run-to-run noise: add_rms_norm's forward above 8192 (bench/NOTES.md
+# v0.4: the CUDA register kernel holding 1 or 2 row blocks per SM reached 94% and 92% of copy at 16384
+# and 32768, triton 99% and 98%; since v0.9 the two tie, 98 / 97% against 98 / 98%); rms_norm_quant up
 # to 8192 (triton 99 / 98% static / dynamic against cuda's 98 / 97%), beyond which CUDA stages rows
 # in shared memory (v0.9: at 16384 98 / 94% against triton's 96 / 92%, at 32768 97 / 93% against
 # 78 / 76%); add_rms_norm_quant up to 32768 (triton 97-99% against cuda's 96-98% since v0.9, ahead
-# by 10-25 points before); rms_norm from 16384, forward and backward (v0.23: triton's split-row
-# forward 91-92% at 65536-2^20 against cuda's 89 / 88 / 83 / 71 / 62%; its backward 57% against
-# 39-50%, and in one pass since v0.26: 83-86% in 16-bit, 93-97% in fp32 since v0.27. v0.28: at
-# 16384 / 32768 the backward reads 84 / 86% (bf16) and 94 / 95% (fp32) on triton against cuda's
-# 77 / 87% and 92 / 55%, the forwards tie at 96-97%; at 12288 cuda's bf16 backward leads, 88
-# against 83%). A function of N alone, so a row's backend, and bits, never depend on M.
+# by 10-25 points before); rms_norm up to 8192 and from 16384, forward and backward. From 16384
+# since v0.23 (triton's split-row forward 90-92% at 65536-2^20 against cuda's 94 / 89 / 84 / 71 /
+# 64%, its one-pass backward 82-87% against 77-86% beyond 32768); up to 8192 since v0.47, once the
+# benchmark timed kernels rather than the host (v0.46): bf16 forward+backward 94-96% against cuda's
+# 89-94%, backward 90-92 against 85-92, forward 97-98 against 97-98, GPU time a call at M = 1 1.6 us
+# against 2.4 (its host time 30 against 21 us, both within the issue's targets). cuda keeps 8193-16383:
+# at 12288 its forward+backward reads 92% against 89, its backward 89 against 84. A function of N
+# alone, so a row's backend, and bits, never depend on M.
 _AUTO_TRITON_WIDTHS = {
-    "rms_norm": (16384, None),
-    "add_rms_norm": (8193, None),
-    "rms_norm_quant": (1, 8192),
-    "add_rms_norm_quant": (1, 32768),
+    "rms_norm": ((1, 8192), (16384, None)),
+    "add_rms_norm": ((8193, None),),
+    "rms_norm_quant": ((1, 8192),),
+    "add_rms_norm_quant": ((1, 32768),),
 }
 
 
 def _auto_prefers_triton(op: str, n: int) -> bool:
     """Whether "auto" should take triton over cuda for `op` on rows of n elements."""
-    widths = _AUTO_TRITON_WIDTHS.get(op)
     # Branches, not a returned comparison: under torch.compile with a dynamic row width they become
     # guards on the width and a constant here, which _resolve_backend needs.
-    if widths is not None and n >= widths[0]:
-        if widths[1] is None or n <= widths[1]:
-            return True
+    for first, last in _AUTO_TRITON_WIDTHS.get(op, ()):
+        if n >= first:
+            if last is None or n <= last:
+                return True
     return False
 
 

@@ -34,10 +34,10 @@ def test_auto_on_gpu_is_a_kernel_backend(caplog):
 
 
 @pytest.mark.skipif(not ON_GPU, reason="auto chooses between the kernel backends only for CUDA tensors")
-@pytest.mark.parametrize("n", [8192, 8193, 16383, 16384, 32768, 32769])
+@pytest.mark.parametrize("n", [1, 64, 8192, 8193, 16383, 16384, 32768, 32769])
 def test_auto_choice_follows_the_row_width(n, caplog):
-    """add_rms_norm goes to triton above 8192, rms_norm from 16384, rms_norm_quant up to 8192 and
-    add_rms_norm_quant up to 32768 when cuda loads (functional._AUTO_TRITON_WIDTHS)."""
+    """add_rms_norm goes to triton above 8192, rms_norm up to 8192 and from 16384, rms_norm_quant up
+    to 8192 and add_rms_norm_quant up to 32768 when cuda loads (functional._AUTO_TRITON_WIDTHS)."""
     if "cuda" not in rmsnorm.available_backends():
         pytest.skip("auto takes triton everywhere when the cuda backend cannot load")
     x = torch.randn(2, n, device="cuda")
@@ -47,7 +47,7 @@ def test_auto_choice_follows_the_row_width(n, caplog):
         rmsnorm.rms_norm_quant(x, None)
         rmsnorm.add_rms_norm_quant(x, x, None)
     add_backend = "triton" if n > 8192 else "cuda"
-    norm_backend = "triton" if n >= 16384 else "cuda"
+    norm_backend = "cuda" if 8193 <= n <= 16383 else "triton"
     quant_backend = "triton" if n <= 8192 else "cuda"
     add_quant_backend = "triton" if n <= 32768 else "cuda"
     calls = [m.split(" shape=")[0] for m in caplog.messages if "backend=" in m]
