@@ -27,6 +27,7 @@ from bench.cases import (
     TENSORS_MOVED,
     THROUGHPUT_MODES,
 )
+from bench.targets import targets_section
 
 JSON_NAME, MARKDOWN_NAME, PLOT_NAME = "results.json", "results.md", "results.png"
 
@@ -256,8 +257,9 @@ def _features_section(records: list[dict]) -> list[str]:
 
 
 def markdown(results: dict) -> str:
-    """The results as markdown: stamp, ceiling, one table per (dtype, mode), the latency table, the
-    compiled-model table, failures. Results saved before a table's mode existed have none of it."""
+    """The results as markdown: stamp, ceiling, the benchmark issue's targets, one table per (dtype,
+    mode), the latency table, the compiled-model table, failures. Results saved before a table's mode
+    existed have none of it."""
     ceiling, names = results["ceiling"], implementation_order(results)
     measured = {r["mode"] for r in results["results"]}
     moved = ", ".join(f"{mode} {n}·M·N" for mode, n in TENSORS_MOVED.items() if mode in measured)
@@ -279,6 +281,7 @@ def markdown(results: dict) -> str:
     ]
     if absent:
         lines += ["", "Absent: " + "; ".join(absent) + "."]
+    lines += targets_section(results)
     add_noted = False
     for dtype in dict.fromkeys(r["dtype"] for r in results["results"]):
         for mode in THROUGHPUT_MODES:
