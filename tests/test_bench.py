@@ -3,24 +3,20 @@
 bench.sweep times forward, backward and add-forward once, and measures again a cell of ours more than
 OFF_CELL_POINTS below the best of its row; bench.report says so under the table, marks the cells the
 host bounds, and puts the host time of a forward+backward (bench.latency) beside the latency table.
-bench.host_breakdown's training cases run. On a GPU, bench.timing tells a host-bound call from one
-bound by its kernels.
+bench.host_breakdown's training cases run. bench.timing's own tests are in test_bench_timing.py.
 """
 
 from __future__ import annotations
 
-import time
-from types import SimpleNamespace
-
 import pytest
 import torch
 
-from bench import host_breakdown, latency, timing
+from bench import host_breakdown, latency
 from bench.cases import FORWARD, FORWARD_BACKWARD, HOST_BOUND_FRACTION, OFF_CELL_POINTS, OFF_CELL_REPEATS
 from bench.report import _host_bound_note, _latency_spread_note, _latency_table, _repeats_note, _throughput_table
 from bench.sweep import _set_times, repeat_off_cells
-from bench.timing import HOST_CALLS, CallTime, time_call
-from tests.conftest import DEVICE, ON_GPU
+from bench.timing import CallTime
+from tests.conftest import DEVICE
 
 CEILING_GBPS = 1000.0
 BYTES = 1e9  # with the ceiling above: a reading of ms milliseconds is 100 / ms percent of it
