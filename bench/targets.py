@@ -13,8 +13,9 @@ from typing import Callable, NamedTuple
 
 from bench.cases import BACKWARD, FORWARD, FORWARD_BACKWARD, STABLE_SPREAD_POINTS
 
-OURS = ("ours-triton", "ours-cuda", "ours-auto")
-PEERS = ("hf-eager", "torch-F", "torch-compile", "liger", "quack")
+# bench.implementations' group of our backends; every other implementation (group "baseline" or
+# "peer") counts as a peer, as in the README's "best peer".
+OURS_GROUP = "ours"
 BASE_DTYPE = "bf16"  # the issue's figures are bf16; fp16 and fp32 are held to them
 # A peer ahead of ours by less than this is within run-to-run noise ("never behind the best peer").
 PEER_NOISE_POINTS = 1.0
@@ -39,6 +40,11 @@ class Target(NamedTuple):
 
 def _records(results: dict) -> dict[tuple, dict]:
     return {(r["impl"], r["mode"], r["dtype"], r["n"]): r for r in results["results"] if r.get("status") == "ok"}
+
+
+def _implementations(results: dict, ours: bool) -> list[str]:
+    """Our implementations (ours) or the peers measured, in the order of the results."""
+    return list(dict.fromkeys(r["impl"] for r in results["results"] if (r["group"] == OURS_GROUP) == ours))
 
 
 def _pct(records: dict, impl: str, mode: str, dtype: str, n: int) -> float | None:
@@ -75,12 +81,12 @@ def _at_least(mode: str, target: float, first: int, last: int | None, stable: bo
 def _behind_peers(results: dict, impl: str) -> list[Cell]:
     """Forward and forward+backward cells of every dtype where the best peer leads by more than
     PEER_NOISE_POINTS."""
-    records, out = _records(results), []
+    records, peer_names, out = _records(results), _implementations(results, ours=False), []
     for mode in (FORWARD, FORWARD_BACKWARD):
         for dtype in dict.fromkeys(r["dtype"] for r in results["results"]):
             for n in results["selection"]["ns"]:
                 ours = _pct(records, impl, mode, dtype, n)
-                peers = [p for p in (_pct(records, peer, mode, dtype, n) for peer in PEERS) if p is not None]
+                peers = [p for p in (_pct(records, peer, mode, dtype, n) for peer in peer_names) if p is not None]
                 if ours is None or not peers:
                     continue
                 behind = max(peers) - ours
@@ -151,8 +157,8 @@ def verdict(cells: list[Cell]) -> str:
 
 def targets_section(results: dict) -> list[str]:
     """Markdown lines: the issue's targets, one row each, against each backend of ours measured."""
-    impls = [impl for impl in OURS if any(r["impl"] == impl for r in results["results"])]
-    if not impls or not results["results"]:
+    impls = _implementations(results, ours=True)
+    if not impls:
         return []
     lines = [
         "",
