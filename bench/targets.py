@@ -58,7 +58,8 @@ def _widths(results: dict, first: int, last: int | None) -> list[int]:
 
 def _at_least(mode: str, target: float, first: int, last: int | None, stable: bool = False):
     """Cells of ``mode`` in bf16 at widths first..last that read at least ``target`` percent (and, with
-    ``stable``, whose lowest repeat lies within STABLE_SPREAD_POINTS of their median)."""
+    ``stable``, that bench.sweep found stable: the lowest repeat within STABLE_SPREAD_POINTS of their
+    median)."""
 
     def cells(results: dict, impl: str) -> list[Cell]:
         records, out = _records(results), []
@@ -68,10 +69,11 @@ def _at_least(mode: str, target: float, first: int, last: int | None, stable: bo
                 out.append(Cell(True, float("inf"), f"N={n} not measured"))
                 continue
             value = record["pct_of_ceiling"]
-            repeats = record.get("pct_repeats") or [value]
-            spread = statistics.median(repeats) - min(repeats)
-            unstable = stable and spread > STABLE_SPREAD_POINTS
-            text = f"{value:.0f}% at N={n}" + (f", a repeat {spread:.1f} points under the median" if unstable else "")
+            unstable = stable and not record.get("stable", True)  # one reading: nothing to spread
+            text = f"{value:.0f}% at N={n}"
+            if unstable:
+                repeats = record["pct_repeats"]
+                text += f", a repeat {statistics.median(repeats) - min(repeats):.1f} points under the median"
             out.append(Cell(round(value) < target or unstable, target - value, text))
         return out
 
