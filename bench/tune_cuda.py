@@ -26,8 +26,6 @@ NS = (1024, 2048, 4096, 8192, 16384, 32768)
 CANDIDATES: dict[str, dict[str, str]] = {
     "as is": {},
     "forward rows on up to 256 threads before more Vecs a thread": {"kFwdPreferredThreadsPerRow": "256"},
-    "forward weight prefetched to L1 before the first row": {"kFwdPrefetchWeight": "true"},
-    "both": {"kFwdPreferredThreadsPerRow": "256", "kFwdPrefetchWeight": "true"},
 }
 
 

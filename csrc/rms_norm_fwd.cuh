@@ -68,18 +68,6 @@ constexpr int kFwdMaxItems = 4;
 // bytes an element against the forward's 4 and so needs fewer instructions a byte, reached 95% of
 // copy with 64 threads of 4 Vecs against 81% with 128 of 2 (v0.7); the forward ties (96.6 / 97.0%).
 constexpr int kFwdPreferredThreadsPerRow = 64;
-// Whether rms_norm_fwd_kernel asks L1 for its thread's chunks of the weight (prefetch.global.L1)
-// before its first row, with that row's loads of x in flight. A one-row call otherwise loads the
-// weight from L2 after its block reduction, a trip of its own at the end of a chain of dependent
-// work (GPU time a call at M = 1, N = 4096: 2.4 us, quack 1.8, triton 1.6; bench/NOTES.md v0.40,
-// v0.48). Holding the weight in registers instead, as quack does, spilled 8-112 bytes at 4 Vecs a
-// thread under the 64-register cap (ptxas -v, sm_90), the tiling of 2048-4096 bf16; the prefetch's
-// addresses spilled 4-8 bytes there with an fp32 weight beside 16-bit x, or unaligned, which go
-// without it. Not yet measured: a tune_cuda candidate.
-constexpr bool kFwdPrefetchWeight = false;
-template <typename T, typename W, int ITEMS, bool ALIGNED>
-constexpr bool kFwdPrefetchesWeight =
-    kFwdPrefetchWeight && sizeof(W) <= sizeof(T) && (ALIGNED || ITEMS < kFwdMaxItems);
 // Rows of at most one warp share a block of this many threads (128 / threads_per_row rows).
 // First guess, to be tuned by the benchmark.
 constexpr int kFwdSubWarpBlockThreads = 128;
@@ -441,13 +429,6 @@ __global__ void __launch_bounds__(kMaxBlockThreads, 1) rms_norm_fwd_kernel(
   const int col_step = threads_per_row * VEC;
   // Loaded before the row, off the path from the reduction to the stores.
   const float static_scale = kQuantizes<Y> && scaling.scale != nullptr ? *scaling.scale : 1.0f;
-  // A thread's columns are the same in every row it visits: once, before the first row's loads.
-  if (kFwdPrefetchesWeight<T, W, ITEMS, ALIGNED> && weight != nullptr) {
-#pragma unroll
-    for (int i = 0; i < ITEMS; ++i) {
-      if (first_col + i * col_step < n) prefetch_l1(weight + first_col + i * col_step);
-    }
-  }
   for (int64_t group = blockIdx.x; group * place.rows_per_block < rows; group += gridDim.x) {
     const int64_t row = group * place.rows_per_block + place.row_in_block;
     // Threads of a row past the last one still take part in the reduction (its shuffles need
