@@ -202,3 +202,18 @@ def test_graph_trace_splits_a_replay_into_kernel_times_and_gaps():
     assert kernel_b.split() == ["kernel", "1:", "2.00", "us", "b"]
     assert gaps.split() == ["gap", "between", "calls:", "median", "0.50", "us;", "span", "per", "call", "5.00", "us"]
     assert summarize(kernels[:-1], calls=4).startswith("7 kernels for 4 calls")
+
+
+def test_kernel_trace_adds_the_idle_time_inside_a_call_and_the_span_against_the_ceiling():
+    """Three calls of kernels a then b with 0.5, 0 and 2 us between them (median 0.5, where a mean would
+    read 0.83), calls 4 us apart: a span of 4 us a call, against an ideal of 3 us, 75%."""
+    from bench.kernel_trace import idle_and_span
+
+    kernels = []
+    for start, idle in ((0.0, 0.5), (4.0, 0.0), (8.0, 2.0)):
+        kernels += [("a", start, 1.0), ("b", start + 1.0 + idle, 1.0)]
+    lines = idle_and_span(kernels, 3.0, calls=3).splitlines()
+    expected = "idle inside a call: median 0.50 us; span per call 4.0 us against 3.0 at the copy ceiling (75.0%)"
+    assert lines[-1].split() == expected.split()
+    assert lines[0].split()[:3] == ["kernel", "0:", "1.00"]
+    assert idle_and_span(kernels[:-1], 3.0, calls=3).startswith("5 kernels for 3 calls")
