@@ -748,8 +748,15 @@ BWD_SPLIT_EARLY_DY_MIN_CHUNK_N = 4096
 BWD_SPLIT_PARTIALS_BLOCK = 256
 # Shared memory Triton's reductions and layout conversions take beside the pipeline's buffers.
 BWD_PIPELINE_SHARED_MARGIN = 16 << 10
-DW_REDUCE_BLOCK_P = 32
-DW_REDUCE_BLOCK_N = 128
+# rms_norm_dw_reduce_kernel's tile (_dw_reduce_tile): a column's partials (one a backward program,
+# 132 on an H100) in one load, and the columns split for about a program an SM. Each program's loads
+# are then one L2 round trip, not a chain of them: with 32 partials a load and 128 columns a program
+# (32 programs at N = 4096, 4 at 512) the reduction took 5-8 us of a bf16 backward's 290 at
+# 512-8192 (bench/kernel_trace.py, bench/NOTES.md v0.49).
+DW_REDUCE_MAX_BLOCK_P = 512
+DW_REDUCE_MIN_BLOCK_P = 16
+DW_REDUCE_MIN_BLOCK_N = 16  # 64 bytes of a partial row: two of L2's 32-byte sectors
+DW_REDUCE_TILE_ELEMENTS = 8192  # 64 fp32 registers a thread at 4 warps
 DW_REDUCE_NUM_WARPS = 4  # Triton's default, which this kernel always had
 # The split-row backward puts column blocks on grid axis 1, whose CUDA limit is 65535.
 MAX_N = 65535 * SPLIT_BLOCK_N
@@ -928,11 +935,12 @@ _MAX_PLANS = 1024
 
 
 def forget_launch_choices() -> None:
-    """Drops every choice worked out from this module's constants (tile_config's, _bwd_split_plan's)
-    and every launch plan, for a caller that has changed those constants or functions
+    """Drops every choice worked out from this module's constants (tile_config's, _bwd_split_plan's,
+    _dw_reduce_tile's) and every launch plan, for a caller that has changed those constants or functions
     (bench/tune_triton.py's candidates): a plan repeats its launch as it was."""
     tile_config.cache_clear()
     _bwd_split_plan.cache_clear()
+    _dw_reduce_tile.cache_clear()
     _fwd_plans.clear()
     _bwd_plans.clear()
 
@@ -1094,13 +1102,22 @@ def _bwd_split_plan(n: int, x_element_size: int, dy_element_size: int) -> BwdSpl
     )
 
 
+@functools.lru_cache(maxsize=None)
+def _dw_reduce_tile(p: int, n: int, sms: int) -> tuple[int, int]:
+    """rms_norm_dw_reduce_kernel's (BLOCK_P, BLOCK_N) for P partials of N columns on `sms` SMs (see
+    DW_REDUCE_MAX_BLOCK_P). A function of (P, N, GPU), as P is: dweight's bits stay those of the shape."""
+    block_p = min(DW_REDUCE_MAX_BLOCK_P, max(DW_REDUCE_MIN_BLOCK_P, triton.next_power_of_2(p)))
+    block_n = min(triton.next_power_of_2(_cdiv(n, sms)), DW_REDUCE_TILE_ELEMENTS // block_p)
+    return block_p, max(DW_REDUCE_MIN_BLOCK_N, block_n)
+
+
 def _reduce_dweight(dw_partial: torch.Tensor, dw: torch.Tensor, device: int) -> tuple:
     """dw = the sum of dw_partial's [P, N] per-program rows, in a fixed order (rms_norm_dw_reduce_kernel).
     Returns the launch as (grid, args, constexprs, num_warps), which a LaunchPlan repeats."""
     p, n = dw_partial.shape
+    block_p, block_n = _dw_reduce_tile(p, n, _num_sms(dw_partial.device))
     launch = (
-        (_cdiv(n, DW_REDUCE_BLOCK_N),), (dw_partial, dw, p, n),
-        {"BLOCK_P": DW_REDUCE_BLOCK_P, "BLOCK_N": DW_REDUCE_BLOCK_N}, DW_REDUCE_NUM_WARPS,
+        (_cdiv(n, block_n),), (dw_partial, dw, p, n), {"BLOCK_P": block_p, "BLOCK_N": block_n}, DW_REDUCE_NUM_WARPS,
     )  # fmt: skip
     _launch_dw_reduce(*launch, device)
     return launch
