@@ -134,6 +134,11 @@ constexpr bool kDxNoL1Allocate = true;
 // has a few independent loads in flight, then their 8 sums are added in warp order.
 constexpr int kReduceColumns = kWarpSize;
 constexpr int kReduceSlices = 8;
+// Loads of partial rows a thread of it keeps in flight (its loop's unroll). With 8 slices of 4, an SM
+// has 32 loads of 128 bytes in flight (one 256-thread block an SM at N = 4096): the reduction took
+// 6.2 us of bf16 N = 4096's backward and 11.3 of 8192's, where its 4-17 MB of partials take 1.5-6 us
+// at copy speed (bench/kernel_trace.py, bench/NOTES.md v0.49-v0.50); tune_cuda candidates.
+constexpr int kReduceUnroll = kLoopedUnroll;
 // rms_norm_bwd_split_kernel: rows over kBwdStagedMaxRowBytes, in column chunks of one warp each,
 // kBwdSplitItems Vecs a thread (32 bf16 elements: 1024 a chunk, Triton's BWD_SPLIT_NARROW_CHUNK_N),
 // with the row of the previous iteration held in registers beside this one's: at most 168
@@ -777,7 +782,7 @@ __global__ void __launch_bounds__(kReduceColumns * kReduceSlices, 1) rms_norm_bw
     const int64_t col = tile * kReduceColumns + column_in_tile;
     float sum = 0.0f;
     if (col < n) {
-#pragma unroll(kLoopedUnroll)
+#pragma unroll(kReduceUnroll)
       for (int64_t p = slice; p < partial_rows; p += kReduceSlices) sum += partials[p * n + col];
     }
     slice_sums[slice][column_in_tile] = sum;
