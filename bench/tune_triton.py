@@ -9,6 +9,7 @@ behind it go to bench/NOTES.md and to the comments beside the constants.
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import itertools
 import statistics
@@ -17,8 +18,10 @@ import sys
 import torch
 
 import rmsnorm
-from bench.cases import ELEMENTS
-from bench.timing import copy_ceiling, median_ms, percent_of_ceiling
+from bench.cases import BACKWARD, ELEMENTS, FORWARD_BACKWARD, bytes_moved
+from bench.inputs import random_case, torch_dtype
+from bench.kernel_trace import make_call
+from bench.timing import copy_ceiling, median_ms, percent_of_ceiling, time_call
 from rmsnorm import triton_kernels
 
 NS = (1024, 4096, 8192, 16384, 32768)
@@ -236,6 +239,54 @@ def _split_bwd_sweep(ns: list[int], ceiling: float) -> None:
     configure(None)
 
 
+# `--constants`: the backward alone and the forward+backward through autograd (backend "triton", as
+# bench.sweep times them) with triton_kernels' constants as they are and as each candidate sets them,
+# in ROUNDS interleaved rounds: a change behind a constant timed beside the code it replaces.
+CONSTANTS_NS = (512, 1024, 4096, 8192, 16384, 65536)
+
+
+def _parse_candidate(text: str) -> dict:
+    """"NAME=VALUE,NAME=VALUE" (each VALUE a Python literal) as {NAME: value}, every NAME a constant
+    of triton_kernels."""
+    candidate = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        if not hasattr(triton_kernels, name):
+            raise SystemExit(f"triton_kernels has no constant {name!r}")
+        candidate[name] = ast.literal_eval(value)
+    return candidate
+
+
+def _constants_sweep(ns: list[int], ceiling: float, candidates: list[dict], dtypes: list[str]) -> None:
+    defaults = {name: getattr(triton_kernels, name) for candidate in candidates for name in candidate}
+    labels = ["as is", *(",".join(f"{k}={v!r}" for k, v in c.items()) for c in candidates)]
+    settings = [defaults, *candidates]
+    print("dtype | N | mode | candidate | % of copy (median of rounds) | rounds", flush=True)
+    for dtype, n in ((dtype, n) for dtype in dtypes for n in ns):
+        m = ELEMENTS // n
+        x, w, dy = random_case(m, n, torch_dtype(dtype))
+        for mode in (BACKWARD, FORWARD_BACKWARD):
+            cells: list[list[float]] = [[] for _ in settings]
+            for _ in range(ROUNDS):
+                for values, cell in zip(settings, cells):
+                    for name, value in values.items():
+                        setattr(triton_kernels, name, value)
+                    triton_kernels.forget_launch_choices()
+                    ms = time_call(make_call(_triton_rms_norm, x, w, dy, mode)).ms
+                    cell.append(percent_of_ceiling(bytes_moved(mode, m, n, dtype), ms, ceiling))
+            for label, cell in zip(labels, cells):
+                rounds = " / ".join(f"{v:.1f}" for v in cell)
+                print(f"{dtype} | {n} | {mode} | {label} | {statistics.median(cell):.1f} | {rounds}", flush=True)
+        del x, w, dy
+    for name, value in defaults.items():
+        setattr(triton_kernels, name, value)
+    triton_kernels.forget_launch_choices()
+
+
+def _triton_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return rmsnorm.rms_norm(x, (x.shape[-1],), weight, eps, backend="triton")
+
+
 def _cell(value: int | str) -> str:
     return repr(value) if isinstance(value, str) else str(value)  # "" shows as ''
 
@@ -252,8 +303,18 @@ def main() -> None:
     parser.add_argument("--baseline", help="with --split: a folder holding old_triton/, timed beside")
     parser.add_argument("--bwd", action="store_true", help="sweep the backward's pipelining (default ns: BWD_SWEEP_NS)")
     parser.add_argument("--split-bwd", action="store_true", help="sweep the one-pass wide-row backward (SPLIT_BWD_NS)")
+    parser.add_argument(
+        "--constants", nargs="+", metavar="NAME=VALUE[,NAME=VALUE]",
+        help="time the backward and forward+backward with triton_kernels' constants as they are and as each"
+        " candidate sets them (default ns: CONSTANTS_NS)",
+    )  # fmt: skip
+    parser.add_argument("--dtypes", nargs="+", choices=("bf16", "fp16", "fp32"), default=["bf16"],
+                        help="with --constants: of x, dy and the weight")  # fmt: skip
     args = parser.parse_args()
-    default_ns = SPLIT_NS if args.split else BWD_SWEEP_NS if args.bwd else SPLIT_BWD_NS if args.split_bwd else NS
+    default_ns = (
+        SPLIT_NS if args.split else BWD_SWEEP_NS if args.bwd else SPLIT_BWD_NS if args.split_bwd
+        else CONSTANTS_NS if args.constants else NS
+    )  # fmt: skip
     ns = [int(n) for n in args.ns.split(",")] if args.ns else list(default_ns)
     ceiling = copy_ceiling()["gbps"]
     print(f"copy ceiling {ceiling:.0f} GB/s; bf16, M*N = 2^27; % of the ceiling", flush=True)
@@ -265,6 +326,9 @@ def main() -> None:
         return
     if args.split_bwd:
         _split_bwd_sweep(ns, ceiling)
+        return
+    if args.constants:
+        _constants_sweep(ns, ceiling, [_parse_candidate(text) for text in args.constants], args.dtypes)
         return
     if args.quant:
         _quant_sweep(ns, ceiling)

@@ -40,6 +40,7 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from . import reference
 from .triton_launch import KernelLauncher, LaunchPlan, sm_count
@@ -399,7 +400,12 @@ def rms_norm_bwd_kernel(
     BLOCK_N: tl.constexpr,  # columns per program: a power of two >= N unless DOT_GIVEN
     NUM_STAGES: tl.constexpr,  # tiles whose loads are in flight at once (shared-memory buffers, cp.async)
     DX_CACHE_MODIFIER: tl.constexpr,  # dx's stores (BWD_DX_CACHE_MODIFIER)
+    LAUNCH_DEPENDENTS: tl.constexpr,  # let the dweight reduction's launch begin now (_programmatic_dw_reduce)
 ):  # fmt: skip
+    if LAUNCH_DEPENDENTS:
+        # Every program is resident from the start (a persistent grid), so the reduction's programs
+        # take only the SM room this grid leaves, and wait (gdc_wait) for all of it to finish.
+        gdc_launch_dependents()
     # Persistent over row tiles: each program keeps its dweight partial in registers across all the
     # tiles it visits, so dweight costs one [programs, N] fp32 write instead of atomics.
     pid = tl.program_id(0).to(tl.int64)  # int64 loop variable: tile * BLOCK_M may pass 2^31
@@ -621,7 +627,10 @@ def rms_norm_dw_reduce_kernel(
     N,
     BLOCK_P: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    WAIT_FOR_PRIOR: tl.constexpr,  # launched as a programmatic dependent of the backward kernel
 ):
+    if WAIT_FOR_PRIOR:
+        gdc_wait()  # the backward's grid finished and its partials visible, before any load
     # A fixed summation order over the partials: dweight is bitwise identical run to run.
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_mask = cols < N
@@ -640,7 +649,7 @@ _launch_quantize_rows = KernelLauncher(rms_norm_quantize_rows_kernel)
 _launch_bwd = KernelLauncher(rms_norm_bwd_kernel)
 _launch_bwd_dot = KernelLauncher(rms_norm_bwd_dot_kernel)
 _launch_bwd_split = KernelLauncher(rms_norm_bwd_split_kernel, cooperative=True)
-_launch_dw_reduce = KernelLauncher(rms_norm_dw_reduce_kernel)
+_launch_dw_reduce = KernelLauncher(rms_norm_dw_reduce_kernel, programmatic="WAIT_FOR_PRIOR")
 
 
 @dataclass(frozen=True)
@@ -758,6 +767,11 @@ DW_REDUCE_MIN_BLOCK_P = 16
 DW_REDUCE_MIN_BLOCK_N = 16  # 64 bytes of a partial row: two of L2's 32-byte sectors
 DW_REDUCE_TILE_ELEMENTS = 8192  # 64 fp32 registers a thread at 4 warps
 DW_REDUCE_NUM_WARPS = 4  # Triton's default, which this kernel always had
+# Whether the dweight reduction is launched as a programmatic dependent of the backward kernel
+# (Hopper and later; griddepcontrol), its launch begun while the backward runs instead of after it:
+# 1.5 us of idle GPU between the two in a bf16 backward of 290 us (bench/kernel_trace.py, bench/NOTES.md
+# v0.49-v0.51). Not yet measured: a tune_triton --constants candidate.
+PROGRAMMATIC_DW_REDUCE = False
 # The split-row backward puts column blocks on grid axis 1, whose CUDA limit is 65535.
 MAX_N = 65535 * SPLIT_BLOCK_N
 
@@ -936,11 +950,13 @@ _MAX_PLANS = 1024
 
 def forget_launch_choices() -> None:
     """Drops every choice worked out from this module's constants (tile_config's, _bwd_split_plan's,
-    _dw_reduce_tile's) and every launch plan, for a caller that has changed those constants or functions
-    (bench/tune_triton.py's candidates): a plan repeats its launch as it was."""
+    _dw_reduce_tile's, _programmatic_dw_reduce's) and every launch plan, for a caller that has changed
+    those constants or functions (bench/tune_triton.py's candidates): a plan repeats its launch as it
+    was."""
     tile_config.cache_clear()
     _bwd_split_plan.cache_clear()
     _dw_reduce_tile.cache_clear()
+    _programmatic_dw_reduce.cache_clear()
     _fwd_plans.clear()
     _bwd_plans.clear()
 
@@ -1111,14 +1127,24 @@ def _dw_reduce_tile(p: int, n: int, sms: int) -> tuple[int, int]:
     return block_p, max(DW_REDUCE_MIN_BLOCK_N, block_n)
 
 
+@functools.lru_cache(maxsize=None)
+def _programmatic_dw_reduce(device: torch.device) -> bool:
+    """Whether the dweight reduction on `device` is launched as a programmatic dependent of the
+    backward (PROGRAMMATIC_DW_REDUCE): compiled kernels (not the interpreter, which has no inline
+    assembly) on compute capability 9.0 or later, which has griddepcontrol."""
+    compiled = isinstance(rms_norm_dw_reduce_kernel, triton.runtime.JITFunction)
+    if not PROGRAMMATIC_DW_REDUCE or not compiled or device.type != "cuda":
+        return False
+    return torch.cuda.get_device_capability(device)[0] >= 9
+
+
 def _reduce_dweight(dw_partial: torch.Tensor, dw: torch.Tensor, device: int) -> tuple:
     """dw = the sum of dw_partial's [P, N] per-program rows, in a fixed order (rms_norm_dw_reduce_kernel).
     Returns the launch as (grid, args, constexprs, num_warps), which a LaunchPlan repeats."""
     p, n = dw_partial.shape
     block_p, block_n = _dw_reduce_tile(p, n, _num_sms(dw_partial.device))
-    launch = (
-        (_cdiv(n, block_n),), (dw_partial, dw, p, n), {"BLOCK_P": block_p, "BLOCK_N": block_n}, DW_REDUCE_NUM_WARPS,
-    )  # fmt: skip
+    constexprs = {"BLOCK_P": block_p, "BLOCK_N": block_n, "WAIT_FOR_PRIOR": _programmatic_dw_reduce(dw_partial.device)}
+    launch = ((_cdiv(n, block_n),), (dw_partial, dw, p, n), constexprs, DW_REDUCE_NUM_WARPS)
     _launch_dw_reduce(*launch, device)
     return launch
 
@@ -1294,7 +1320,8 @@ def rms_norm_bwd(
              weight_offset),
             {"HAS_DRESIDUAL": dresidual_out is not None, "HAS_WEIGHT": weight is not None, "COMPUTE_DW": compute_dw,
              "DOT_GIVEN": cfg.split_rows, "ROUND_XHAT": round_xhat, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
-             "NUM_STAGES": stages, "DX_CACHE_MODIFIER": BWD_DX_CACHE_MODIFIER},
+             "NUM_STAGES": stages, "DX_CACHE_MODIFIER": BWD_DX_CACHE_MODIFIER,
+             "LAUNCH_DEPENDENTS": compute_dw and _programmatic_dw_reduce(x.device)},
             cfg.num_warps,
         )  # fmt: skip
         _launch_bwd(*backward, device)

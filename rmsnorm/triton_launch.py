@@ -139,11 +139,16 @@ class KernelLauncher:
     device).
     """
 
-    def __init__(self, kernel, cooperative: bool = False) -> None:
+    def __init__(self, kernel, cooperative: bool = False, programmatic: str | None = None) -> None:
         self._kernel = kernel
         # cooperative: launched as a cooperative grid, which the driver refuses (an error, not a hang)
         # unless all its programs can be resident at once: for kernels whose programs wait on each other.
         self._options = {"enable_fp_fusion": False, **({"launch_cooperative_grid": True} if cooperative else {})}
+        # programmatic: the name of a bool constexpr of the kernel; where it is true, the launch is a
+        # programmatic dependent launch (Triton's launch_pdl, compute capability 9.0 and later): it may
+        # begin before the kernel ahead of it on the stream ends, so the kernel must wait for that one
+        # (gdc_wait) before it touches memory.
+        self._programmatic = programmatic
         self._compiled: dict[tuple, _Direct | None] = {}
         # A JITFunction compiles; the interpreter's function does not (TRITON_INTERPRET=1).
         self._compiles = isinstance(kernel, triton.runtime.JITFunction)
@@ -158,7 +163,7 @@ class KernelLauncher:
         key, direct, addresses, scalars = self._lookup(args, constexprs, num_warps, device)
         if direct is None or _launch_hooked():
             # Through Triton: it compiles where needed, and runs any launch hooks (a profiler's).
-            compiled = self._kernel[grid](*args, **constexprs, num_warps=num_warps, **self._options)
+            compiled = self._kernel[grid](*args, **constexprs, num_warps=num_warps, **self._options_for(constexprs))
             self._compiled[key] = _direct(compiled)  # one dict assignment: atomic, no lock needed
             return
         # Addresses, not tensors: the C launcher takes an int as it is, where for each tensor it calls
@@ -200,10 +205,18 @@ class KernelLauncher:
         if direct is not None:
             compiled = direct.compiled  # launched or warmed up before: its module is loaded
         else:
-            compiled = self._kernel.warmup(*args, **constexprs, grid=(1,), num_warps=num_warps, **self._options)
+            compiled = self._kernel.warmup(
+                *args, **constexprs, grid=(1,), num_warps=num_warps, **self._options_for(constexprs)
+            )
             compiled._init_handles()  # loads the module, which sets compiled.function
             self._compiled[key] = _direct(compiled)
         return _blocks_per_sm(compiled.function, num_warps * 32, compiled.metadata.shared) * sm_count(device)
+
+    def _options_for(self, constexprs: dict) -> dict:
+        """Triton's launch options for a launch with these constexprs."""
+        if self._programmatic is not None and constexprs[self._programmatic]:
+            return {**self._options, "launch_pdl": True}
+        return self._options
 
     def _lookup(self, args: tuple, constexprs: dict, num_warps: int, device: int) -> tuple:
         """(key, the cached _Direct or None, the pointers' addresses, the scalars) of a launch; the

@@ -114,6 +114,34 @@ def test_cooperative_launcher_asks_triton_for_a_cooperative_grid(monkeypatch):
                                   "launch_cooperative_grid": True}  # fmt: skip
 
 
+def test_programmatic_launcher_asks_triton_for_a_dependent_launch_where_its_constexpr_is_true(monkeypatch):
+    """KernelLauncher(programmatic="A"): launch_pdl where the constexpr A is true, and only there;
+    each compiles (and is cached) apart, A being part of the key."""
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    kernel = _Kernel()
+    launch = triton_launch.KernelLauncher(kernel, programmatic="A")
+    launch._compiles, launch._constexpr_names, launch._pointers = True, ["A", "B"], 1
+    launch((3,), _args(torch.zeros(64), 32), {"A": True, "B": 128}, 4, 0)
+    launch((3,), _args(torch.zeros(64), 32), {"A": False, "B": 128}, 4, 0)
+    assert [c[0] for c in kernel.calls] == ["triton", "triton"]
+    assert kernel.calls[0][3] == {"A": True, "B": 128, "num_warps": 4, "enable_fp_fusion": False, "launch_pdl": True}
+    assert kernel.calls[1][3] == {"A": False, "B": 128, "num_warps": 4, "enable_fp_fusion": False}
+
+
+def test_the_dweight_reduction_is_never_a_dependent_launch_off_a_compiled_gpu_kernel(monkeypatch):
+    """PROGRAMMATIC_DW_REDUCE on: still off for a CPU tensor (the interpreter has no inline assembly,
+    which gdc_wait is), so the CPU suite and the interpreter run the kernels as they are."""
+    from rmsnorm import triton_kernels
+
+    monkeypatch.setattr(triton_kernels, "PROGRAMMATIC_DW_REDUCE", True)
+    triton_kernels.forget_launch_choices()
+    try:
+        assert not triton_kernels._programmatic_dw_reduce(torch.device("cpu"))
+    finally:
+        monkeypatch.undo()
+        triton_kernels.forget_launch_choices()
+
+
 @pytest.mark.parametrize(
     "change",
     [
@@ -430,6 +458,49 @@ def test_backward_plans_of_many_signatures_give_the_bits_of_full_launches(monkey
         for offset, expected_bits in zip(offsets, want):
             assert_same(call(case, offset), expected_bits)
     assert full_launches == []
+
+
+@pytest.mark.skipif(not ON_GPU, reason="compiled Triton kernels run only on a CUDA GPU; none here")
+@pytest.mark.parametrize("case", ["bf16", "split", "split fp32"])
+def test_a_dependent_dweight_reduction_gives_the_bits_of_a_serial_one(case, monkeypatch):
+    """PROGRAMMATIC_DW_REDUCE (Hopper and later): the reduction launched while the backward kernel
+    runs, waiting on it in the kernel, gives the serial launch's dx and dweight bits, in eager calls
+    (a full launch, then its plan) and in a CUDA graph's replays, over NaN-filled outputs."""
+    from rmsnorm import triton_kernels
+
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("programmatic dependent launch needs compute capability 9.0 or later")
+    dy, x, dresidual_out, weight, rstd, needs_dweight, round_xhat = _backward_case(case)
+
+    def call() -> tuple:
+        poison_next_allocation(x)
+        poison_next_allocation(weight)
+        return triton_kernels.rms_norm_bwd(dy, x, dresidual_out, weight, 0.5, rstd, needs_dweight, round_xhat)
+
+    serial = call()
+    monkeypatch.setattr(triton_kernels, "PROGRAMMATIC_DW_REDUCE", True)
+    triton_kernels.forget_launch_choices()
+    try:
+        assert triton_kernels._programmatic_dw_reduce(x.device)
+        outputs = [call(), call()]  # a full launch, then the plan's
+        graph = torch.cuda.CUDAGraph()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            call()
+        torch.cuda.current_stream().wait_stream(side)
+        with torch.cuda.graph(graph):
+            captured = triton_kernels.rms_norm_bwd(dy, x, dresidual_out, weight, 0.5, rstd, needs_dweight, round_xhat)
+        for tensor in captured:
+            tensor.fill_(float("nan"))
+        graph.replay()
+        outputs.append(captured)
+        torch.cuda.synchronize()
+    finally:
+        monkeypatch.undo()
+        triton_kernels.forget_launch_choices()
+    for dx, dw in outputs:
+        assert torch.equal(as_bits(dx), as_bits(serial[0])) and torch.equal(as_bits(dw), as_bits(serial[1]))
 
 
 def _backward_key(dy, x, dresidual_out, weight, rstd, compute_dw=True, round_xhat=False) -> tuple:
