@@ -5,10 +5,9 @@ the time the call's bytes would take at the copy ceiling.
 queued behind a torch.cuda._sleep (so the host's pace does not show on the GPU), traces them with
 torch.profiler and prints, per call, each kernel's median duration, the median idle time of the GPU
 between calls (bench.graph_trace.summarize) and inside a call, and the span of a call against the
-ideal time (bytes moved / copy ceiling). The benchmark's
-table gives one number a cell; this splits it into the main kernel's excess over the ceiling and the
-fixed costs around it (a second kernel, launch gaps), which call for different changes
-(bench/NOTES.md v0.49).
+ideal time (bytes moved / copy ceiling). The benchmark's table gives one number a cell; this splits
+it into the main kernel's excess over the ceiling and the fixed costs around it (a second kernel,
+launch gaps), which call for different changes (bench/NOTES.md v0.49).
 """
 
 from __future__ import annotations

@@ -1121,7 +1121,8 @@ def _bwd_split_plan(n: int, x_element_size: int, dy_element_size: int) -> BwdSpl
 @functools.lru_cache(maxsize=None)
 def _dw_reduce_tile(p: int, n: int, sms: int) -> tuple[int, int]:
     """rms_norm_dw_reduce_kernel's (BLOCK_P, BLOCK_N) for P partials of N columns on `sms` SMs (see
-    DW_REDUCE_MAX_BLOCK_P). A function of (P, N, GPU), as P is: dweight's bits stay those of the shape."""
+    DW_REDUCE_MAX_BLOCK_P). Of (P, N, GPU) alone, as P is of (M, N, GPU): dweight's bits stay a
+    function of the call's shape and GPU."""
     block_p = min(DW_REDUCE_MAX_BLOCK_P, max(DW_REDUCE_MIN_BLOCK_P, triton.next_power_of_2(p)))
     block_n = min(triton.next_power_of_2(_cdiv(n, sms)), DW_REDUCE_TILE_ELEMENTS // block_p)
     return block_p, max(DW_REDUCE_MIN_BLOCK_N, block_n)
