@@ -217,3 +217,17 @@ def test_kernel_trace_adds_the_idle_time_inside_a_call_and_the_span_against_the_
     assert lines[-1].split() == expected.split()
     assert lines[0].split()[:3] == ["kernel", "0:", "1.00"]
     assert idle_and_span(kernels[:-1], 3.0, calls=3).startswith("5 kernels for 3 calls")
+
+
+def test_tune_triton_constants_candidates_are_parsed_as_literals_of_existing_constants():
+    """`--constants A=1,B=True`: each value a Python literal; a name triton_kernels lacks stops the run
+    before any timing, naming it."""
+    from bench.tune_triton import _parse_candidate
+
+    assert _parse_candidate("PROGRAMMATIC_DW_REDUCE=True,DW_REDUCE_MAX_BLOCK_P=32") == {
+        "PROGRAMMATIC_DW_REDUCE": True,
+        "DW_REDUCE_MAX_BLOCK_P": 32,
+    }
+    assert _parse_candidate("BWD_DX_CACHE_MODIFIER=''") == {"BWD_DX_CACHE_MODIFIER": ""}
+    with pytest.raises(SystemExit, match="NO_SUCH_CONSTANT"):
+        _parse_candidate("NO_SUCH_CONSTANT=1")
