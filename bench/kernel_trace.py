@@ -18,27 +18,17 @@ import statistics
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from bench.cases import BACKWARD, EPS, FORWARD, FORWARD_BACKWARD, NORM_MODES, bytes_moved, rows_for
+from bench.cases import BACKWARD, FORWARD_BACKWARD, NORM_MODES, bytes_moved, rows_for
 from bench.graph_trace import summarize
 from bench.implementations import load_implementations
 from bench.inputs import random_case, torch_dtype
+from bench.sweep import mode_call
 from bench.timing import _spin_cycles_per_ms, copy_ceiling
 
 NAMES = ("ours-triton", "ours-cuda")
 CALLS = 10
 # The sleep ahead of the calls: long enough for the host to issue all CALLS calls.
 QUEUE_MS = 20.0
-
-
-def make_call(fn, x: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor, mode: str):
-    """One call of `mode`, as bench.sweep times it."""
-    if mode == FORWARD:
-        return lambda: fn(x, weight, EPS)
-    xg, wg = x.detach().requires_grad_(), weight.detach().requires_grad_()
-    if mode == BACKWARD:
-        y = fn(xg, wg, EPS)
-        return lambda: torch.autograd.grad(y, (xg, wg), dy, retain_graph=True)
-    return lambda: torch.autograd.grad(fn(xg, wg, EPS), (xg, wg), dy)
 
 
 def trace_calls(call, calls: int = CALLS) -> list[tuple[str, float, float]]:
@@ -94,7 +84,7 @@ def main() -> None:
             for mode in args.modes:
                 ideal_us = bytes_moved(mode, rows, n, dtype_name) / ceiling_gbps / 1e3
                 for impl in impls:
-                    kernels = trace_calls(make_call(impl.fn, x, weight, dy, mode))
+                    kernels = trace_calls(mode_call(impl.fn, mode, x, weight, dy))
                     title = f"{impl.name} {mode} {dtype_name} M={rows} N={n}"
                     print(f"{title}:\n{idle_and_span(kernels, ideal_us)}", flush=True)
             del x, weight, dy

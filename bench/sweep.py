@@ -55,19 +55,25 @@ def _memory_shortfall(rows: int, n: int, per_element: int) -> str | None:
     return f"needs ~{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free" if need > free else None
 
 
+def mode_call(fn, mode: str, x: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor) -> Callable[[], object]:
+    """One call of ``mode`` as the sweep times it: the forward; the backward, of one graph backpropagated
+    again and again; or a forward+backward through autograd."""
+    if mode == FORWARD:
+        return lambda: fn(x, weight, EPS)
+    xg, wg = x.detach().requires_grad_(), weight.detach().requires_grad_()
+    if mode == BACKWARD:
+        y = fn(xg, wg, EPS)
+        return lambda: torch.autograd.grad(y, (xg, wg), dy, retain_graph=True)
+    return lambda: torch.autograd.grad(fn(xg, wg, EPS), (xg, wg), dy)
+
+
 def time_mode(fn, mode: str, x: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor) -> list[CallTime]:
     """Times of one call of ``mode``: one measurement, or FORWARD_BACKWARD_REPEATS for forward+backward."""
     if mode == FORWARD:
         with torch.no_grad():
-            return [time_call(lambda: fn(x, weight, EPS))]
-    xg, wg = x.detach().requires_grad_(), weight.detach().requires_grad_()
-    if mode == BACKWARD:
-        y = fn(xg, wg, EPS)  # one graph, backpropagated again and again
-        return [time_call(lambda: torch.autograd.grad(y, (xg, wg), dy, retain_graph=True))]
-    return [
-        time_call(lambda: torch.autograd.grad(fn(xg, wg, EPS), (xg, wg), dy))
-        for _ in range(FORWARD_BACKWARD_REPEATS)
-    ]
+            return [time_call(mode_call(fn, mode, x, weight, dy))]
+    call = mode_call(fn, mode, x, weight, dy)
+    return [time_call(call) for _ in range(FORWARD_BACKWARD_REPEATS if mode == FORWARD_BACKWARD else 1)]
 
 
 def _add_timed(add_fn, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor) -> list[CallTime]:

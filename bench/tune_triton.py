@@ -20,7 +20,7 @@ import torch
 import rmsnorm
 from bench.cases import BACKWARD, ELEMENTS, FORWARD_BACKWARD, bytes_moved
 from bench.inputs import random_case, torch_dtype
-from bench.kernel_trace import make_call
+from bench.sweep import mode_call
 from bench.timing import copy_ceiling, median_ms, percent_of_ceiling, time_call
 from rmsnorm import triton_kernels
 
@@ -272,7 +272,7 @@ def _constants_sweep(ns: list[int], ceiling: float, candidates: list[dict], dtyp
                     for name, value in values.items():
                         setattr(triton_kernels, name, value)
                     triton_kernels.forget_launch_choices()
-                    ms = time_call(make_call(_triton_rms_norm, x, w, dy, mode)).ms
+                    ms = time_call(mode_call(_triton_rms_norm, mode, x, w, dy)).ms
                     cell.append(percent_of_ceiling(bytes_moved(mode, m, n, dtype), ms, ceiling))
             for label, cell in zip(labels, cells):
                 rounds = " / ".join(f"{v:.1f}" for v in cell)
