@@ -771,7 +771,7 @@ DW_REDUCE_NUM_WARPS = 4  # Triton's default, which this kernel always had
 # (Hopper and later; griddepcontrol), its launch begun while the backward runs instead of after it:
 # 1.5 us of idle GPU between the two in a bf16 backward of 290 us (bench/kernel_trace.py, bench/NOTES.md
 # v0.49-v0.51). Not yet measured: a tune_triton --constants candidate.
-PROGRAMMATIC_DW_REDUCE = False
+PROGRAMMATIC_DW_REDUCE = True
 # The split-row backward puts column blocks on grid axis 1, whose CUDA limit is 65535.
 MAX_N = 65535 * SPLIT_BLOCK_N
 
