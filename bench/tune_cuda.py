@@ -25,9 +25,6 @@ NS = (1024, 2048, 4096, 8192, 16384, 32768)
 # label -> {constant name in csrc/*.cu: value written in its place}; {} is csrc as it is.
 CANDIDATES: dict[str, dict[str, str]] = {
     "as is": {},
-    "dweight reduction on 32 slices": {"kReduceSlices": "32"},
-    "dweight reduction unrolled 16": {"kReduceUnroll": "16"},
-    "dweight reduction on 32 slices unrolled 8": {"kReduceSlices": "32", "kReduceUnroll": "8"},
 }
 
 

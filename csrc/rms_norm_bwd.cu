@@ -134,11 +134,12 @@ constexpr bool kDxNoL1Allocate = true;
 // has a few independent loads in flight, then their 8 sums are added in warp order.
 constexpr int kReduceColumns = kWarpSize;
 constexpr int kReduceSlices = 8;
-// Loads of partial rows a thread of it keeps in flight (its loop's unroll). With 8 slices of 4, an SM
-// has 32 loads of 128 bytes in flight (one 256-thread block an SM at N = 4096): the reduction took
-// 6.2 us of bf16 N = 4096's backward and 11.3 of 8192's, where its 4-17 MB of partials take 1.5-6 us
-// at copy speed (bench/kernel_trace.py, bench/NOTES.md v0.49-v0.50); tune_cuda candidates.
-constexpr int kReduceUnroll = kLoopedUnroll;
+// Loads of partial rows a thread of it keeps in flight (its loop's unroll; the adds stay in order). At
+// 4 (8 slices of 4: 32 loads of 128 bytes in flight an SM at N = 4096) the reduction took 6.2 us of
+// bf16 N = 4096's backward and 11.3 of 8192's, where its 4-17 MB of partials take 1.5-6 us at copy
+// speed (bench/kernel_trace.py). 16: the backward +0.2 to +0.8 points at 512-16384 in bf16, +0.1 to
+// +2.2 in fp32; 32 slices lost 1 point at 16384 (bench/NOTES.md v0.50).
+constexpr int kReduceUnroll = 16;
 // rms_norm_bwd_split_kernel: rows over kBwdStagedMaxRowBytes, in column chunks of one warp each,
 // kBwdSplitItems Vecs a thread (32 bf16 elements: 1024 a chunk, Triton's BWD_SPLIT_NARROW_CHUNK_N),
 // with the row of the previous iteration held in registers beside this one's: at most 168
