@@ -769,8 +769,8 @@ DW_REDUCE_TILE_ELEMENTS = 8192  # 64 fp32 registers a thread at 4 warps
 DW_REDUCE_NUM_WARPS = 4  # Triton's default, which this kernel always had
 # Whether the dweight reduction is launched as a programmatic dependent of the backward kernel
 # (Hopper and later; griddepcontrol), its launch begun while the backward runs instead of after it:
-# 1.5 us of idle GPU between the two in a bf16 backward of 290 us (bench/kernel_trace.py, bench/NOTES.md
-# v0.49-v0.51). Not yet measured: a tune_triton --constants candidate.
+# 1.5 us of idle GPU between the two in a bf16 backward of 290 us (bench/kernel_trace.py). On, the bf16
+# backward alone read 0.4-0.8 points higher at 512-65536 and fp32 0-0.5 (bench/NOTES.md v0.51).
 PROGRAMMATIC_DW_REDUCE = True
 # The split-row backward puts column blocks on grid axis 1, whose CUDA limit is 65535.
 MAX_N = 65535 * SPLIT_BLOCK_N
