@@ -12,6 +12,7 @@ import argparse
 import ast
 import importlib
 import itertools
+import re
 import statistics
 import sys
 
@@ -246,10 +247,10 @@ CONSTANTS_NS = (512, 1024, 4096, 8192, 16384, 65536)
 
 
 def _parse_candidate(text: str) -> dict:
-    """"NAME=VALUE,NAME=VALUE" (each VALUE a Python literal) as {NAME: value}, every NAME a constant
-    of triton_kernels."""
+    """"NAME=VALUE,NAME=VALUE" (each VALUE a Python literal, a tuple's commas included) as {NAME:
+    value}, every NAME a constant of triton_kernels."""
     candidate = {}
-    for item in text.split(","):
+    for item in re.split(r",(?=[A-Za-z_]\w*=)", text):
         name, _, value = item.partition("=")
         if not hasattr(triton_kernels, name):
             raise SystemExit(f"triton_kernels has no constant {name!r}")

@@ -674,6 +674,10 @@ FWD_MAX_TILE_N = 32768
 BWD_MAX_TILE_N = 8192
 # Elements one program covers when rows are short: enough independent loads in flight per SM.
 SHORT_ROW_TILE_ELEMENTS = 4096
+# The same for the persistent backward (rms_norm_bwd_kernel), whose tile's dot products cost a block
+# reduction (a barrier) each: rows a tile at N = 4096 is BWD_TILE_ELEMENTS / 4096. A tune_triton
+# --constants candidate (bench/NOTES.md v0.52).
+BWD_TILE_ELEMENTS = SHORT_ROW_TILE_ELEMENTS
 # fp32 elements per thread a tile aims for: 16 bytes of bf16 and fp16, or four 16-byte fp32 loads.
 ELEMENTS_PER_THREAD = 16
 # Tiles of a whole row this wide or wider give each thread WIDE_ROW_ELEMENTS_PER_THREAD: 8 warps at
@@ -795,7 +799,7 @@ def tile_config(n: int, kind: str = "forward") -> TileConfig:
     if kind != "backward" and n > FWD_MAX_TILE_N:
         return TileConfig(1, FWD_SPLIT_CHUNK_N, _tile_warps(FWD_SPLIT_CHUNK_N, FWD_SPLIT_ELEMENTS_PER_THREAD), True)
     block_n = triton.next_power_of_2(n)
-    block_m = max(1, SHORT_ROW_TILE_ELEMENTS // block_n)
+    block_m = max(1, (BWD_TILE_ELEMENTS if kind == "backward" else SHORT_ROW_TILE_ELEMENTS) // block_n)
     per_thread = None
     if kind == "quant":
         per_thread = QUANT_ELEMENTS_PER_THREAD

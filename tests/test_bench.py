@@ -220,7 +220,7 @@ def test_kernel_trace_adds_the_idle_time_inside_a_call_and_the_span_against_the_
 
 
 def test_tune_triton_constants_candidates_are_parsed_as_literals_of_existing_constants():
-    """`--constants A=1,B=True`: each value a Python literal; a name triton_kernels lacks stops the run
+    """`--constants A=1,B=True`: each value a Python literal (a tuple too); a name triton_kernels lacks stops the run
     before any timing, naming it."""
     from bench.tune_triton import _parse_candidate
 
@@ -229,5 +229,10 @@ def test_tune_triton_constants_candidates_are_parsed_as_literals_of_existing_con
         "DW_REDUCE_MAX_BLOCK_P": 32,
     }
     assert _parse_candidate("BWD_DX_CACHE_MODIFIER=''") == {"BWD_DX_CACHE_MODIFIER": ""}
+    # A tuple's commas are the value's, not the list's.
+    assert _parse_candidate("BWD_PIPELINE=((4096, 2, 3), (8192, 1, 3)),BWD_TILE_ELEMENTS=8192") == {
+        "BWD_PIPELINE": ((4096, 2, 3), (8192, 1, 3)),
+        "BWD_TILE_ELEMENTS": 8192,
+    }
     with pytest.raises(SystemExit, match="NO_SUCH_CONSTANT"):
         _parse_candidate("NO_SUCH_CONSTANT=1")
