@@ -261,7 +261,8 @@ def _parse_candidate(text: str) -> dict:
 def _constants_sweep(ns: list[int], ceiling: float, candidates: list[dict], dtypes: list[str]) -> None:
     defaults = {name: getattr(triton_kernels, name) for candidate in candidates for name in candidate}
     labels = ["as is", *(",".join(f"{k}={v!r}" for k, v in c.items()) for c in candidates)]
-    settings = [defaults, *candidates]
+    # Each candidate over the defaults: a constant one candidate sets is as is in the others.
+    settings = [defaults, *({**defaults, **candidate} for candidate in candidates)]
     print("dtype | N | mode | candidate | % of copy (median of rounds) | rounds", flush=True)
     for dtype, n in ((dtype, n) for dtype in dtypes for n in ns):
         m = ELEMENTS // n
