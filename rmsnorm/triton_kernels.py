@@ -674,9 +674,9 @@ FWD_MAX_TILE_N = 32768
 BWD_MAX_TILE_N = 8192
 # Elements one program covers when rows are short: enough independent loads in flight per SM.
 SHORT_ROW_TILE_ELEMENTS = 4096
-# The same for the persistent backward (rms_norm_bwd_kernel), whose tile's dot products cost a block
-# reduction (a barrier) each: rows a tile at N = 4096 is BWD_TILE_ELEMENTS / 4096. A tune_triton
-# --constants candidate (bench/NOTES.md v0.52).
+# The same for the persistent backward (rms_norm_bwd_kernel). H100, bf16, backward alone: 8192 (half
+# the block reductions a byte, 16 warps) read 1.4-2.8 points lower at 512-4096 and level at 5120-8192
+# (bench/tune_triton.py --constants, bench/NOTES.md v0.52).
 BWD_TILE_ELEMENTS = SHORT_ROW_TILE_ELEMENTS
 # fp32 elements per thread a tile aims for: 16 bytes of bf16 and fp16, or four 16-byte fp32 loads.
 ELEMENTS_PER_THREAD = 16
@@ -713,7 +713,8 @@ MAX_NUM_WARPS = 32
 # tile width: (widest block_n, programs an SM, stages), the last up to BWD_MAX_TILE_N. H100, bf16,
 # backward alone (bench/tune_triton.py --bwd, bench/NOTES.md v0.24): one program of 4 stages at
 # 512-4096, 90-91% against 88-89% for two unpipelined programs (2 or 6 stages: 85-88); 3 stages
-# at 5120 and 8192, 92 / 90% against 73 / 86%.
+# at 5120 and 8192, 92 / 90% against 73 / 86%. Again at 92.8-93.6% (v0.52): two programs of 3 stages
+# 0.8-2.2 points lower at 512-4096, 6 stages 2.4-5.
 BWD_PIPELINE = ((4096, 1, 4), (8192, 1, 3))
 # dx's stores in rms_norm_bwd_kernel: ".cs" (evict first), as BWD_SPLIT_DX_CACHE_MODIFIER. H100,
 # bf16, backward alone, % of copy (bench/tune_triton.py --bwd, bench/NOTES.md v0.33), three
