@@ -19,7 +19,7 @@ import sys
 import torch
 
 import rmsnorm
-from bench.cases import BACKWARD, ELEMENTS, FORWARD_BACKWARD, bytes_moved
+from bench.cases import ADD_FORWARD, BACKWARD, ELEMENTS, EPS, FORWARD, FORWARD_BACKWARD, bytes_moved
 from bench.inputs import random_case, torch_dtype
 from bench.sweep import mode_call
 from bench.timing import copy_ceiling, median_ms, percent_of_ceiling, time_call
@@ -240,8 +240,9 @@ def _split_bwd_sweep(ns: list[int], ceiling: float) -> None:
     configure(None)
 
 
-# `--constants`: the backward alone and the forward+backward through autograd (backend "triton", as
-# bench.sweep times them) with triton_kernels' constants as they are and as each candidate sets them,
+# `--constants`: each of --modes (by default the backward alone and the forward+backward through
+# autograd; also the forward and add_rms_norm's forward, without grad), backend "triton", as
+# bench.sweep times them, with triton_kernels' constants as they are and as each candidate sets them,
 # in ROUNDS interleaved rounds: a change behind a constant timed beside the code it replaces.
 CONSTANTS_NS = (512, 1024, 4096, 8192, 16384, 65536)
 
@@ -258,7 +259,9 @@ def _parse_candidate(text: str) -> dict:
     return candidate
 
 
-def _constants_sweep(ns: list[int], ceiling: float, candidates: list[dict], dtypes: list[str]) -> None:
+def _constants_sweep(
+    ns: list[int], ceiling: float, candidates: list[dict], dtypes: list[str], modes: list[str]
+) -> None:
     defaults = {name: getattr(triton_kernels, name) for candidate in candidates for name in candidate}
     labels = ["as is", *(",".join(f"{k}={v!r}" for k, v in c.items()) for c in candidates)]
     # Each candidate over the defaults: a constant one candidate sets is as is in the others.
@@ -267,14 +270,15 @@ def _constants_sweep(ns: list[int], ceiling: float, candidates: list[dict], dtyp
     for dtype, n in ((dtype, n) for dtype in dtypes for n in ns):
         m = ELEMENTS // n
         x, w, dy = random_case(m, n, torch_dtype(dtype))
-        for mode in (BACKWARD, FORWARD_BACKWARD):
+        for mode in modes:
             cells: list[list[float]] = [[] for _ in settings]
             for _ in range(ROUNDS):
                 for values, cell in zip(settings, cells):
                     for name, value in values.items():
                         setattr(triton_kernels, name, value)
                     triton_kernels.forget_launch_choices()
-                    ms = time_call(mode_call(_triton_rms_norm, mode, x, w, dy)).ms
+                    with torch.set_grad_enabled(mode in (BACKWARD, FORWARD_BACKWARD)):
+                        ms = time_call(_constants_call(mode, x, w, dy)).ms
                     cell.append(percent_of_ceiling(bytes_moved(mode, m, n, dtype), ms, ceiling))
             for label, cell in zip(labels, cells):
                 rounds = " / ".join(f"{v:.1f}" for v in cell)
@@ -283,6 +287,14 @@ def _constants_sweep(ns: list[int], ceiling: float, candidates: list[dict], dtyp
     for name, value in defaults.items():
         setattr(triton_kernels, name, value)
     triton_kernels.forget_launch_choices()
+
+
+def _constants_call(mode: str, x: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor):
+    """One call of `mode` on triton, as the benchmark times it: add-forward takes dy as its residual
+    (as random as one), and it and the forward run without grad."""
+    if mode == ADD_FORWARD:
+        return lambda: rmsnorm.add_rms_norm(x, dy, weight, EPS, backend="triton")
+    return mode_call(_triton_rms_norm, mode, x, weight, dy)
 
 
 def _triton_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -307,11 +319,13 @@ def main() -> None:
     parser.add_argument("--split-bwd", action="store_true", help="sweep the one-pass wide-row backward (SPLIT_BWD_NS)")
     parser.add_argument(
         "--constants", nargs="+", metavar="NAME=VALUE[,NAME=VALUE]",
-        help="time the backward and forward+backward with triton_kernels' constants as they are and as each"
-        " candidate sets them (default ns: CONSTANTS_NS)",
+        help="time --modes with triton_kernels' constants as they are and as each candidate sets them"
+        " (default ns: CONSTANTS_NS)",
     )  # fmt: skip
     parser.add_argument("--dtypes", nargs="+", choices=("bf16", "fp16", "fp32"), default=["bf16"],
                         help="with --constants: of x, dy and the weight")  # fmt: skip
+    parser.add_argument("--modes", nargs="+", choices=(FORWARD, ADD_FORWARD, BACKWARD, FORWARD_BACKWARD),
+                        default=[BACKWARD, FORWARD_BACKWARD], help="with --constants: what to time")  # fmt: skip
     args = parser.parse_args()
     default_ns = (
         SPLIT_NS if args.split else BWD_SWEEP_NS if args.bwd else SPLIT_BWD_NS if args.split_bwd
@@ -330,7 +344,7 @@ def main() -> None:
         _split_bwd_sweep(ns, ceiling)
         return
     if args.constants:
-        _constants_sweep(ns, ceiling, [_parse_candidate(text) for text in args.constants], args.dtypes)
+        _constants_sweep(ns, ceiling, [_parse_candidate(text) for text in args.constants], args.dtypes, args.modes)
         return
     if args.quant:
         _quant_sweep(ns, ceiling)

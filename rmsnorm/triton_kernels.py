@@ -686,6 +686,13 @@ ELEMENTS_PER_THREAD = 16
 # 86-97%; at 64 a thread, 94% and 97% (bench/tune_triton.py, bench/NOTES.md v0.7).
 WIDE_ROW_TILE_N = 16384
 WIDE_ROW_ELEMENTS_PER_THREAD = 64
+# add_rms_norm's tiles of FWD_MAX_TILE_N columns with fp32 x and residual give each thread this many.
+# At 64 (16 warps, whose registers are capped at 128 a thread) x's and the residual's fp32 values
+# do not fit: ptxas spills 120 bytes a thread (sm_90), and the H100 benchmark reads 83% of copy
+# there against 98% at 16384 and torch.compile's 96%. At 32 (32 warps) it takes 63 registers and
+# spills nothing; one program an SM either way. A tune_triton --constants candidate (bench/NOTES.md
+# v0.53).
+FP32_RESIDUAL_MAX_TILE_ELEMENTS_PER_THREAD = WIDE_ROW_ELEMENTS_PER_THREAD
 # Forward tiles wider than their row (N not a power of two, the tile padded with masked columns)
 # give each thread this many. H100, forward, % of copy, 16 -> 32 a thread (bench/NOTES.md v0.28):
 # fp16 92.3 -> 97.7 at 5120, 95.5 -> 97.4 at 2560, 95.4 -> 97.6 at 6144; bf16 and fp16 92-94 ->
@@ -882,6 +889,17 @@ def _check_rows(t: torch.Tensor) -> None:
         raise ValueError(f"the triton kernels take [*lead, N] views with 1 to 4 leading dims, got {t.dim() - 1}")
 
 
+def _fwd_num_warps(cfg: TileConfig, x: torch.Tensor, residual: torch.Tensor | None, quantized: bool) -> int:
+    """rms_norm_fwd_kernel's warps: cfg's, but FP32_RESIDUAL_MAX_TILE_ELEMENTS_PER_THREAD's where fp32
+    x and residual fill a tile of FWD_MAX_TILE_N columns, unquantized (the fp8 store's kernel spills
+    at 16 warps and more at 32: 72 and 96 bytes a thread, sm_90)."""
+    if residual is None or quantized or cfg.block_n != FWD_MAX_TILE_N:
+        return cfg.num_warps
+    if not x.element_size() == residual.element_size() == 4:
+        return cfg.num_warps
+    return _tile_warps(cfg.block_m * cfg.block_n, FP32_RESIDUAL_MAX_TILE_ELEMENTS_PER_THREAD)
+
+
 def _forward(
     x: torch.Tensor,
     residual: torch.Tensor | None,
@@ -904,6 +922,7 @@ def _forward(
     _check_n(n)
     m = y.numel() // n if n else 0
     cfg = tile_config(n, "quant" if quant.value != NO_QUANT.value else "forward")
+    num_warps = _fwd_num_warps(cfg, x, residual, quant.value != NO_QUANT.value)
     rstd = _empty_rstd(x) if need_rstd else None
     residual_out = None if residual is None else _contiguous_empty_like(x, residual.dtype)
     if logger.isEnabledFor(logging.DEBUG):
@@ -935,7 +954,7 @@ def _forward(
             {"HAS_RESIDUAL": residual is not None, "HAS_WEIGHT": weight is not None, "STORE_RSTD": need_rstd,
              "ROUND_XHAT": round_xhat, "QUANT": quant.value, "HAS_SCALE_UB": scale_ub is not None,
              "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n},
-            cfg.num_warps,
+            num_warps,
         )  # fmt: skip
         _launch_fwd(*launch, device)
     return residual_out, rstd, launch

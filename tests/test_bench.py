@@ -236,3 +236,16 @@ def test_tune_triton_constants_candidates_are_parsed_as_literals_of_existing_con
     }
     with pytest.raises(SystemExit, match="NO_SUCH_CONSTANT"):
         _parse_candidate("NO_SUCH_CONSTANT=1")
+
+
+def test_tune_triton_constants_add_forward_call_is_add_rms_norm_with_dy_as_residual():
+    """`--modes add-forward`: one add_rms_norm call on triton, dy standing in for the residual."""
+    import rmsnorm
+    from bench.cases import ADD_FORWARD, EPS
+    from bench.tune_triton import _constants_call
+
+    x, dy, w = torch.randn(3, 64), torch.randn(3, 64), torch.randn(64)
+    y, residual_out = _constants_call(ADD_FORWARD, x, w, dy)()
+    expected_y, expected_residual_out = rmsnorm.add_rms_norm(x, dy, w, EPS, backend="triton")
+    assert torch.equal(residual_out, expected_residual_out) and torch.equal(residual_out, x + dy)
+    assert torch.equal(y, expected_y)

@@ -1,8 +1,10 @@
-"""The Triton backward's pipeline depth fits the shared memory of the GPU it runs on.
+"""Launch configurations of the Triton kernels: plain arithmetic on them, which runs everywhere.
 
-rms_norm_bwd_kernel buffers (stages - 1) row tiles of every pipelined tensor (x, dy, dresidual) in
-shared memory (bench/NOTES.md v0.24); a GPU with less of it than an H100 must get fewer stages,
-or Triton's compile fails there. Plain arithmetic on the launch configuration: runs everywhere.
+The backward's pipeline depth fits the shared memory of the GPU it runs on: rms_norm_bwd_kernel
+buffers (stages - 1) row tiles of every pipelined tensor (x, dy, dresidual) in shared memory
+(bench/NOTES.md v0.24); a GPU with less of it than an H100 must get fewer stages, or Triton's
+compile fails there. The forward's warps follow its tile, and FP32_RESIDUAL_MAX_TILE_ELEMENTS_PER_THREAD
+where fp32 x and residual fill the widest tile (v0.53).
 """
 
 from __future__ import annotations
@@ -39,3 +41,23 @@ def test_the_cap_binds_only_where_memory_is_short(monkeypatch):
     assert stages_for(8192, fp32_with_dresidual, H100_BYTES, monkeypatch) == 3
     assert stages_for(8192, fp32_with_dresidual, A100_BYTES, monkeypatch) == 2
     assert stages_for(4096, (torch.bfloat16,) * 2, A100_BYTES, monkeypatch) == 4
+
+
+@pytest.mark.parametrize("per_thread", (64, 32))
+def test_fp32_residual_rows_of_the_widest_tile_alone_take_their_own_warps(per_thread, monkeypatch):
+    monkeypatch.setattr(triton_kernels, "FP32_RESIDUAL_MAX_TILE_ELEMENTS_PER_THREAD", per_thread)
+    widest = triton_kernels.FWD_MAX_TILE_N
+
+    def warps(n: int, x_dtype: torch.dtype, residual_dtype: torch.dtype | None, quantized: bool = False) -> int:
+        x = torch.empty(1, dtype=x_dtype)
+        residual = None if residual_dtype is None else torch.empty(1, dtype=residual_dtype)
+        return triton_kernels._fwd_num_warps(triton_kernels.tile_config(n, "forward"), x, residual, quantized)
+
+    assert warps(widest, torch.float32, torch.float32) == widest // (32 * per_thread)
+    tile_warps = triton_kernels.tile_config(widest, "forward").num_warps
+    assert warps(widest, torch.float32, torch.float32, quantized=True) == tile_warps
+    assert warps(widest, torch.float32, None) == tile_warps
+    assert warps(widest, torch.bfloat16, torch.bfloat16) == tile_warps
+    assert warps(widest, torch.bfloat16, torch.float32) == tile_warps
+    half_tile_warps = triton_kernels.tile_config(widest // 2, "forward").num_warps
+    assert warps(widest // 2, torch.float32, torch.float32) == half_tile_warps
