@@ -477,10 +477,14 @@ def test_a_dependent_dweight_reduction_gives_the_bits_of_a_serial_one(case, monk
         poison_next_allocation(weight)
         return triton_kernels.rms_norm_bwd(dy, x, dresidual_out, weight, 0.5, rstd, needs_dweight, round_xhat)
 
-    serial = call()
-    monkeypatch.setattr(triton_kernels, "PROGRAMMATIC_DW_REDUCE", True)
+    # The serial launch with the constant off, whatever its default.
+    monkeypatch.setattr(triton_kernels, "PROGRAMMATIC_DW_REDUCE", False)
     triton_kernels.forget_launch_choices()
     try:
+        assert not triton_kernels._programmatic_dw_reduce(x.device)
+        serial = call()
+        monkeypatch.setattr(triton_kernels, "PROGRAMMATIC_DW_REDUCE", True)
+        triton_kernels.forget_launch_choices()
         assert triton_kernels._programmatic_dw_reduce(x.device)
         outputs = [call(), call()]  # a full launch, then the plan's
         graph = torch.cuda.CUDAGraph()
