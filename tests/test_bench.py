@@ -244,7 +244,7 @@ def test_tune_triton_constants_add_forward_call_is_add_rms_norm_with_dy_as_resid
     from bench.cases import ADD_FORWARD, EPS
     from bench.tune_triton import _constants_call
 
-    x, dy, w = torch.randn(3, 64), torch.randn(3, 64), torch.randn(64)
+    x, dy, w = (torch.randn(*shape, device=DEVICE) for shape in ((3, 64), (3, 64), (64,)))
     y, residual_out = _constants_call(ADD_FORWARD, x, w, dy)()
     expected_y, expected_residual_out = rmsnorm.add_rms_norm(x, dy, w, EPS, backend="triton")
     assert torch.equal(residual_out, expected_residual_out) and torch.equal(residual_out, x + dy)
