@@ -1,12 +1,16 @@
-"""The one-pass backward's kernels compile for sm_90 without spilling registers.
+"""The one-pass backward's kernels, and the forward's widest tiles, compile for sm_90 without
+spilling registers.
 
 rms_norm_bwd_split_kernel's plans (triton_kernels._bwd_split_plan) spend registers on latency: the
 weight held across rows, the lagged row's re-read in flight beside this row's loads (bench/NOTES.md
 v0.27, up to ~235 registers a thread in fp32 with a residual gradient). A spill there costs far more
-than it saves (capped at 128-152 registers: 0-25 points of copy lower). Triton compiles for an sm_90
-target without a GPU; this test does so in a child process, since the test process may run Triton's
-interpreter, and reads each kernel's registers and stack from its cubin, for a 2-D contiguous
-problem as the GPU would specialize it (aligned pointers, unit inner strides).
+than it saves (capped at 128-152 registers: 0-25 points of copy lower). rms_norm_fwd_kernel's tile of
+FWD_MAX_TILE_N columns holds a whole row: with fp32 x and residual on 16 warps it spilled 120 bytes a
+thread and read 84% of copy against 98.5% on the 32 warps FP32_RESIDUAL_MAX_TILE_ELEMENTS_PER_THREAD
+gives it (v0.53). Triton compiles for an sm_90 target without a GPU; this test does so in a child
+process, since the test process may run Triton's interpreter, and reads each kernel's registers and
+stack from its cubin, for a 2-D contiguous problem as the GPU would specialize it (aligned pointers,
+unit inner strides).
 """
 
 from __future__ import annotations
@@ -20,16 +24,24 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-# (N, x and dy dtype, residual gradient): each of the plan's three chunk widths and both early re-reads.
+# (kernel, N, dtype, flag): the one-pass backward at each of its plan's three chunk widths and both
+# early re-reads (flag: a residual gradient); the forward's widest tile with a residual of x's dtype
+# (flag: rstd stored, as for a backward). bf16 x beside an fp32 residual spills 32 bytes a thread on 16
+# warps and on 32 (v0.53): not a case.
+SPLIT_BWD, FWD = "rms_norm_bwd_split_kernel", "rms_norm_fwd_kernel"
 CASES = [
-    (n, dtype, dres)
+    (SPLIT_BWD, n, dtype, dres)
     for n in (16384, 262144, 1 << 20)
     for dtype in ("bf16", "fp32")
     for dres in (False, True)
-]
+] + [(FWD, 32768, dtype, store_rstd) for dtype in ("bf16", "fp32") for store_rstd in (False, True)]
+# Stack bytes a case may have: fp32 rows with rstd stored keep 8 on 32 warps (64 registers, the cap),
+# against 104 on 16; the benchmark's 98.5% was the inference kernel, which has none.
+ALLOWED_STACK = {(FWD, 32768, "fp32", True): 8}
 
 CHILD = r"""
 import json, os, re, subprocess, sys, tempfile
+import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -39,47 +51,63 @@ cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia",
 if not os.path.exists(cuobjdump):
     print(json.dumps({"skip": "no cuobjdump in this Triton install"}))
     sys.exit(0)
-kernel = tk.rms_norm_bwd_split_kernel
 element_size = {"bf16": 2, "fp32": 4}
-for n, dtype, dres in json.loads(sys.argv[1]):
+torch_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}
+fp32_pointers = {"rstd_ptr", "dw_partial_ptr", "scale_ptr", "scale_ub_ptr"}
+
+
+def split_bwd_launch(n, dtype, dres):
     plan = tk._bwd_split_plan(n, element_size[dtype], element_size[dtype])
     constexprs = {"HAS_DRESIDUAL": dres, "HAS_WEIGHT": True, "COMPUTE_DW": True, "ROUND_XHAT": False,
                   "CHUNK_N": plan.chunk_n, "PARTIALS_BLOCK": plan.partials_block, "LAG_ROWS": tk.BWD_SPLIT_LAG_ROWS,
                   "REREAD_DY_EARLY": plan.reread_dy_early, "DX_CACHE_MODIFIER": tk.BWD_SPLIT_DX_CACHE_MODIFIER,
                   "PHASE": tk.BOTH_PHASES}
-    pointers = {"rstd_ptr": "*fp32", "dw_partial_ptr": "*fp32", "partial_ptr": "*i64"}
+    return tk.rms_norm_bwd_split_kernel, constexprs, plan.num_warps, {"chunk_n": plan.chunk_n}
+
+
+def fwd_launch(n, dtype, store_rstd):
+    cfg = tk.tile_config(n, "forward")
+    x = torch.empty(1, dtype=torch_dtype[dtype])
+    constexprs = {"HAS_RESIDUAL": True, "HAS_WEIGHT": True, "STORE_RSTD": store_rstd, "ROUND_XHAT": False,
+                  "QUANT": tk.NO_QUANT, "HAS_SCALE_UB": False, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n}
+    return tk.rms_norm_fwd_kernel, constexprs, tk._fwd_num_warps(cfg, x, x, False), {"block_n": cfg.block_n}
+
+
+for name, n, dtype, flag in json.loads(sys.argv[1]):
+    kernel, constexprs, num_warps, shown = (split_bwd_launch if name == "rms_norm_bwd_split_kernel" else fwd_launch)(
+        n, dtype, flag)
     signature, aligned = {}, []
     for index, param in enumerate(kernel.params):
-        name = param.name
+        pname = param.name
         if param.is_constexpr:
-            signature[name] = "constexpr"
-        elif name.endswith("_ptr"):
-            signature[name] = pointers.get(name, "*" + dtype)
+            signature[pname] = "constexpr"
+        elif pname.endswith("_ptr"):
+            signature[pname] = {"partial_ptr": "*i64"}.get(pname, "*fp32" if pname in fp32_pointers else "*" + dtype)
             aligned.append(index)
-        elif name.startswith("size") or ("stride" in name and not name.endswith("stride0")):
-            signature[name] = "constexpr"  # a 2-D contiguous problem: sizes and inner strides of 1
-            constexprs[name] = 1
-        elif name == "weight_offset":
-            signature[name] = "fp32"
+        elif pname.startswith("size") or ("stride" in pname and not pname.endswith("stride0")):
+            signature[pname] = "constexpr"  # a 2-D contiguous problem: sizes and inner strides of 1
+            constexprs[pname] = 1
+        elif pname in ("eps", "weight_offset"):
+            signature[pname] = "fp32"
         else:
-            signature[name] = "i32"
-            if name == "N" or name.endswith("stride0"):
+            signature[pname] = "i32"
+            if pname == "N" or pname.endswith("stride0"):
                 aligned.append(index)
     attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
     source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
-                              options={"num_warps": plan.num_warps, "enable_fp_fusion": False})
+                              options={"num_warps": num_warps, "enable_fp_fusion": False})
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as cubin:
         cubin.write(compiled.asm["cubin"])
     usage = subprocess.run([cuobjdump, "-res-usage", cubin.name], capture_output=True, text=True, check=True).stdout
     os.unlink(cubin.name)
     found = re.search(r"REG:(\d+) STACK:(\d+)", usage)
-    print(json.dumps({"case": [n, dtype, dres], "chunk_n": plan.chunk_n, "registers": int(found[1]),
+    print(json.dumps({"case": [name, n, dtype, flag], "num_warps": num_warps, **shown, "registers": int(found[1]),
                       "stack": int(found[2])}), flush=True)
 """
 
 
-def test_one_pass_backward_plans_do_not_spill():
+def test_one_pass_backward_plans_and_widest_forward_tiles_do_not_spill():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(REPO), env.get("PYTHONPATH"))))
     done = subprocess.run(
@@ -90,5 +118,5 @@ def test_one_pass_backward_plans_do_not_spill():
     if reports and "skip" in reports[0]:
         pytest.skip(reports[0]["skip"])
     assert [r["case"] for r in reports] == [list(case) for case in CASES], done.stdout
-    spilled = [r for r in reports if r["stack"] != 0 or r["registers"] > 255]
-    assert not spilled, f"register spills (a stack frame) in the one-pass backward: {spilled}"
+    spilled = [r for r in reports if r["stack"] > ALLOWED_STACK.get(tuple(r["case"]), 0) or r["registers"] > 255]
+    assert not spilled, f"register spills (a stack frame): {spilled}"
