@@ -8,6 +8,12 @@ rounds, with their spread (max - min) recorded beside it.
 The inputs fit in L2 and stay there: this measures latency, not bandwidth. At M = TRAIN_HOST_ROWS also
 the host wall time of a forward+backward through autograd: set against the GPU time of the sweep's
 forward+backward, it tells whether a row of that table can be bound by the host.
+
+The issue's host target is a ratio to F.rms_norm's time at M = 1, which the rounds above judge
+poorly: a round's reading moves by 30-70% with the host's speed within the 10 ms it takes, so two
+implementations' medians of 5 rounds put the ratio of one backend anywhere in 1.55-2.56x on one
+machine (bench/NOTES.md v0.55). At M = REFERENCE_PAIRED_ROWS each of ours is also timed call by call
+against REFERENCE_IMPL, the two alternating, so that both see the host at the same speed.
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ TRAIN_HOST_ROWS = 1
 TRAIN_HOST_CALLS = 100  # forward+backward calls a round: ~0.02 s at 200 us each
 HOST_WARMUP_CALLS = 20
 GRAPH_CALLS = 100  # calls captured in one CUDA graph; one replay is timed and divided by this
+REFERENCE_IMPL = "torch-F"  # what the host ratio is taken against: F.rms_norm
+REFERENCE_PAIRED_ROWS = 1
+PAIRED_CALLS = 2000  # calls of each of the pair, timed one by one: ~0.1 s at 12 + 30 us a pair
 
 
 def host_us_per_call(call: Callable[[], object], calls: int = HOST_CALLS) -> float:
@@ -43,6 +52,32 @@ def host_us_per_call(call: Callable[[], object], calls: int = HOST_CALLS) -> flo
         call()
     torch.cuda.synchronize()
     return (time.perf_counter() - start) / calls * 1e6
+
+
+def paired_host_us(
+    call: Callable[[], object], reference: Callable[[], object], calls: int = PAIRED_CALLS
+) -> tuple[float, float]:
+    """Median host microseconds of one call of `call` and of `reference`, each call timed on its own
+    by the host clock, the two alternating call by call and taking turns to go first: a ratio of
+    the two that the host's drifting speed does not move. The GPU work of a call at these sizes is
+    a few microseconds, so back-to-back calls never wait for it."""
+    for _ in range(HOST_WARMUP_CALLS):
+        call()
+        reference()
+    torch.cuda.synchronize()
+    pair, times = (call, reference), ([], [])
+    clock = time.perf_counter
+    for i in range(calls):
+        first, second = i % 2, 1 - i % 2
+        start = clock()
+        pair[first]()
+        middle = clock()
+        pair[second]()
+        end = clock()
+        times[first].append(middle - start)
+        times[second].append(end - middle)
+    torch.cuda.synchronize()
+    return statistics.median(times[0]) * 1e6, statistics.median(times[1]) * 1e6
 
 
 def capture_calls(call: Callable[[], object], calls: int = GRAPH_CALLS) -> torch.cuda.CUDAGraph:
@@ -101,6 +136,21 @@ def _host_rounds(timed: list[tuple[dict, str, str, Callable[[], object], int, bo
             record[field + "_spread"] = max(rounds[i]) - min(rounds[i])
 
 
+def _time_against_reference(impls: list[Implementation], records: list[dict], x: torch.Tensor, weight) -> None:
+    """paired_host_us of each of ours that ran, against REFERENCE_IMPL where it ran too."""
+    ran = {impl.name: impl for impl, record in zip(impls, records) if "host_us" in record}
+    reference = ran.get(REFERENCE_IMPL)
+    if reference is None:
+        return
+    reference_call = functools.partial(reference.fn, x, weight, EPS)
+    with torch.no_grad():
+        for impl, record in zip(impls, records):
+            if impl.group == "ours" and impl.name in ran:
+                ours, theirs = paired_host_us(functools.partial(impl.fn, x, weight, EPS), reference_call, PAIRED_CALLS)
+                record["paired_host_us"], record["reference_paired_host_us"] = ours, theirs
+                record["paired_reference"], record["paired_calls"] = REFERENCE_IMPL, PAIRED_CALLS
+
+
 def _cell(record: dict) -> str:
     if record["status"] != "ok":
         return record["status"]
@@ -113,7 +163,9 @@ def measure_latency(impls: list[Implementation], log: Callable[[str], None]) -> 
 
     ``log`` receives one line per M. Records carry status "ok", "wrong", "failed" or "skipped" with the
     reason; for "ok" host_us and host_us_spread, and graph_us, or graph_reason when the call could not
-    be captured; at M = TRAIN_HOST_ROWS train_host_us and train_host_us_spread, or train_reason.
+    be captured; at M = TRAIN_HOST_ROWS train_host_us and train_host_us_spread, or train_reason; at M =
+    REFERENCE_PAIRED_ROWS, for ours, paired_host_us and reference_paired_host_us (REFERENCE_IMPL's
+    in the same pairing; paired_host_us), with paired_reference and paired_calls.
     """
     records = []
     for rows in LATENCY_ROWS:
@@ -140,6 +192,8 @@ def measure_latency(impls: list[Implementation], log: Callable[[str], None]) -> 
                 if step is not None:
                     timed.append((record, "train_host_us", "train_reason", step, TRAIN_HOST_CALLS, True))
         _host_rounds(timed)
+        if rows == REFERENCE_PAIRED_ROWS:
+            _time_against_reference(impls, these, x, weight)
         for impl, record in zip(impls, these):
             if record["status"] == "ok" and "host_us" not in record:
                 record["status"] = "failed"  # its call raised: _host_rounds gave the reason

@@ -156,6 +156,24 @@ def _latency_spread_note(records: list[dict]) -> str:
     )
 
 
+def _latency_paired_note(records: list[dict]) -> str:
+    """The host times of ours timed call by call against the reference (bench.latency.paired_host_us)."""
+    paired = [r for r in records if "paired_host_us" in r]
+    if not paired:
+        return ""
+    cells = ", ".join(
+        f"{r['impl']} {r['paired_host_us']:.1f} against {r['reference_paired_host_us']:.1f} us "
+        f"({r['paired_host_us'] / r['reference_paired_host_us']:.2f}x)"
+        for r in paired
+    )
+    r0 = paired[0]
+    return (
+        f"Host time a call at M={r0['rows']} timed call by call against {r0['paired_reference']}'s, the two "
+        f"alternating for {r0['paired_calls']} calls each (medians; both see the host at one speed, which the "
+        f"rounds above do not; the targets table's ratio): {cells}."
+    )
+
+
 def _failures(results: dict) -> list[str]:
     """One line per (implementation, status, reason), naming the cases it covers."""
     places = defaultdict(lambda: defaultdict(list))  # (impl, status, reason) -> "N=..." -> [(dtype, mode)]
@@ -312,9 +330,9 @@ def markdown(results: dict) -> str:
             "",
             *_latency_table(results["latency"], names),
         ]
-        spread = _latency_spread_note(results["latency"])
-        if spread:
-            lines += ["", spread]
+        for note in (_latency_spread_note(results["latency"]), _latency_paired_note(results["latency"])):
+            if note:
+                lines += ["", note]
     if results.get("model"):
         lines += _model_section(results["model"])
     if results.get("features"):

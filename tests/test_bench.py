@@ -13,10 +13,12 @@ import torch
 
 from bench import host_breakdown, latency
 from bench.cases import FORWARD, FORWARD_BACKWARD, HOST_BOUND_FRACTION, OFF_CELL_POINTS, OFF_CELL_REPEATS
-from bench.report import _host_bound_note, _latency_spread_note, _latency_table, _repeats_note, _throughput_table
+from bench.report import (
+    _host_bound_note, _latency_paired_note, _latency_spread_note, _latency_table, _repeats_note, _throughput_table,
+)
 from bench.sweep import _set_times, repeat_off_cells
 from bench.timing import CallTime
-from tests.conftest import DEVICE
+from tests.conftest import DEVICE, ON_GPU
 
 CEILING_GBPS = 1000.0
 BYTES = 1e9  # with the ceiling above: a reading of ms milliseconds is 100 / ms percent of it
@@ -249,3 +251,50 @@ def test_tune_triton_constants_add_forward_call_is_add_rms_norm_with_dy_as_resid
     expected_y, expected_residual_out = rmsnorm.add_rms_norm(x, dy, w, EPS, backend="triton")
     assert torch.equal(residual_out, expected_residual_out) and torch.equal(residual_out, x + dy)
     assert torch.equal(y, expected_y)
+
+
+def test_paired_host_times_alternate_the_two_calls_and_take_each_ones_median(monkeypatch):
+    """A stand-in clock that each call moves on by its own cost: the medians are the costs whatever
+    the order, and the two take turns to go first."""
+    now, order = [0.0], []
+
+    def costing(name: str, seconds: float):
+        def call() -> None:
+            order.append(name)
+            now[0] += seconds
+
+        return call
+
+    monkeypatch.setattr(latency.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(latency.torch.cuda, "synchronize", lambda: None)
+    ours, reference = latency.paired_host_us(costing("ours", 30e-6), costing("F", 12e-6), calls=4)
+    assert (ours, reference) == pytest.approx((30.0, 12.0))
+    assert order[2 * latency.HOST_WARMUP_CALLS :] == ["ours", "F", "F", "ours", "ours", "F", "F", "ours"]
+
+
+def test_the_paired_note_gives_each_ratio():
+    record = _latency_record(
+        "ours-triton", 1, paired_host_us=21.0, reference_paired_host_us=12.0, paired_reference="torch-F",
+        paired_calls=2000,
+    )  # fmt: skip
+    note = _latency_paired_note([record, _latency_record("torch-F", 1)])
+    assert note.startswith("Host time a call at M=1 timed call by call against torch-F's")
+    assert "2000 calls each" in note and note.endswith("ours-triton 21.0 against 12.0 us (1.75x).")
+    assert _latency_paired_note([_latency_record("ours-triton", 1)]) == ""
+
+
+@pytest.mark.skipif(not ON_GPU, reason="times calls on a CUDA GPU; none here")
+def test_the_latency_phase_times_ours_call_by_call_against_f_rms_norm(monkeypatch):
+    from bench.implementations import load_implementations
+
+    monkeypatch.setattr(latency, "LATENCY_ROWS", (1, 8))
+    monkeypatch.setattr(latency, "LATENCY_HOST_ROUNDS", 1)
+    monkeypatch.setattr(latency, "HOST_CALLS", 10)
+    monkeypatch.setattr(latency, "TRAIN_HOST_CALLS", 2)
+    monkeypatch.setattr(latency, "PAIRED_CALLS", 20)
+    impls, _ = load_implementations(("ours-triton", "torch-F"))
+    records = {(r["impl"], r["rows"]): r for r in latency.measure_latency(impls, lambda line: None)}
+    ours, reference = records["ours-triton", 1], records["torch-F", 1]
+    assert ours["paired_host_us"] > 0 and ours["reference_paired_host_us"] > 0
+    assert ours["paired_reference"] == "torch-F" and ours["paired_calls"] == 20
+    assert "paired_host_us" not in reference and "paired_host_us" not in records["ours-triton", 8]

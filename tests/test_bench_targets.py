@@ -94,6 +94,18 @@ def test_small_m_targets_read_the_latency_table():
     assert _judge("host time", results, "ours-auto") == "-"  # the issue sets no ratio for auto
 
 
+def test_the_host_ratio_is_the_paired_one_where_the_run_timed_it():
+    paired = {"paired_host_us": 14.0, "reference_paired_host_us": 10.0}  # 1.4x against the rounds' 1.6x
+    latency = [
+        {"impl": "torch-F", "rows": 1, "host_us": 10.0},
+        {"impl": "ours-cuda", "rows": 1, "host_us": 16.0, **paired},
+    ]
+    results = _results([], latency)
+    assert _judge("host time", results) == "met (14.0 us, 1.40x F.rms_norm's, timed call by call)"
+    # F.rms_norm's own row is not needed: the pairing holds its time.
+    assert _judge("host time", _results([], latency[1:])) == "met (14.0 us, 1.40x F.rms_norm's, timed call by call)"
+
+
 def test_results_md_shows_the_targets_of_the_backends_measured():
     records = [_record("ours-triton", FORWARD, n, 98.0) for n in NS]
     section = targets_section(_results(records))
