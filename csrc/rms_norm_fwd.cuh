@@ -1,5 +1,5 @@
-// RMSNorm forward kernels and their launch, shared by the launchers of rms_norm_fwd.cu (y stored
-// in T) and rms_norm_quant_fwd.cu (y quantized to fp8 e4m3): y = (x * rstd) * (weight +
+// RMSNorm forward kernels and their launch, shared by the launchers rms_norm_fwd (y stored in T)
+// and rms_norm_quant_fwd (y quantized to fp8 e4m3), defined at the end: y = (x * rstd) * (weight +
 // weight_offset), rstd = 1 / sqrt(mean(x^2) + eps) per row. With a residual (add_rms_norm) the
 // row is first replaced by r = x + residual, added in fp32 and rounded to R, the residual's type,
 // which is written to residual_out and then normalized as x would be: y has the bits
@@ -833,4 +833,50 @@ cudaError_t launch_rms_norm_fwd(const T* x, RowLayout x_layout, const R* residua
 }
 
 }  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// The launchers of rms_norm.h: y stored in T (rms_norm_fwd_<type>.cu) or quantized to fp8 e4m3fn
+// (rms_norm_quant_fwd_<type>.cu), each file instantiating them for one type of x, so that a
+// build compiles the types in parallel.
+// ---------------------------------------------------------------------------------------------
+
+template <typename T, typename W, typename R>
+cudaError_t rms_norm_fwd(const T* x, RowLayout x_layout, const R* residual, RowLayout residual_layout,
+                         const W* weight, float weight_offset, T* y, R* residual_out, float* rstd, int64_t rows,
+                         int64_t n, float eps, bool round_xhat, cudaStream_t stream) {
+  return launch_rms_norm_fwd(x, x_layout, residual, residual_layout, weight, weight_offset, y, Fp8Scaling{},
+                             residual_out, rstd, rows, n, eps, round_xhat, stream);
+}
+
+template <typename T, typename W, typename R>
+cudaError_t rms_norm_quant_fwd(const T* x, RowLayout x_layout, const R* residual, RowLayout residual_layout,
+                               const W* weight, float weight_offset, const float* scale, const float* scale_ub,
+                               uint8_t* y_q, R* residual_out, float* row_scale, int64_t rows, int64_t n, float eps,
+                               bool round_xhat, cudaStream_t stream) {
+  static_assert(sizeof(Fp8) == sizeof(uint8_t), "y_q holds one byte per fp8 value");
+  const bool dynamic = scale == nullptr;
+  if (dynamic != (row_scale != nullptr) || (!dynamic && scale_ub != nullptr)) return cudaErrorInvalidValue;
+  return launch_rms_norm_fwd(x, x_layout, residual, residual_layout, weight, weight_offset,
+                             reinterpret_cast<Fp8*>(y_q), Fp8Scaling{scale, scale_ub, row_scale}, residual_out,
+                             static_cast<float*>(nullptr), rows, n, eps, round_xhat, stream);
+}
+
+#define RMSNORM_INSTANTIATE_FWD(T, W, R)                                                                        \
+  template cudaError_t rms_norm_fwd<T, W, R>(const T*, RowLayout, const R*, RowLayout, const W*, float, T*, R*, \
+                                             float*, int64_t, int64_t, float, bool, cudaStream_t);
+// Every weight type for x of type T and a residual of type R.
+#define RMSNORM_INSTANTIATE_FWD_ALL_W(T, R) \
+  RMSNORM_INSTANTIATE_FWD(T, float, R)      \
+  RMSNORM_INSTANTIATE_FWD(T, __half, R)     \
+  RMSNORM_INSTANTIATE_FWD(T, __nv_bfloat16, R)
+#define RMSNORM_INSTANTIATE_QUANT_FWD(T, W, R)                                                               \
+  template cudaError_t rms_norm_quant_fwd<T, W, R>(const T*, RowLayout, const R*, RowLayout, const W*, float, \
+                                                   const float*, const float*, uint8_t*, R*, float*, int64_t,  \
+                                                   int64_t, float, bool, cudaStream_t);
+// Every weight type for x of type T and a residual of type R.
+#define RMSNORM_INSTANTIATE_QUANT_FWD_ALL_W(T, R) \
+  RMSNORM_INSTANTIATE_QUANT_FWD(T, float, R)      \
+  RMSNORM_INSTANTIATE_QUANT_FWD(T, __half, R)     \
+  RMSNORM_INSTANTIATE_QUANT_FWD(T, __nv_bfloat16, R)
+
 }  // namespace rmsnorm

@@ -34,7 +34,7 @@ struct RowLayout {
   // same for every thread of the grid (uniform branches): one row stride costs one multiply, and
   // only a dim that could not be merged costs a division, by multiplication below 2^32 rows. The
   // fallback division is unsigned (rows and sizes are never negative): its inlined code is shorter
-  // than the signed one's, which took a fifth more compile time of rms_norm_fwd.cu.
+  // than the signed one's, which took a fifth more compile time of the forward's kernels.
   __host__ __device__ __forceinline__ int64_t offset(int64_t row) const {
     int64_t start = 0;
     for (int d = kMaxLeadDims - 1; d > 0; --d) {  // a constant trip count: unrolled, no local array

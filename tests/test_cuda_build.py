@@ -255,7 +255,7 @@ def test_corrupt_or_partial_cache_is_built_again(first_use_cache, tmp_path):
 
     (build_dir / "build.ok").unlink()
     library.write_bytes(good.read_bytes()[:4096])
-    stray = build_dir / "rms_norm_fwd.cuda.o"
+    stray = build_dir / "rms_norm_fwd_bf16.cuda.o"
     stray.write_bytes(b"half an object file")
     [saved] = run_first_users(tmp_path, first_use_cache.cache, 1, stand_in=good)
     assert saved["compiles"] == 1, "a build directory without build.ok was used"

@@ -321,7 +321,7 @@ def test_triton_split_backward_either_path(passes, op, dtype, monkeypatch):
 
 
 # --- the CUDA wide-row backward in one pass ------------------------------------------------------
-# Rows over 64 KB a tensor (csrc/rms_norm_bwd.cu, kBwdStagedMaxRowBytes): rms_norm_bwd_split_kernel,
+# Rows over 64 KB a tensor (csrc/rms_norm_bwd.cuh, kBwdStagedMaxRowBytes): rms_norm_bwd_split_kernel,
 # one-warp blocks of one column chunk each, all resident at once, each waiting for every chunk's share
 # of a row's c, flagged over a workspace of zeros, one row after its own. A chunk is 32 lanes of
 # kBwdSplitItems (4) 16-byte Vecs: 1024 16-bit or 512 fp32 columns.

@@ -29,6 +29,8 @@
 // The configuration depends on n and sizeof(T) only, and the aligned and unaligned paths add in
 // the same order, so dx of a row never depends on the other rows, and dweight is bitwise
 // reproducible for given (rows, n, num_sms).
+#pragma once
+
 #include <algorithm>
 
 #include "common.cuh"
@@ -994,10 +996,10 @@ cudaError_t rms_norm_bwd(const T* dy, RowLayout dy_layout, const X* x, RowLayout
   return launch_dweight_reduce(partials, partial_rows, dweight, n, stream);
 }
 
-template int64_t rms_norm_bwd_workspace_elems<float>(int64_t, int64_t, bool, int);
-template int64_t rms_norm_bwd_workspace_elems<__half>(int64_t, int64_t, bool, int);
-template int64_t rms_norm_bwd_workspace_elems<__nv_bfloat16>(int64_t, int64_t, bool, int);
-
+// Explicit instantiations, in rms_norm_bwd_<type>.cu: a file a type of dy, so that a build compiles
+// the types in parallel.
+#define RMSNORM_INSTANTIATE_BWD_WORKSPACE(T) \
+  template int64_t rms_norm_bwd_workspace_elems<T>(int64_t, int64_t, bool, int);
 #define RMSNORM_INSTANTIATE_BWD(T, W, X)                                                                            \
   template cudaError_t rms_norm_bwd<T, W, X>(const T*, RowLayout, const X*, RowLayout, const X*, RowLayout, const W*, \
                                              float, bool, const float*, X*, W*, float*, int64_t, int64_t, int,       \
@@ -1007,13 +1009,5 @@ template int64_t rms_norm_bwd_workspace_elems<__nv_bfloat16>(int64_t, int64_t, b
   RMSNORM_INSTANTIATE_BWD(T, float, X)      \
   RMSNORM_INSTANTIATE_BWD(T, __half, X)     \
   RMSNORM_INSTANTIATE_BWD(T, __nv_bfloat16, X)
-RMSNORM_INSTANTIATE_BWD_ALL_W(float, float)
-RMSNORM_INSTANTIATE_BWD_ALL_W(__half, __half)
-RMSNORM_INSTANTIATE_BWD_ALL_W(__nv_bfloat16, __nv_bfloat16)
-// An fp32 residual stream beside 16-bit activations.
-RMSNORM_INSTANTIATE_BWD_ALL_W(__half, float)
-RMSNORM_INSTANTIATE_BWD_ALL_W(__nv_bfloat16, float)
-#undef RMSNORM_INSTANTIATE_BWD_ALL_W
-#undef RMSNORM_INSTANTIATE_BWD
 
 }  // namespace rmsnorm
