@@ -164,8 +164,8 @@ def measure_latency(impls: list[Implementation], log: Callable[[str], None]) -> 
     ``log`` receives one line per M. Records carry status "ok", "wrong", "failed" or "skipped" with the
     reason; for "ok" host_us and host_us_spread, and graph_us, or graph_reason when the call could not
     be captured; at M = TRAIN_HOST_ROWS train_host_us and train_host_us_spread, or train_reason; at M =
-    REFERENCE_PAIRED_ROWS, for ours, paired_host_us and reference_paired_host_us (REFERENCE_IMPL's
-    in the same pairing; paired_host_us), with paired_reference and paired_calls.
+    REFERENCE_PAIRED_ROWS, for ours, paired_host_us and reference_paired_host_us (REFERENCE_IMPL's time
+    in the same pairing), with paired_reference and paired_calls.
     """
     records = []
     for rows in LATENCY_ROWS:

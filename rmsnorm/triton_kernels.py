@@ -690,8 +690,8 @@ WIDE_ROW_ELEMENTS_PER_THREAD = 64
 # At 64 (16 warps, whose registers are capped at 128 a thread) x's and the residual's fp32 values
 # do not fit: ptxas spills 120 bytes a thread (sm_90), and the H100 benchmark reads 83% of copy
 # there against 98% at 16384 and torch.compile's 96%. At 32 (32 warps) it takes 63 registers and
-# spills nothing (one program an SM either way): 84.4 -> 98.5% of copy at 32768 (bench/NOTES.md
-# v0.53).
+# spills nothing (64 and 8 bytes of stack with rstd stored; one program an SM either way): 84.4 ->
+# 98.5% of copy at 32768 without rstd (bench/NOTES.md v0.53).
 FP32_RESIDUAL_MAX_TILE_ELEMENTS_PER_THREAD = 32
 # Forward tiles wider than their row (N not a power of two, the tile padded with masked columns)
 # give each thread this many. H100, forward, % of copy, 16 -> 32 a thread (bench/NOTES.md v0.28):
