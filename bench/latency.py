@@ -11,8 +11,8 @@ forward+backward, it tells whether a row of that table can be bound by the host.
 
 The issue's host target is a ratio to F.rms_norm's time at M = 1, which the rounds above judge
 poorly: a round's reading moves by 30-70% with the host's speed within the 10 ms it takes, so two
-implementations' medians of 5 rounds put the ratio of one backend anywhere in 1.55-2.56x on one
-machine (bench/NOTES.md v0.55). At M = REFERENCE_PAIRED_ROWS each of ours is also timed call by call
+implementations' medians of rounds put triton's ratio anywhere in 1.55-2.56x over two H100 hosts
+(bench/NOTES.md v0.55). At M = REFERENCE_PAIRED_ROWS each of ours is also timed call by call
 against REFERENCE_IMPL, the two alternating, so that both see the host at the same speed.
 """
 
