@@ -3,11 +3,13 @@
 Inputs are [*lead, N] views with a contiguous last dim and one to four leading dims of any
 strides (a 2-D [M, N] view with any row stride, or a per-head view such as
 qkv[..., :H * D].view(B * S, H, D)), read in place; outputs are contiguous. Each kernel's launch
-configuration is a function of N and nothing else, so a row's bits never depend on how many rows
-surround it (batch invariance) and every call on the same input gives the same bits.
+configuration is a function of N and the operands' dtypes (the forward's also of whether there is a
+residual or an fp8 store: _fwd_tile), never of the row count, so a row's bits never depend on how
+many rows surround it (batch invariance) and every call on the same input gives the same bits.
 
-Rows up to FWD_MAX_TILE_N (forward) / BWD_MAX_TILE_N (backward) elements are handled in one tile
-held in registers: x is read once. Wider rows are split into chunks. Forward: one kernel sums each
+Rows up to FWD_MAX_TILE_N (forward; rms_norm's 16-bit rows up to FWD_HELD_MAX_TILE_N) /
+BWD_MAX_TILE_N (backward) elements are handled in one tile held in registers: x is read once. Wider
+rows are split into chunks. Forward: one kernel sums each
 chunk's squares and, some thousands of chunks later, normalizes it from L2 once its row's sums are
 in (rms_norm_fwd_split_kernel): x still crosses DRAM once. Backward: a grid of [row groups, column
 chunks] programs, all resident at once, each summing its chunk's share of a row's dot product of
@@ -122,7 +124,19 @@ def _row_input(
         x = _residual_sum(x, residual, res_out_ptr.dtype.element_ty)
         if STORE_RESIDUAL:
             tl.store(res_out_ptr + res_out_offsets, x, mask=mask)
-    return x.to(tl.float32)
+    return x
+
+
+@triton.jit
+def _widened_again(v):
+    """16-bit v in fp32 by a conversion the compiler does not merge with an earlier v.to(tl.float32):
+    v's registers, not its fp32 copy's (twice as many), are then what live across the row's reduction.
+    The same values as v.to(tl.float32); GPU only (the fp16 conversion is inline PTX)."""
+    if v.dtype == tl.bfloat16:
+        return (v.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+    else:
+        tl.static_assert(v.dtype == tl.float16, "only 16-bit rows are held as loaded")
+        return tl.inline_asm_elementwise("cvt.f32.f16 $0, $1;", "=r,h", [v], dtype=tl.float32, is_pure=True, pack=1)
 
 
 @triton.jit
@@ -180,6 +194,9 @@ def rms_norm_fwd_kernel(
     HAS_SCALE_UB: tl.constexpr,
     BLOCK_M: tl.constexpr,  # rows per program
     BLOCK_N: tl.constexpr,  # a power of two >= N: a row is one tile
+    # 16-bit x held across the reduction as loaded, converted to fp32 again for y: half the registers
+    # of fp32 x, which lets a tile of 65536 columns fit 32 warps' 64 registers a thread unspilled.
+    HOLD_STORED_X: tl.constexpr = False,
 ):  # fmt: skip
     # int64 row indices: row * stride overflows int32 past 2^31 elements.
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -195,10 +212,11 @@ def rms_norm_fwd_kernel(
         static_scale = tl.load(scale_ptr)
     x_starts = _row_starts(rows, size1, size2, size3, x_stride0, x_stride1, x_stride2, x_stride3)
     res_starts = _row_starts(rows, size1, size2, size3, res_stride0, res_stride1, res_stride2, res_stride3)
-    x = _row_input(
+    x_stored = _row_input(
         x_ptr, x_starts[:, None] + cols[None, :], res_ptr, res_starts[:, None] + cols[None, :], res_out_ptr,
         out_offsets, mask, HAS_RESIDUAL, STORE_RESIDUAL=True,
     )  # fmt: skip
+    x = x_stored.to(tl.float32)
     # Row statistics (rstd, the dynamic scales) are held by every thread of their row; Triton stores
     # them through a layout conversion in shared memory where those threads all write the same
     # value to one slot, a write-after-write racecheck reports and tests/sanitize.py explains.
@@ -208,6 +226,8 @@ def rms_norm_fwd_kernel(
     w = 0.0
     if HAS_WEIGHT:
         w = tl.load(w_ptr + cols, mask=col_mask, other=0.0)[None, :]
+    if HOLD_STORED_X:
+        x = _widened_again(x_stored)
     y = _normalized(x, rstd[:, None], w, weight_offset, x_ptr.dtype.element_ty, HAS_WEIGHT, ROUND_XHAT)
     if QUANT == QUANT_DYNAMIC:
         # Quantized from y as rms_norm returns it, rounded to x's dtype.
@@ -303,7 +323,7 @@ def rms_norm_fwd_split_kernel(
         x = _row_input(
             x_ptr, x_start + cols, res_ptr, res_start + cols, res_out_ptr, row * N + cols, mask,
             HAS_RESIDUAL, STORE_RESIDUAL=True,
-        )  # fmt: skip
+        ).to(tl.float32)  # fmt: skip
         tl.store(partial_ptr + pid, tl.sum(x * x, axis=0))
     if q >= 0:
         # The row's last chunk is the last to start: wait for it on one word before reading them all.
@@ -686,6 +706,15 @@ ELEMENTS_PER_THREAD = 16
 # 86-97%; at 64 a thread, 94% and 97% (bench/tune_triton.py, bench/NOTES.md v0.7).
 WIDE_ROW_TILE_N = 16384
 WIDE_ROW_ELEMENTS_PER_THREAD = 64
+# rms_norm's forward (no residual, no fp8 store) of 16-bit rows up to this wide is one tile of
+# FWD_HELD_ELEMENTS_PER_THREAD a thread (32 warps at 65536), x held as loaded (HOLD_STORED_X), not
+# cut into rms_norm_fwd_split_kernel's chunks. H100, M·N = 2^27, % of copy, three interleaved rounds
+# within 0.3: at 65536 bf16 91.9 -> 93.4, fp16 92.0 -> 93.7; 16 warps of 128 a thread, 83.2 / 81.7.
+# x held on the narrower tiles (8 warps at 16384, 16 at 32768: 72 registers a thread against 112 /
+# 128) read 1.2-1.4 points lower there (bench/NOTES.md v0.57). Wider tiles spill, as do fp32 rows and
+# those with a residual (x's and the residual's loads in flight at once).
+FWD_HELD_MAX_TILE_N = 65536
+FWD_HELD_ELEMENTS_PER_THREAD = 64
 # add_rms_norm's tiles of FWD_MAX_TILE_N columns with fp32 x and residual give each thread this many.
 # At 64 (16 warps, whose registers are capped at 128 a thread) x's and the residual's fp32 values
 # do not fit: ptxas spills 120 bytes a thread (sm_90), and the H100 benchmark reads 83% of copy
@@ -889,6 +918,20 @@ def _check_rows(t: torch.Tensor) -> None:
         raise ValueError(f"the triton kernels take [*lead, N] views with 1 to 4 leading dims, got {t.dim() - 1}")
 
 
+def _fwd_tile(
+    n: int, x: torch.Tensor, residual: torch.Tensor | None, quantized: bool
+) -> tuple[TileConfig, int, bool]:
+    """rms_norm_fwd_kernel's tile (or the split kernel's chunk), warps and HOLD_STORED_X for rows of n
+    elements of x, with or without a residual, quantized or not: a function of n and the dtypes."""
+    if FWD_MAX_TILE_N < n <= FWD_HELD_MAX_TILE_N and x.element_size() == 2 and residual is None and not quantized:
+        block_n = triton.next_power_of_2(n)
+        cfg = TileConfig(1, block_n, _tile_warps(block_n, FWD_HELD_ELEMENTS_PER_THREAD), split_rows=False)
+        # Triton's interpreter has no inline PTX, and registers are no concern there.
+        return cfg, cfg.num_warps, x.is_cuda
+    cfg = tile_config(n, "quant" if quantized else "forward")
+    return cfg, _fwd_num_warps(cfg, x, residual, quantized), False
+
+
 def _fwd_num_warps(cfg: TileConfig, x: torch.Tensor, residual: torch.Tensor | None, quantized: bool) -> int:
     """rms_norm_fwd_kernel's warps: cfg's, but FP32_RESIDUAL_MAX_TILE_ELEMENTS_PER_THREAD's where fp32
     x and residual fill a tile of FWD_MAX_TILE_N columns, unquantized (the fp8 store's kernel spills
@@ -921,8 +964,7 @@ def _forward(
     n = x.shape[-1]
     _check_n(n)
     m = y.numel() // n if n else 0
-    cfg = tile_config(n, "quant" if quant.value != NO_QUANT.value else "forward")
-    num_warps = _fwd_num_warps(cfg, x, residual, quant.value != NO_QUANT.value)
+    cfg, num_warps, hold_stored_x = _fwd_tile(n, x, residual, quant.value != NO_QUANT.value)
     rstd = _empty_rstd(x) if need_rstd else None
     residual_out = None if residual is None else _contiguous_empty_like(x, residual.dtype)
     if logger.isEnabledFor(logging.DEBUG):
@@ -953,7 +995,7 @@ def _forward(
              *res_strides, m, n, eps, weight_offset),
             {"HAS_RESIDUAL": residual is not None, "HAS_WEIGHT": weight is not None, "STORE_RSTD": need_rstd,
              "ROUND_XHAT": round_xhat, "QUANT": quant.value, "HAS_SCALE_UB": scale_ub is not None,
-             "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n},
+             "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "HOLD_STORED_X": hold_stored_x},
             num_warps,
         )  # fmt: skip
         _launch_fwd(*launch, device)

@@ -4,10 +4,13 @@ The backward's pipeline depth fits the shared memory of the GPU it runs on: rms_
 buffers (stages - 1) row tiles of every pipelined tensor (x, dy, dresidual) in shared memory
 (bench/NOTES.md v0.24); a GPU with less of it than an H100 must get fewer stages, or Triton's
 compile fails there. The forward's warps follow its tile, and FP32_RESIDUAL_MAX_TILE_ELEMENTS_PER_THREAD
-where fp32 x and residual fill the widest tile (v0.53).
+where fp32 x and residual fill the widest tile (v0.53); rms_norm's 16-bit rows up to FWD_HELD_MAX_TILE_N
+are one tile, held as loaded on a GPU, and every other row past FWD_MAX_TILE_N is cut into chunks (v0.57).
 """
 
 from __future__ import annotations
+
+import types
 
 import pytest
 import torch
@@ -61,3 +64,26 @@ def test_fp32_residual_rows_of_the_widest_tile_alone_take_their_own_warps(per_th
     assert warps(widest, torch.bfloat16, torch.float32) == tile_warps
     half_tile_warps = triton_kernels.tile_config(widest // 2, "forward").num_warps
     assert warps(widest // 2, torch.float32, torch.float32) == half_tile_warps
+
+
+def _fwd_tile(n: int, dtype: torch.dtype, residual: bool = False, quantized: bool = False, on_gpu: bool = True):
+    x = types.SimpleNamespace(element_size=lambda: torch.empty(0, dtype=dtype).element_size(), is_cuda=on_gpu)
+    return triton_kernels._fwd_tile(n, x, x if residual else None, quantized)
+
+
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16), ids=str)
+def test_16_bit_rms_norm_rows_up_to_the_held_tile_are_one_tile_held_as_loaded(dtype):
+    widest, held = triton_kernels.FWD_MAX_TILE_N, triton_kernels.FWD_HELD_MAX_TILE_N
+    assert held > widest
+    for n in (widest + 1, held):
+        cfg, num_warps, hold = _fwd_tile(n, dtype)
+        assert not cfg.split_rows and (cfg.block_m, cfg.block_n) == (1, held) and hold
+        assert num_warps == cfg.num_warps == held // (32 * triton_kernels.FWD_HELD_ELEMENTS_PER_THREAD)
+        # Triton's interpreter has no inline PTX: the same tile, converted as usual.
+        assert _fwd_tile(n, dtype, on_gpu=False) == (cfg, num_warps, False)
+    # Narrower rows keep their tiles, unheld; wider ones, and those with a residual or an fp8 store, split.
+    assert _fwd_tile(widest, dtype)[2] is False and not _fwd_tile(widest, dtype)[0].split_rows
+    assert _fwd_tile(held + 1, dtype)[0].split_rows
+    assert _fwd_tile(held, dtype, residual=True)[0].split_rows
+    assert _fwd_tile(held, dtype, quantized=True)[0].split_rows
+    assert _fwd_tile(held, torch.float32)[0].split_rows
