@@ -221,8 +221,6 @@ def rms_norm_fwd_kernel(
     # them through a layout conversion in shared memory where those threads all write the same
     # value to one slot, a write-after-write racecheck reports and tests/sanitize.py explains.
     rstd = _rstd(tl.sum(x * x, axis=1), N, eps)
-    if STORE_RSTD:
-        tl.store(rstd_ptr + rows, rstd, mask=row_mask)
     w = 0.0
     if HAS_WEIGHT:
         w = tl.load(w_ptr + cols, mask=col_mask, other=0.0)[None, :]
@@ -237,6 +235,10 @@ def rms_norm_fwd_kernel(
         tl.store(y_ptr + out_offsets, _quantize(y, scale[:, None], y_ptr.dtype.element_ty), mask=mask)
     else:
         _store_output(y, y_ptr, out_offsets, mask, x_ptr.dtype.element_ty, QUANT, static_scale)
+    if STORE_RSTD:
+        # After y's stores, off the path from the reduction to them: bf16 forward+backward 88.3 ->
+        # 89.7% of copy at 65536 (one 32-warp program an SM), 90.6 -> 90.9 at 16384 (v0.57).
+        tl.store(rstd_ptr + rows, rstd, mask=row_mask)
 
 
 @triton.jit
