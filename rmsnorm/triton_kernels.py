@@ -9,13 +9,13 @@ many rows surround it (batch invariance) and every call on the same input gives 
 
 Rows up to FWD_MAX_TILE_N (forward; rms_norm's 16-bit rows up to FWD_HELD_MAX_TILE_N) /
 BWD_MAX_TILE_N (backward) elements are handled in one tile held in registers: x is read once. Wider
-rows are split into chunks. Forward: one kernel sums each
-chunk's squares and, some thousands of chunks later, normalizes it from L2 once its row's sums are
-in (rms_norm_fwd_split_kernel): x still crosses DRAM once. Backward: a grid of [row groups, column
-chunks] programs, all resident at once, each summing its chunk's share of a row's dot product of
-xhat and dy*w and, a row later, applying the row's sum to the same chunk from L2
-(rms_norm_bwd_split_kernel); where the GPU cannot hold a program a chunk, a first kernel walks each
-row for the dot product, then a 2-D grid of column blocks applies it, reading x and dy once more.
+rows are split into chunks. Forward: one kernel sums each chunk's squares and, some thousands of
+chunks later, normalizes it from L2 once its row's sums are in (rms_norm_fwd_split_kernel): x still
+crosses DRAM once. Backward: a grid of [row groups, column chunks] programs, all resident at once,
+each summing its chunk's share of a row's dot product of xhat and dy*w and, a row later, applying
+the row's sum to the same chunk from L2 (rms_norm_bwd_split_kernel); where the GPU cannot hold a
+program a chunk, a first kernel walks each row for the dot product, then a 2-D grid of column blocks
+applies it, reading x and dy once more.
 
 Launches go through triton_launch.KernelLauncher (Triton's own launch the first time an argument
 specialization is seen, the compiled kernel directly after: host time). Every launch passes
@@ -131,7 +131,8 @@ def _row_input(
 def _widened_again(v):
     """16-bit v in fp32 by a conversion the compiler does not merge with an earlier v.to(tl.float32):
     v's registers, not its fp32 copy's (twice as many), are then what live across the row's reduction.
-    The same values as v.to(tl.float32); GPU only (the fp16 conversion is inline PTX)."""
+    The same values as v.to(tl.float32); fp16's conversion is inline PTX, which Triton's interpreter
+    cannot run."""
     if v.dtype == tl.bfloat16:
         return (v.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
     else:
@@ -931,8 +932,9 @@ def _fwd_tile(
     if FWD_MAX_TILE_N < n <= FWD_HELD_MAX_TILE_N and x.element_size() == 2 and residual is None and not quantized:
         block_n = triton.next_power_of_2(n)
         cfg = TileConfig(1, block_n, _tile_warps(block_n, FWD_HELD_ELEMENTS_PER_THREAD), split_rows=False)
-        # Triton's interpreter has no inline PTX, and registers are no concern there.
-        return cfg, cfg.num_warps, x.is_cuda
+        # Triton's interpreter has no inline PTX (fp16's conversion), and registers are no concern
+        # there; it runs bf16's, so that CPU tests cover it.
+        return cfg, cfg.num_warps, x.is_cuda or x.dtype == torch.bfloat16
     cfg = tile_config(n, "quant" if quantized else "forward")
     return cfg, _fwd_num_warps(cfg, x, residual, quantized), False
 

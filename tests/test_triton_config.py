@@ -67,7 +67,9 @@ def test_fp32_residual_rows_of_the_widest_tile_alone_take_their_own_warps(per_th
 
 
 def _fwd_tile(n: int, dtype: torch.dtype, residual: bool = False, quantized: bool = False, on_gpu: bool = True):
-    x = types.SimpleNamespace(element_size=lambda: torch.empty(0, dtype=dtype).element_size(), is_cuda=on_gpu)
+    x = types.SimpleNamespace(
+        dtype=dtype, element_size=lambda: torch.empty(0, dtype=dtype).element_size(), is_cuda=on_gpu
+    )
     return triton_kernels._fwd_tile(n, x, x if residual else None, quantized)
 
 
@@ -79,8 +81,8 @@ def test_16_bit_rms_norm_rows_up_to_the_held_tile_are_one_tile_held_as_loaded(dt
         cfg, num_warps, hold = _fwd_tile(n, dtype)
         assert not cfg.split_rows and (cfg.block_m, cfg.block_n) == (1, held) and hold
         assert num_warps == cfg.num_warps == held // (32 * triton_kernels.FWD_HELD_ELEMENTS_PER_THREAD)
-        # Triton's interpreter has no inline PTX: the same tile, converted as usual.
-        assert _fwd_tile(n, dtype, on_gpu=False) == (cfg, num_warps, False)
+        # Triton's interpreter has no inline PTX: fp16's tile is converted as usual there.
+        assert _fwd_tile(n, dtype, on_gpu=False) == (cfg, num_warps, dtype == torch.bfloat16)
     # Narrower rows keep their tiles, unheld; wider ones, and those with a residual or an fp8 store, split.
     assert _fwd_tile(widest, dtype)[2] is False and not _fwd_tile(widest, dtype)[0].split_rows
     assert _fwd_tile(held + 1, dtype)[0].split_rows

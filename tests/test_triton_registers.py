@@ -33,7 +33,12 @@ REPO = Path(__file__).resolve().parent.parent
 # rstd stored), have no residual.
 SPLIT_BWD, FWD = "rms_norm_bwd_split_kernel", "rms_norm_fwd_kernel"
 CASES = (
-    [(SPLIT_BWD, n, dtype, dres) for n in (16384, 262144, 1 << 20) for dtype in ("bf16", "fp32") for dres in (False, True)]
+    [
+        (SPLIT_BWD, n, dtype, dres)
+        for n in (16384, 262144, 1 << 20)
+        for dtype in ("bf16", "fp32")
+        for dres in (False, True)
+    ]
     + [(FWD, 32768, dtype, store_rstd) for dtype in ("bf16", "fp32") for store_rstd in (False, True)]
     + [(FWD, 65536, dtype, store_rstd) for dtype in ("bf16", "fp16") for store_rstd in (False, True)]
 )
