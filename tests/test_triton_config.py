@@ -5,7 +5,8 @@ buffers (stages - 1) row tiles of every pipelined tensor (x, dy, dresidual) in s
 (bench/NOTES.md v0.24); a GPU with less of it than an H100 must get fewer stages, or Triton's
 compile fails there. The forward's warps follow its tile, and FP32_RESIDUAL_MAX_TILE_ELEMENTS_PER_THREAD
 where fp32 x and residual fill the widest tile (v0.53); rms_norm's 16-bit rows up to FWD_HELD_MAX_TILE_N
-are one tile, held as loaded on a GPU, and every other row past FWD_MAX_TILE_N is cut into chunks (v0.57).
+are one tile, held as loaded (on a GPU; bf16's in Triton's interpreter too), and every other row past
+FWD_MAX_TILE_N is cut into chunks (v0.57).
 """
 
 from __future__ import annotations
