@@ -112,15 +112,15 @@ def _residual_sum(x, residual, out_dtype: tl.constexpr):
 @triton.jit
 def _row_input(
     x_ptr, x_offsets, res_ptr, res_offsets, res_out_ptr, res_out_offsets, mask,
-    HAS_RESIDUAL: tl.constexpr, STORE_RESIDUAL: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, STORE_RESIDUAL: tl.constexpr, CACHE_MODIFIER: tl.constexpr = "",
 ):  # fmt: skip
     """The values a row is normalized from, in fp32: x, or x + residual rounded to the residual's dtype.
 
     add_rms_norm normalizes residual_out as stored, rounded, so that y == rms_norm(residual_out).
     """
-    x = tl.load(x_ptr + x_offsets, mask=mask, other=0.0)
+    x = tl.load(x_ptr + x_offsets, mask=mask, other=0.0, cache_modifier=CACHE_MODIFIER)
     if HAS_RESIDUAL:
-        residual = tl.load(res_ptr + res_offsets, mask=mask, other=0.0)
+        residual = tl.load(res_ptr + res_offsets, mask=mask, other=0.0, cache_modifier=CACHE_MODIFIER)
         x = _residual_sum(x, residual, res_out_ptr.dtype.element_ty)
         if STORE_RESIDUAL:
             tl.store(res_out_ptr + res_out_offsets, x, mask=mask)
@@ -198,6 +198,7 @@ def rms_norm_fwd_kernel(
     # 16-bit x held across the reduction as loaded, converted to fp32 again for y: half the registers
     # of fp32 x, which lets a tile of 65536 columns fit 32 warps' 64 registers a thread unspilled.
     HOLD_STORED_X: tl.constexpr = False,
+    X_CACHE_MODIFIER: tl.constexpr = "",
 ):  # fmt: skip
     # int64 row indices: row * stride overflows int32 past 2^31 elements.
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -215,7 +216,7 @@ def rms_norm_fwd_kernel(
     res_starts = _row_starts(rows, size1, size2, size3, res_stride0, res_stride1, res_stride2, res_stride3)
     x_stored = _row_input(
         x_ptr, x_starts[:, None] + cols[None, :], res_ptr, res_starts[:, None] + cols[None, :], res_out_ptr,
-        out_offsets, mask, HAS_RESIDUAL, STORE_RESIDUAL=True,
+        out_offsets, mask, HAS_RESIDUAL, STORE_RESIDUAL=True, CACHE_MODIFIER=X_CACHE_MODIFIER,
     )  # fmt: skip
     x = x_stored.to(tl.float32)
     # Row statistics (rstd, the dynamic scales) are held by every thread of their row; Triton stores
@@ -721,6 +722,9 @@ WIDE_ROW_ELEMENTS_PER_THREAD = 64
 # those with a residual (x's and the residual's loads in flight at once).
 FWD_HELD_MAX_TILE_N = 65536
 FWD_HELD_ELEMENTS_PER_THREAD = 64
+# Experiment (session 31): x's loads past L1 (".cg") on tiles this wide, the weight then left in L1.
+FWD_X_CACHE_MODIFIER = ""
+FWD_X_CACHE_MODIFIER_MIN_TILE_N = 16384
 # add_rms_norm's tiles of FWD_MAX_TILE_N columns with fp32 x and residual give each thread this many.
 # At 64 (16 warps, whose registers are capped at 128 a thread) x's and the residual's fp32 values
 # do not fit: ptxas spills 120 bytes a thread (sm_90), and the H100 benchmark reads 83% of copy
@@ -1002,7 +1006,8 @@ def _forward(
              *res_strides, m, n, eps, weight_offset),
             {"HAS_RESIDUAL": residual is not None, "HAS_WEIGHT": weight is not None, "STORE_RSTD": need_rstd,
              "ROUND_XHAT": round_xhat, "QUANT": quant.value, "HAS_SCALE_UB": scale_ub is not None,
-             "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "HOLD_STORED_X": hold_stored_x},
+             "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "HOLD_STORED_X": hold_stored_x,
+             "X_CACHE_MODIFIER": FWD_X_CACHE_MODIFIER if cfg.block_n >= FWD_X_CACHE_MODIFIER_MIN_TILE_N else ""},
             num_warps,
         )  # fmt: skip
         _launch_fwd(*launch, device)
