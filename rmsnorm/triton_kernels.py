@@ -112,7 +112,7 @@ def _residual_sum(x, residual, out_dtype: tl.constexpr):
 @triton.jit
 def _row_input(
     x_ptr, x_offsets, res_ptr, res_offsets, res_out_ptr, res_out_offsets, mask,
-    HAS_RESIDUAL: tl.constexpr, STORE_RESIDUAL: tl.constexpr, CACHE_MODIFIER: tl.constexpr = "",
+    HAS_RESIDUAL: tl.constexpr, STORE_RESIDUAL: tl.constexpr, CACHE_MODIFIER: tl.constexpr,
 ):  # fmt: skip
     """The values a row is normalized from, in fp32: x, or x + residual rounded to the residual's dtype.
 
@@ -329,7 +329,7 @@ def rms_norm_fwd_split_kernel(
         res_start = _row_starts(row, size1, size2, size3, res_stride0, res_stride1, res_stride2, res_stride3)
         x = _row_input(
             x_ptr, x_start + cols, res_ptr, res_start + cols, res_out_ptr, row * N + cols, mask,
-            HAS_RESIDUAL, STORE_RESIDUAL=True,
+            HAS_RESIDUAL, STORE_RESIDUAL=True, CACHE_MODIFIER="",
         ).to(tl.float32)  # fmt: skip
         tl.store(partial_ptr + pid, tl.sum(x * x, axis=0))
     if q >= 0:
@@ -722,9 +722,12 @@ WIDE_ROW_ELEMENTS_PER_THREAD = 64
 # those with a residual (x's and the residual's loads in flight at once).
 FWD_HELD_MAX_TILE_N = 65536
 FWD_HELD_ELEMENTS_PER_THREAD = 64
-# Experiment (session 31): x's loads past L1 (".cg") on tiles this wide, the weight then left in L1.
-FWD_X_CACHE_MODIFIER = ""
-FWD_X_CACHE_MODIFIER_MIN_TILE_N = 16384
+# x's loads past L1 (".cg") on tiles this wide, so that the weight a program loads after its
+# reduction is still in L1. H100, bf16 forward (bench/NOTES.md v0.58): 65536's held tile 92.9 ->
+# 93.5% of copy; 16384 and 32768 level (-0.2 to +0.4), where two programs an SM or a shorter row
+# hide the weight's trip.
+FWD_X_CACHE_MODIFIER = ".cg"
+FWD_X_CACHE_MODIFIER_MIN_TILE_N = 65536
 # add_rms_norm's tiles of FWD_MAX_TILE_N columns with fp32 x and residual give each thread this many.
 # At 64 (16 warps, whose registers are capped at 128 a thread) x's and the residual's fp32 values
 # do not fit: ptxas spills 120 bytes a thread (sm_90), and the H100 benchmark reads 83% of copy

@@ -1,5 +1,5 @@
-"""The one-pass backward's kernels, and the forward's widest tiles, compile for sm_90 without
-spilling registers.
+"""The one-pass backward's kernels, the forward's widest tiles and its split-row kernel compile for
+sm_90 without spilling registers.
 
 rms_norm_bwd_split_kernel's plans (triton_kernels._bwd_split_plan) spend registers on latency: the
 weight held across rows, the lagged row's re-read in flight beside this row's loads (bench/NOTES.md
@@ -31,7 +31,9 @@ REPO = Path(__file__).resolve().parent.parent
 # warps and on 32 (v0.53): not a case.
 # rms_norm's 16-bit rows of one tile beyond FWD_MAX_TILE_N, x held as loaded (HOLD_STORED_X; flag:
 # rstd stored), have no residual.
-SPLIT_BWD, FWD = "rms_norm_bwd_split_kernel", "rms_norm_fwd_kernel"
+# The split-row forward (flag: a residual) at its chunk, whose calls into the shared jit helpers
+# Triton's interpreter does not type-check (a str constexpr left to a default failed only on the GPU).
+SPLIT_BWD, FWD, SPLIT_FWD = "rms_norm_bwd_split_kernel", "rms_norm_fwd_kernel", "rms_norm_fwd_split_kernel"
 CASES = (
     [
         (SPLIT_BWD, n, dtype, dres)
@@ -41,6 +43,7 @@ CASES = (
     ]
     + [(FWD, 32768, dtype, store_rstd) for dtype in ("bf16", "fp32") for store_rstd in (False, True)]
     + [(FWD, 65536, dtype, store_rstd) for dtype in ("bf16", "fp16") for store_rstd in (False, True)]
+    + [(SPLIT_FWD, 131072, dtype, residual) for dtype in ("bf16", "fp32") for residual in (False, True)]
 )
 # Stack bytes a case may have: fp32 rows with rstd stored keep 8 on 32 warps (64 registers, the cap),
 # against 104 on 16; the benchmark's 98.5% was the inference kernel, which has none.
@@ -82,16 +85,29 @@ def fwd_launch(n, dtype, store_rstd):
     return tk.rms_norm_fwd_kernel, constexprs, num_warps, {"block_n": cfg.block_n}
 
 
+def split_fwd_launch(n, dtype, residual):
+    x = types.SimpleNamespace(element_size=lambda: element_size[dtype], is_cuda=True)
+    cfg, num_warps, hold = tk._fwd_tile(n, x, x if residual else None, False)
+    assert cfg.split_rows and not hold, (cfg, hold)
+    constexprs = {"HAS_RESIDUAL": residual, "HAS_WEIGHT": True, "STORE_RSTD": True, "ROUND_XHAT": False,
+                  "QUANT": tk.NO_QUANT, "CHUNK_N": cfg.block_n, "PARTIALS_BLOCK": tk.FWD_SPLIT_PARTIALS_BLOCK}
+    return tk.rms_norm_fwd_split_kernel, constexprs, num_warps, {"chunk_n": cfg.block_n}
+
+
+launchers = {"rms_norm_bwd_split_kernel": split_bwd_launch, "rms_norm_fwd_kernel": fwd_launch,
+             "rms_norm_fwd_split_kernel": split_fwd_launch}
+# Each kernel's scratch: the backward's packed partials, the split forward's fp32 sums.
+partial_types = {"rms_norm_bwd_split_kernel": "*i64", "rms_norm_fwd_split_kernel": "*fp32"}
 for name, n, dtype, flag in json.loads(sys.argv[1]):
-    kernel, constexprs, num_warps, shown = (split_bwd_launch if name == "rms_norm_bwd_split_kernel" else fwd_launch)(
-        n, dtype, flag)
+    kernel, constexprs, num_warps, shown = launchers[name](n, dtype, flag)
     signature, aligned = {}, []
     for index, param in enumerate(kernel.params):
         pname = param.name
         if param.is_constexpr:
             signature[pname] = "constexpr"
         elif pname.endswith("_ptr"):
-            signature[pname] = {"partial_ptr": "*i64"}.get(pname, "*fp32" if pname in fp32_pointers else "*" + dtype)
+            signature[pname] = partial_types[name] if pname == "partial_ptr" else (
+                "*fp32" if pname in fp32_pointers else "*" + dtype)
             aligned.append(index)
         elif pname.startswith("size") or ("stride" in pname and not pname.endswith("stride0")):
             signature[pname] = "constexpr"  # a 2-D contiguous problem: sizes and inner strides of 1
