@@ -946,6 +946,11 @@ def _fwd_tile(
     return cfg, _fwd_num_warps(cfg, x, residual, quantized), False
 
 
+def _fwd_x_cache_modifier(block_n: int) -> str:
+    """rms_norm_fwd_kernel's X_CACHE_MODIFIER for tiles of block_n columns."""
+    return FWD_X_CACHE_MODIFIER if block_n >= FWD_X_CACHE_MODIFIER_MIN_TILE_N else ""
+
+
 def _fwd_num_warps(cfg: TileConfig, x: torch.Tensor, residual: torch.Tensor | None, quantized: bool) -> int:
     """rms_norm_fwd_kernel's warps: cfg's, but FP32_RESIDUAL_MAX_TILE_ELEMENTS_PER_THREAD's where fp32
     x and residual fill a tile of FWD_MAX_TILE_N columns, unquantized (the fp8 store's kernel spills
@@ -1010,7 +1015,7 @@ def _forward(
             {"HAS_RESIDUAL": residual is not None, "HAS_WEIGHT": weight is not None, "STORE_RSTD": need_rstd,
              "ROUND_XHAT": round_xhat, "QUANT": quant.value, "HAS_SCALE_UB": scale_ub is not None,
              "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "HOLD_STORED_X": hold_stored_x,
-             "X_CACHE_MODIFIER": FWD_X_CACHE_MODIFIER if cfg.block_n >= FWD_X_CACHE_MODIFIER_MIN_TILE_N else ""},
+             "X_CACHE_MODIFIER": _fwd_x_cache_modifier(cfg.block_n)},
             num_warps,
         )  # fmt: skip
         _launch_fwd(*launch, device)

@@ -81,7 +81,8 @@ def fwd_launch(n, dtype, store_rstd):
     assert not cfg.split_rows and hold == (residual is None), (cfg, hold)
     constexprs = {"HAS_RESIDUAL": residual is not None, "HAS_WEIGHT": True, "STORE_RSTD": store_rstd,
                   "ROUND_XHAT": False, "QUANT": tk.NO_QUANT, "HAS_SCALE_UB": False, "BLOCK_M": cfg.block_m,
-                  "BLOCK_N": cfg.block_n, "HOLD_STORED_X": hold}
+                  "BLOCK_N": cfg.block_n, "HOLD_STORED_X": hold,
+                  "X_CACHE_MODIFIER": tk._fwd_x_cache_modifier(cfg.block_n)}
     return tk.rms_norm_fwd_kernel, constexprs, num_warps, {"block_n": cfg.block_n}
 
 
