@@ -754,6 +754,12 @@ SPLIT_BLOCK_N = 4096
 # points (the partials a chunk needs not yet there) and 16-34 MiB by 5-25 (its inputs out of L2).
 FWD_SPLIT_CHUNK_N = 4096
 FWD_SPLIT_ELEMENTS_PER_THREAD = 32
+# fp32 x's chunk: the same 8 KB of x on the same 4 warps as 16-bit x's. H100, fp32 forward
+# (bench/NOTES.md v0.59): 89.3-89.4% of copy at 65536-262144 on 4096 x 32 (4 warps of 32 registers
+# of x) -> 96.0 / 95.6 / 94.3 on 2048 x 16; 2048 x 32 (2 warps) 95.8 / 95.5 / 94.0; 1024 x 32
+# 94.5 / 91.3 / 87.2. bf16 on 2048-column chunks: 0.2-1.4 points lower (2048 x 16: 2.8-3.9).
+FWD_SPLIT_FP32_CHUNK_N = 2048
+FWD_SPLIT_FP32_ELEMENTS_PER_THREAD = 16
 FWD_SPLIT_LAG_BYTES = 12 << 20
 FWD_SPLIT_PARTIALS_BLOCK = 256
 MAX_NUM_WARPS = 32
@@ -943,6 +949,9 @@ def _fwd_tile(
         # there; it runs bf16's, so that CPU tests cover it.
         return cfg, cfg.num_warps, x.is_cuda or x.dtype == torch.bfloat16
     cfg = tile_config(n, "quant" if quantized else "forward")
+    if cfg.split_rows and x.element_size() == 4:
+        chunk_n = FWD_SPLIT_FP32_CHUNK_N
+        cfg = TileConfig(1, chunk_n, _tile_warps(chunk_n, FWD_SPLIT_FP32_ELEMENTS_PER_THREAD), split_rows=True)
     return cfg, _fwd_num_warps(cfg, x, residual, quantized), False
 
 

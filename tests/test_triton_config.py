@@ -90,3 +90,20 @@ def test_16_bit_rms_norm_rows_up_to_the_held_tile_are_one_tile_held_as_loaded(dt
     assert _fwd_tile(held, dtype, residual=True)[0].split_rows
     assert _fwd_tile(held, dtype, quantized=True)[0].split_rows
     assert _fwd_tile(held, torch.float32)[0].split_rows
+
+
+@pytest.mark.parametrize("residual", (False, True), ids=("rms_norm", "add_rms_norm"))
+def test_split_forward_chunks_are_the_same_bytes_for_every_dtype(residual):
+    n = triton_kernels.FWD_HELD_MAX_TILE_N + 1
+    chunks = {}
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        for quantized in (False, True):
+            cfg, num_warps, hold = _fwd_tile(n, dtype, residual=residual, quantized=quantized)
+            assert cfg.split_rows and not hold and num_warps == cfg.num_warps
+            chunks[dtype, quantized] = cfg
+    assert chunks[torch.bfloat16, False] == chunks[torch.float16, False] == chunks[torch.bfloat16, True]
+    sixteen, fp32 = chunks[torch.bfloat16, False], chunks[torch.float32, False]
+    assert (sixteen.block_n, sixteen.num_warps) == (triton_kernels.FWD_SPLIT_CHUNK_N, 4)
+    # fp32 x's chunk holds the same bytes of x on as many warps (bench/NOTES.md v0.59).
+    assert fp32.block_n * 4 == sixteen.block_n * 2 and fp32.num_warps == sixteen.num_warps
+    assert chunks[torch.float32, True] == fp32
