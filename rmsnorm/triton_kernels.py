@@ -198,6 +198,8 @@ def rms_norm_fwd_kernel(
     # 16-bit x held across the reduction as loaded, converted to fp32 again for y: half the registers
     # of fp32 x, which lets a tile of 65536 columns fit 32 warps' 64 registers a thread unspilled.
     HOLD_STORED_X: tl.constexpr = False,
+    # x's and the residual's load hint: ".cg" (past L1) where one program's row would evict the
+    # weight it loads after its reduction (_fwd_x_cache_modifier).
     X_CACHE_MODIFIER: tl.constexpr = "",
 ):  # fmt: skip
     # int64 row indices: row * stride overflows int32 past 2^31 elements.
