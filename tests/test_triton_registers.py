@@ -31,8 +31,8 @@ REPO = Path(__file__).resolve().parent.parent
 # warps and on 32 (v0.53): not a case.
 # rms_norm's 16-bit rows of one tile beyond FWD_MAX_TILE_N, x held as loaded (HOLD_STORED_X; flag:
 # rstd stored), have no residual.
-# The split-row forward (flag: a residual) at its chunk, whose calls into the shared jit helpers
-# Triton's interpreter does not type-check (a str constexpr left to a default failed only on the GPU).
+# The split-row forward (flag: a residual) on 16-bit chunks and on fp32's narrower ones (v0.59): 61-64
+# registers a thread, 100-102 with a residual (sm_90).
 SPLIT_BWD, FWD, SPLIT_FWD = "rms_norm_bwd_split_kernel", "rms_norm_fwd_kernel", "rms_norm_fwd_split_kernel"
 CASES = (
     [
