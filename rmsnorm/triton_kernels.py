@@ -114,7 +114,8 @@ def _row_input(
     x_ptr, x_offsets, res_ptr, res_offsets, res_out_ptr, res_out_offsets, mask,
     HAS_RESIDUAL: tl.constexpr, STORE_RESIDUAL: tl.constexpr, CACHE_MODIFIER: tl.constexpr,
 ):  # fmt: skip
-    """The values a row is normalized from, in fp32: x, or x + residual rounded to the residual's dtype.
+    """The values a row is normalized from, as stored (callers widen them to fp32): x, or x + residual
+    rounded to the residual's dtype.
 
     add_rms_norm normalizes residual_out as stored, rounded, so that y == rms_norm(residual_out).
     """

@@ -106,7 +106,7 @@ for launch in json.loads(sys.stdin.read()):
             attrs[(index,)] = [["tt.divisibility", 16]]
     for name in launch["constexprs"]:
         signature[name] = "constexpr"
-    options = {"num_warps": launch["num_warps"], "enable_fp_fusion": False, **launch["options"]}
+    options = {"num_warps": launch["num_warps"], **launch["options"]}  # the launcher's: no fp fusion
     try:
         source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
         triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
